@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make run` (the pipeline) and `make test`.
+# The environment (.venv) is built from requirements.lock with uv, and rebuilt
+# only when the lock or setup.py changes.
+
+SHELL := /bin/bash
+PYTHON_VERSION := $(shell cat .python-version)
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+DATASET ?= 1m
+DATA_DIR ?=
+OUTPUT_DIR ?=
+PYTEST_ARGS ?=
+
+RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
+
+.PHONY: run test test-fast env lock clean
+
+run: $(STAMP)
+	$(VENV)/bin/recsys run $(RUN_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# Unit tests only: everything but the end-to-end pipeline runs.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+
+env: $(STAMP)
+
+# uv itself, in a private venv: the only thing bootstrapped from the system python3.
+$(UV):
+	python3 -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Python $(PYTHON_VERSION): uv uses one on PATH or from pyenv, else installs its own.
+$(STAMP): requirements.lock setup.py | $(UV)
+	@echo "Creating $(VENV) (Python $(PYTHON_VERSION)) from requirements.lock..."
+	$(UV) venv --allow-existing --python $(PYTHON_VERSION) $(VENV)
+	$(UV) pip sync --python $(VENV)/bin/python requirements.lock
+	$(UV) pip install --python $(VENV)/bin/python --no-deps -e .
+	@touch $(STAMP)
+
+# Re-resolve the pinned lock from requirements.in (needs only PyPI).
+lock: | $(UV)
+	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.10 \
+		--python-platform x86_64-manylinux2014
+
+clean:
+	rm -rf $(VENV) .tools

@@ -1,0 +1,77 @@
+"""MovieLensExampleGen: a TFX ExampleGen over tensorflow-datasets' MovieLens sources."""
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ExecutionParameter
+
+from components.movielens_example_gen import executor
+from models import features
+
+
+class MovieLensExampleGenSpec(types.ComponentSpec):
+  """Parameters of MovieLensExampleGen; see its constructor."""
+  PARAMETERS = {
+      "dataset": ExecutionParameter(type=str),
+      "data_dir": ExecutionParameter(type=str, optional=True),
+      "download_dir": ExecutionParameter(type=str, optional=True),
+      "source_fingerprint": ExecutionParameter(type=str, optional=True),
+      "output_config": ExecutionParameter(type=example_gen_pb2.Output),
+      "seed": ExecutionParameter(type=int),
+      "lines_per_shard": ExecutionParameter(type=int),
+  }
+  INPUTS = {}
+  OUTPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
+
+
+def default_output_config() -> example_gen_pb2.Output:
+  """Train/eval/test by the shares in `models.features.SPLITS` (80/10/10)."""
+  return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+      example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+      for name, buckets in features.SPLITS]))
+
+
+class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
+  """Ingests MovieLens 1M or 100K as tf.Examples split into train, eval and test.
+
+  Every example carries the features of TFDS's `movielens/<dataset>-ratings`
+  (see `models.features`) and the label `like` (rating >= 4). A rating's split
+  comes from a hash of its (user, movie) pair and the seed, so the same input and
+  seed give the same splits on every run and machine. The output artifact records
+  the data set, its source, the seed, the hash buckets and the count per split.
+  """
+  SPEC_CLASS = MovieLensExampleGenSpec
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+  def __init__(self, dataset: str = features.DEFAULT_DATASET,
+               data_dir: Optional[str] = None, download_dir: Optional[str] = None,
+               source_fingerprint: Optional[str] = None,
+               output_config: Optional[example_gen_pb2.Output] = None,
+               seed: int = 42, lines_per_shard: int = 100_000):
+    """Creates the component.
+
+    Args:
+      dataset: "1m" (default) or "100k".
+      data_dir: None to download through TFDS; else a folder holding the official
+        zip or its extracted files.
+      download_dir: where TFDS keeps downloads (default ~/tensorflow_datasets/downloads).
+      source_fingerprint: changes whenever the files under `data_dir` change, so
+        a rerun on edited files is not served from the cache.
+      output_config: the splits; default 80/10/10 train/eval/test.
+      seed: seeds the split hash and the shuffle of the output.
+      lines_per_shard: ratings per unit of parallel work.
+    """
+    if dataset not in features.DATASETS:
+      raise ValueError(f"dataset must be one of {sorted(features.DATASETS)}, "
+                       f"got {dataset!r}")
+    spec = MovieLensExampleGenSpec(
+        dataset=dataset, data_dir=data_dir, download_dir=download_dir,
+        source_fingerprint=source_fingerprint,
+        output_config=output_config or default_output_config(), seed=seed,
+        lines_per_shard=lines_per_shard,
+        examples=types.Channel(type=standard_artifacts.Examples))
+    super().__init__(spec=spec)

@@ -1,0 +1,194 @@
+"""MovieLensExampleGen's executor: MovieLens files to split, shuffled, gzipped tf.Examples.
+
+The Beam pipeline works on shards of ~100,000 ratings rather than on single rows:
+each shard is parsed, joined, encoded to tf.Examples (tfx_bsl's C++ encoder) and
+split in one vectorised step, then the shards' pieces are grouped to shuffle the
+output. CsvExampleGen spends ~140 s on MovieLens-1M here doing this a row at a
+time; shard-wise work keeps Beam's per-element cost out of the hot path.
+"""
+import json
+import re
+from typing import Any, Dict, Iterator, List, Tuple
+
+from absl import logging
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.components.util import examples_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+from tfx.utils import proto_utils
+from tfx_bsl.coders import example_coder
+
+from components import progress
+from components.movielens_example_gen import parsing
+from components.movielens_example_gen import sources
+from models import features
+
+EXAMPLES_KEY = "examples"
+FILE_PREFIX = "data_tfrecord"
+# Rows per output file (before gzip, ~300 bytes per example).
+_ROWS_PER_OUTPUT_FILE = 250_000
+_COUNTER_NAMESPACE = "MovieLensExampleGen"
+
+
+class _ParseShard(beam.DoFn):
+  """Parses a shard of ratings into serialized tf.Examples, keyed by (split, output file)."""
+
+  def __init__(self, layout, users, movies, seed: int, hash_buckets: List[int],
+               files_per_split: List[int], num_shards: int):
+    self._layout = layout
+    self._users = users
+    self._movies = movies
+    self._seed = seed
+    self._hash_buckets = hash_buckets
+    self._files_per_split = np.array(files_per_split)
+    self._num_shards = num_shards
+
+  def process(self, indexed_shard: Tuple[int, parsing.RatingsShard]
+              ) -> Iterator[Tuple[Tuple[int, int], Tuple[int, np.ndarray]]]:
+    index, shard = indexed_shard
+    parsed = parsing.parse_ratings(shard, parsing.read_shard_bytes(shard),
+                                   self._layout, self._users, self._movies)
+    if parsed is None:
+      return
+    encoded = np.array(example_coder.RecordBatchToExamples(parsed.batch), dtype=object)
+    split = parsing.assign_splits(parsed.user_ids, parsed.movie_ids, self._seed,
+                                  self._hash_buckets)
+    output_file = (parsing.stable_hash(parsed.user_ids, parsed.movie_ids, self._seed,
+                                       "shuffle")
+                   % self._files_per_split[split].astype(np.uint64)).astype(np.int64)
+    for split_index, num_files in enumerate(self._files_per_split):
+      in_split = split == split_index
+      beam.metrics.Metrics.counter(_COUNTER_NAMESPACE, f"split_{split_index}").inc(
+          int(in_split.sum()))
+      for file_index in range(num_files):
+        records = encoded[in_split & (output_file == file_index)]
+        if len(records):
+          yield (split_index, file_index), (index, records)
+    progress.report("ingest", f"shard {index + 1}/{self._num_shards} parsed: lines "
+                    f"{shard.first_line:,}-{shard.first_line + shard.num_lines - 1:,} "
+                    f"of {self._layout.ratings_file}, {len(encoded):,} examples")
+
+
+class _WriteOutputFile(beam.DoFn):
+  """Writes one output file: its pieces in shard order, shuffled reproducibly.
+
+  TensorFlow's C++ TFRecord writer does the gzip and checksums; Beam's Python
+  TFRecord sink spent ~20 s per million examples here. The file is written under a
+  temporary name and renamed, so a retried bundle never leaves a partial file.
+  """
+
+  def __init__(self, split_uris: List[str], files_per_split: List[int], seed: int):
+    self._split_uris = split_uris
+    self._files_per_split = files_per_split
+    self._seed = seed
+
+  def process(self, keyed_pieces) -> Iterator[int]:
+    (split_index, file_index), pieces = keyed_pieces
+    records = np.concatenate([r for _, r in sorted(pieces, key=lambda p: p[0])])
+    rng = np.random.default_rng([self._seed, split_index, file_index])
+    name = (f"{FILE_PREFIX}-{file_index:05d}-of-"
+            f"{self._files_per_split[split_index]:05d}.gz")
+    path = f"{self._split_uris[split_index]}/{name}"
+    temporary = f"{path}.incomplete"
+    # Level 1: a third of the default level's time for ~15% larger files.
+    options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+    with tf.io.TFRecordWriter(temporary, options) as writer:
+      for record in records[rng.permutation(len(records))]:
+        writer.write(record)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+    yield len(records)
+
+
+_BEAM_CONTEXT = re.compile(r"\s*\[while running '[^']*'\]")
+
+
+def _movielens_error(error: BaseException) -> parsing.MovieLensDataError:
+  """Finds our data error inside whatever Beam wrapped it in, or returns None."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, parsing.MovieLensDataError):
+      return parsing.MovieLensDataError(_BEAM_CONTEXT.sub("", str(seen)).strip())
+    seen = seen.__cause__ or seen.__context__
+  # Multi-process workers send back only the text of their traceback.
+  match = re.search(r"MovieLensDataError: ([^\n]+)", str(error))
+  if match:
+    return parsing.MovieLensDataError(_BEAM_CONTEXT.sub("", match.group(1)).strip())
+  return None
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+  """Reads MovieLens through TFDS's sources and writes split tf.Examples."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    self._log_startup(input_dict, output_dict, exec_properties)
+    dataset = exec_properties["dataset"]
+    seed = int(exec_properties["seed"])
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties["output_config"], output_config)
+    split_names = [s.name for s in output_config.split_config.splits]
+    hash_buckets = [s.hash_buckets for s in output_config.split_config.splits]
+
+    source = sources.resolve(dataset, exec_properties.get("data_dir") or None,
+                             exec_properties.get("download_dir") or None)
+    layout = parsing.LAYOUTS[dataset]
+    progress.report("ingest", f"MovieLens {dataset.upper()}: {source.description}")
+    users = parsing.read_users(source.folder, layout)
+    movies = parsing.read_movies(source.folder, layout)
+    shards = parsing.plan_ratings_shards(
+        f"{source.folder}/{layout.ratings_file}",
+        int(exec_properties["lines_per_shard"]))
+    num_lines = sum(s.num_lines for s in shards)
+    progress.report("ingest", f"{len(users.ids):,} users, {len(movies.ids):,} movies, "
+                    f"{num_lines:,} rating lines in {len(shards)} shard(s)")
+    files_per_split = [max(1, round(num_lines * b / sum(hash_buckets)
+                                    / _ROWS_PER_OUTPUT_FILE)) for b in hash_buckets]
+
+    examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
+    examples.split_names = artifact_utils.encode_split_names(split_names)
+    split_uris = [artifact_utils.get_split_uri([examples], name) for name in split_names]
+    for uri in split_uris:
+      tf.io.gfile.makedirs(uri)
+    pipeline = self._make_beam_pipeline()
+    _ = (
+        pipeline
+        | "Shards" >> beam.Create(list(enumerate(shards)))
+        | "Distribute" >> beam.Reshuffle()
+        | "ParseShards" >> beam.ParDo(_ParseShard(
+            layout, users, movies, seed, hash_buckets, files_per_split, len(shards)))
+        | "GroupByOutputFile" >> beam.GroupByKey()
+        | "WriteOutputFiles" >> beam.ParDo(_WriteOutputFile(
+            split_uris, files_per_split, seed)))
+    try:
+      result = pipeline.run()
+      result.wait_until_finish()
+    except Exception as e:  # pylint: disable=broad-except
+      data_error = _movielens_error(e)
+      if data_error is not None:
+        raise data_error from None
+      raise
+    counts = {name: 0 for name in split_names}
+    for counter in result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace(_COUNTER_NAMESPACE))["counters"]:
+      counts[split_names[int(counter.key.metric.name.split("_")[1])]] += counter.committed
+    if sum(counts.values()) == 0:
+      raise parsing.MovieLensDataError(
+          f"{shards[0].path}: no ratings found (the file holds only blank lines)")
+
+    examples.span = 0
+    examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+    examples_utils.set_file_format(examples, "tfrecords_gzip")
+    examples.set_string_custom_property("dataset", features.DATASETS[dataset])
+    examples.set_string_custom_property("source", source.description)
+    examples.set_string_custom_property("split_counts", json.dumps(counts))
+    examples.set_string_custom_property(
+        "split_hash_buckets", json.dumps(dict(zip(split_names, hash_buckets))))
+    examples.set_int_custom_property("seed", seed)
+    progress.report("ingest", "examples written: " + ", ".join(
+        f"{name} {count:,}" for name, count in counts.items()))
+    logging.info("MovieLensExampleGen wrote %s", counts)

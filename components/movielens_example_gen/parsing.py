@@ -1,0 +1,427 @@
+"""Reads MovieLens 1M (`*.dat`) and 100K (`u.*`) files into Arrow record batches.
+
+The features are those of tensorflow-datasets' MovieLens builder, computed the
+way its parsers compute them (`tensorflow_datasets/structured/movielens_parsing.py`:
+ISO-8859-1 text, "Children's" read as "Children", 1M occupation codes and 100K
+occupation names mapped to one label set, 100K ages put in 1M's buckets);
+`tests/test_parsing.py` checks row-for-row equality with those parsers on the real
+files. We do not call TFDS's ratings parsers themselves because they work a row at
+a time (73 us/row, ~75 s for MovieLens-1M on one core) and fail on a bad line with a
+bare KeyError or ValueError; this module validates every field, names the file and
+line of the first bad one, and parses ratings a shard at a time with NumPy and Arrow.
+"""
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from models import features
+
+
+class MovieLensDataError(ValueError):
+  """A MovieLens input is missing or malformed. The message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where one MovieLens release keeps its ratings, users and movies."""
+  name: str
+  ratings_file: str
+  users_file: str
+  movies_file: str
+  ratings_separator: str
+  users_separator: str
+  movies_separator: str
+
+  @property
+  def files(self) -> Tuple[str, str, str]:
+    return (self.ratings_file, self.users_file, self.movies_file)
+
+
+LAYOUTS = {
+    "1m": Layout("1m", "ratings.dat", "users.dat", "movies.dat", "::", "::", "::"),
+    "100k": Layout("100k", "u.data", "u.user", "u.item", "\t", "|", "|"),
+}
+
+# MovieLens 1M's occupation codes (its README), as TFDS lists them.
+_OCCUPATIONS_1M = (
+    "other/not specified", "academic/educator", "artist", "clerical/admin",
+    "college/grad student", "customer service", "doctor/health care",
+    "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
+    "programmer", "retired", "sales/marketing", "scientist", "self-employed",
+    "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+_STUDENT_OCCUPATIONS_1M = ("K-12 student", "college/grad student")
+
+# MovieLens 100K's occupation names mapped to TFDS's shared labels.
+_OCCUPATIONS_100K = {
+    "administrator": "clerical/admin", "artist": "artist",
+    "doctor": "doctor/health care", "educator": "academic/educator",
+    "engineer": "technician/engineer", "entertainment": "entertainment",
+    "executive": "executive/managerial", "healthcare": "doctor/health care",
+    "homemaker": "homemaker", "lawyer": "lawyer", "librarian": "librarian",
+    "marketing": "sales/marketing", "none": "other/not specified",
+    "other": "other/not specified", "programmer": "programmer",
+    "retired": "retired", "salesman": "sales/marketing",
+    "scientist": "scientist", "student": "student",
+    "technician": "technician/engineer", "writer": "writer",
+}
+
+# MovieLens 100K's genre flag columns of u.item, in order.
+_GENRE_FLAGS_100K = (
+    "Unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+    "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+_U_ITEM_FIELDS = 5 + len(_GENRE_FLAGS_100K)
+
+
+def _fail(path: str, line: Optional[int], message: str) -> MovieLensDataError:
+  where = f"{path}, line {line}" if line is not None else path
+  return MovieLensDataError(f"{where}: {message}")
+
+
+def read_bytes(path: str) -> bytes:
+  """Returns a file's bytes; a missing, unreadable or empty file is a MovieLensDataError."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise _fail(path, None, "file not found") from None
+  except OSError as e:
+    raise _fail(path, None, f"cannot read the file ({e.strerror})") from None
+  if not data.strip():
+    raise _fail(path, None, "file is empty")
+  return data
+
+
+def decode_text(data: bytes) -> str:
+  """Decodes MovieLens text.
+
+  The releases are ISO-8859-1 (ml-1m's movies.dat has 'é' as the byte 0xE9), which
+  is what TFDS decodes. A copy someone re-saved as UTF-8 is valid UTF-8 and is
+  decoded as such, so "Amélie" is read right from either.
+  """
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError:
+    return data.decode("iso-8859-1")
+
+
+def _table_lines(path: str, separator: str, num_fields: int
+                 ) -> List[Tuple[int, List[str]]]:
+  """Splits a small table file into (line number, fields), checking each line."""
+  text = decode_text(read_bytes(path))
+  rows = []
+  for number, line in enumerate(text.split("\n"), start=1):
+    line = line.strip()
+    if not line:
+      continue
+    if "\x00" in line:
+      raise _fail(path, number, "contains a NUL byte; the file is corrupt")
+    fields = line.split(separator)
+    if len(fields) != num_fields:
+      raise _fail(path, number, f"expected {num_fields} fields separated by "
+                  f"{separator!r}, found {len(fields)}: {line[:80]!r}")
+    rows.append((number, fields))
+  return rows
+
+
+def _check_unique_id(path: str, number: int, item_id: str, seen: Dict[str, int],
+                     what: str) -> None:
+  if not item_id:
+    raise _fail(path, number, f"empty {what} id")
+  if item_id in seen:
+    raise _fail(path, number, f"{what} id {item_id!r} already defined on line "
+                f"{seen[item_id]}")
+  seen[item_id] = number
+
+
+def _parse_int(path: str, number: int, value: str, field: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise _fail(path, number, f"{field} {value!r} is not a whole number") from None
+
+
+def _gender(path: str, number: int, value: str) -> int:
+  if value not in ("M", "F"):
+    raise _fail(path, number, f"gender {value!r} is neither 'M' nor 'F'")
+  return int(value == "M")
+
+
+@dataclasses.dataclass
+class MovieTable:
+  """Movie id -> title and genres, as Arrow arrays indexed by row."""
+  ids: pa.Array
+  titles: pa.Array
+  genres: pa.ListArray
+  index: pd.Index
+
+  @classmethod
+  def from_rows(cls, ids, titles, genres) -> "MovieTable":
+    return cls(pa.array(ids, pa.string()), pa.array(titles, pa.string()),
+               pa.array(genres, pa.list_(pa.string())), pd.Index(ids))
+
+
+@dataclasses.dataclass
+class UserTable:
+  """User id -> demographic features, as Arrow arrays indexed by row."""
+  ids: pa.Array
+  columns: Dict[str, pa.Array]
+  index: pd.Index
+
+
+def read_movies(folder: str, layout: Layout) -> MovieTable:
+  path = os.path.join(folder, layout.movies_file)
+  ids, titles, genres, seen = [], [], [], {}
+  if layout.name == "1m":
+    for number, (movie_id, title, genre_text) in _table_lines(path, "::", 3):
+      _check_unique_id(path, number, movie_id, seen, "movie")
+      ids.append(movie_id)
+      titles.append(title)
+      genres.append(["Children" if g == "Children's" else g
+                     for g in genre_text.split("|")])
+  else:
+    for number, fields in _table_lines(path, "|", _U_ITEM_FIELDS):
+      _check_unique_id(path, number, fields[0], seen, "movie")
+      flags = fields[5:]
+      if any(flag not in ("0", "1") for flag in flags):
+        raise _fail(path, number, "genre flags (fields 6 to 24) must be 0 or 1, "
+                    f"found {'|'.join(flags)!r}")
+      ids.append(fields[0])
+      titles.append(fields[1])
+      genres.append([g for g, flag in zip(_GENRE_FLAGS_100K, flags) if flag == "1"])
+  return MovieTable.from_rows(ids, titles, genres)
+
+
+def _age_bucket(age: int) -> int:
+  bucket = features.AGE_BUCKETS[0]
+  for threshold in features.AGE_BUCKETS[1:]:
+    if age < threshold:
+      break
+    bucket = threshold
+  return bucket
+
+
+def read_users(folder: str, layout: Layout) -> UserTable:
+  path = os.path.join(folder, layout.users_file)
+  ids, seen = [], {}
+  cols: Dict[str, list] = {
+      features.USER_GENDER: [], features.AGE_BUCKET: [],
+      features.OCCUPATION_LABEL: [], features.OCCUPATION_TEXT: [],
+      features.ZIP_CODE: []}
+  if layout.name == "100k":
+    cols[features.RAW_USER_AGE] = []
+  for number, fields in _table_lines(path, layout.users_separator, 5):
+    if layout.name == "1m":
+      user_id, gender, age_text, occupation_code, zip_code = fields
+      age_bucket = _parse_int(path, number, age_text, "age")
+      if age_bucket not in features.AGE_BUCKETS:
+        raise _fail(path, number, f"age {age_text!r} is not one of MovieLens 1M's "
+                    f"age groups {features.AGE_BUCKETS}")
+      code = _parse_int(path, number, occupation_code, "occupation")
+      if not 0 <= code < len(_OCCUPATIONS_1M):
+        raise _fail(path, number, f"occupation code {code} is not between 0 and "
+                    f"{len(_OCCUPATIONS_1M) - 1}")
+      occupation_text = _OCCUPATIONS_1M[code]
+      occupation_label = ("student" if occupation_text in _STUDENT_OCCUPATIONS_1M
+                          else occupation_text)
+    else:
+      user_id, age_text, gender, occupation_text, zip_code = fields
+      raw_age = _parse_int(path, number, age_text, "age")
+      if not 0 < raw_age < 150:
+        raise _fail(path, number, f"age {raw_age} is not a plausible age")
+      age_bucket = _age_bucket(raw_age)
+      if occupation_text not in _OCCUPATIONS_100K:
+        raise _fail(path, number, f"occupation {occupation_text!r} is not one of "
+                    "MovieLens 100K's (u.occupation)")
+      occupation_label = _OCCUPATIONS_100K[occupation_text]
+      cols[features.RAW_USER_AGE].append(float(raw_age))
+    _check_unique_id(path, number, user_id, seen, "user")
+    ids.append(user_id)
+    cols[features.USER_GENDER].append(_gender(path, number, gender))
+    cols[features.AGE_BUCKET].append(age_bucket)
+    cols[features.OCCUPATION_LABEL].append(occupation_label)
+    cols[features.OCCUPATION_TEXT].append(occupation_text)
+    cols[features.ZIP_CODE].append(zip_code)
+  types = {features.USER_GENDER: pa.int64(), features.AGE_BUCKET: pa.int64(),
+           features.RAW_USER_AGE: pa.float32()}
+  columns = {name: pa.array(values, types.get(name, pa.string()))
+             for name, values in cols.items()}
+  return UserTable(pa.array(ids, pa.string()), columns, pd.Index(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class RatingsShard:
+  """A run of whole lines of the ratings file: bytes [start, end), first line number."""
+  path: str
+  start: int
+  end: int
+  first_line: int
+  num_lines: int
+
+
+def plan_ratings_shards(path: str, lines_per_shard: int) -> List[RatingsShard]:
+  """Cuts the ratings file into shards of whole lines, for parallel parsing."""
+  data = read_bytes(path)
+  newline_ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
+  if not len(newline_ends) or newline_ends[-1] != len(data):
+    newline_ends = np.append(newline_ends, len(data))  # no newline at the end
+  shards = []
+  for first in range(0, len(newline_ends), lines_per_shard):
+    last = min(first + lines_per_shard, len(newline_ends))
+    start = int(newline_ends[first - 1]) if first else 0
+    shards.append(RatingsShard(path, start, int(newline_ends[last - 1]),
+                               first + 1, last - first))
+  return shards
+
+
+def read_shard_bytes(shard: RatingsShard) -> bytes:
+  with open(shard.path, "rb") as f:
+    f.seek(shard.start)
+    return f.read(shard.end - shard.start)
+
+
+def _numbers(path: str, line_numbers: np.ndarray, values: Sequence[str],
+             dtype, field: str) -> np.ndarray:
+  """Converts a column of strings to numbers; on failure names the first bad line."""
+  try:
+    return np.array(values, dtype=dtype)
+  except (ValueError, OverflowError):
+    for number, value in zip(line_numbers, values):
+      try:
+        np.array([value], dtype=dtype)
+      except (ValueError, OverflowError):
+        kind = "whole number" if dtype == np.int64 else "number"
+        raise _fail(path, int(number), f"{field} {value!r} is not a {kind}"
+                    ) from None
+    raise
+
+
+def _lookup(path: str, line_numbers: np.ndarray, ids: Sequence[str],
+            index: pd.Index, what: str, table_file: str) -> np.ndarray:
+  positions = index.get_indexer(ids)
+  unknown = np.flatnonzero(positions < 0)
+  if len(unknown):
+    i = unknown[0]
+    raise _fail(path, int(line_numbers[i]), f"{what} id {ids[i]!r} is not in "
+                f"{table_file} ({len(unknown)} rating(s) of this shard have "
+                f"unknown {what}s)")
+  return positions
+
+
+def _as_lists(values: pa.Array) -> pa.ListArray:
+  """Wraps a flat array as one-value lists, the form tf.Example encoding takes."""
+  if pa.types.is_string(values.type):
+    values = values.cast(pa.binary())  # the encoder takes bytes, not str
+  offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
+  return pa.ListArray.from_arrays(offsets, values)
+
+
+@dataclasses.dataclass
+class ParsedRatings:
+  """A shard's examples as an Arrow batch, plus the ids the split is keyed on."""
+  batch: pa.RecordBatch
+  user_ids: np.ndarray
+  movie_ids: np.ndarray
+
+
+def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
+                  users: UserTable, movies: MovieTable) -> Optional[ParsedRatings]:
+  """Parses one shard of ratings and joins it with the user and movie tables.
+
+  Returns None for a shard of blank lines only.
+  """
+  path = shard.path
+  lines = decode_text(data).split("\n")
+  line_numbers = np.arange(shard.first_line, shard.first_line + len(lines))
+  rows, kept = [], []
+  for i, line in enumerate(lines):
+    line = line.strip()
+    if line:
+      rows.append(line.split(layout.ratings_separator))
+      kept.append(i)
+  line_numbers = line_numbers[kept]
+  if not rows:
+    return None
+  lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+  bad = np.flatnonzero(lengths != 4)
+  if len(bad):
+    i = bad[0]
+    raise _fail(path, int(line_numbers[i]), "expected 4 fields (user id, movie "
+                f"id, rating, timestamp) separated by {layout.ratings_separator!r}, "
+                f"found {lengths[i]}: {layout.ratings_separator.join(rows[i])[:80]!r}")
+  user_ids, movie_ids, rating_text, timestamp_text = (np.array(c, dtype=object)
+                                                      for c in zip(*rows))
+  ratings = _numbers(path, line_numbers, rating_text, np.float64, "rating")
+  out_of_range = np.flatnonzero(~((ratings >= 1) & (ratings <= 5)))
+  if len(out_of_range):
+    i = out_of_range[0]
+    raise _fail(path, int(line_numbers[i]),
+                f"rating {rating_text[i]!r} is outside 1 to 5")
+  timestamps = _numbers(path, line_numbers, timestamp_text, np.int64, "timestamp")
+  negative = np.flatnonzero(timestamps < 0)
+  if len(negative):
+    raise _fail(path, int(line_numbers[negative[0]]), "timestamp "
+                f"{timestamp_text[negative[0]]!r} is negative")
+  user_rows = pa.array(_lookup(path, line_numbers, user_ids, users.index, "user",
+                               layout.users_file))
+  movie_rows = pa.array(_lookup(path, line_numbers, movie_ids, movies.index,
+                                "movie", layout.movies_file))
+
+  columns = {
+      features.USER_ID: users.ids.take(user_rows),
+      features.MOVIE_ID: movies.ids.take(movie_rows),
+      features.MOVIE_TITLE: movies.titles.take(movie_rows),
+  }
+  for name, values in users.columns.items():
+    columns[name] = values.take(user_rows)
+  columns[features.TIMESTAMP] = pa.array(timestamps)
+  columns[features.USER_RATING] = pa.array(ratings.astype(np.float32))
+  columns[features.LABEL] = pa.array(
+      (ratings >= features.LIKE_MIN_RATING).astype(np.int64))
+  arrays = {name: _as_lists(values) for name, values in columns.items()}
+  arrays[features.MOVIE_GENRES] = movies.genres.take(movie_rows).cast(
+      pa.list_(pa.binary()))
+  batch = pa.RecordBatch.from_arrays(list(arrays.values()), list(arrays.keys()))
+  return ParsedRatings(batch, user_ids, movie_ids)
+
+
+def stable_hash(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int,
+                salt: str) -> np.ndarray:
+  """A 64-bit hash of each (user, movie) rating, the same on every machine and run."""
+  keys = np.array([f"{u}\x1f{m}" for u, m in zip(user_ids, movie_ids)], dtype=object)
+  hash_key = f"{salt}{seed}".encode()[:16].ljust(16, b"\0").decode("latin-1")
+  return pd.util.hash_array(keys, hash_key=hash_key, categorize=False)
+
+
+def assign_splits(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int,
+                  hash_buckets: Sequence[int]) -> np.ndarray:
+  """Index of the split each rating falls in, by hashing its (user, movie) pair.
+
+  Keyed on the rating's identity rather than its serialized bytes, so adding a
+  feature to the examples never moves a rating to another split.
+  """
+  bucket = stable_hash(user_ids, movie_ids, seed, "split") % np.uint64(sum(hash_buckets))
+  return np.searchsorted(np.cumsum(hash_buckets), bucket.astype(np.int64),
+                         side="right")
+
+
+def find_folder(folder: str, layout: Layout) -> Optional[str]:
+  """The folder holding the layout's files: `folder` itself or its `ml-<name>/`."""
+  for candidate in (folder, os.path.join(folder, f"ml-{layout.name}")):
+    if all(os.path.isfile(os.path.join(candidate, f)) for f in layout.files):
+      return candidate
+  return None
+
+
+def read_release(folder: str, layout: Layout,
+                 lines_per_shard: int = 100_000) -> pa.Table:
+  """Parses a whole release in this process, e.g. to inspect it in a notebook."""
+  users, movies = read_users(folder, layout), read_movies(folder, layout)
+  batches = [parse_ratings(shard, read_shard_bytes(shard), layout, users, movies)
+             for shard in plan_ratings_shards(
+                 os.path.join(folder, layout.ratings_file), lines_per_shard)]
+  return pa.Table.from_batches([b.batch for b in batches if b is not None])

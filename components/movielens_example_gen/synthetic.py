@@ -1,0 +1,178 @@
+"""Synthetic MovieLens releases in the 1M (`*.dat`) and 100K (`u.*`) layouts.
+
+For tests and benchmarks: GroupLens forbids redistributing the real files. Likes
+come from a planted latent-factor model (user and movie factors plus biases and a
+per-genre taste), so a model that learns anything scores clearly above AUC 0.5.
+Real users.dat/movies.dat (or u.user/u.item) can be reused with `tables_from`.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from components.movielens_example_gen import parsing
+from models import features
+
+# MovieLens 1M's first and last rating times.
+TIMESTAMP_RANGE = (956_703_932, 1_046_454_590)
+_OCCUPATIONS_100K = ("administrator", "artist", "doctor", "educator", "engineer",
+                     "entertainment", "executive", "healthcare", "homemaker",
+                     "lawyer", "librarian", "marketing", "none", "other",
+                     "programmer", "retired", "salesman", "scientist", "student",
+                     "technician", "writer")
+_GENRES_1M = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+              "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+              "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+_TITLE_WORDS = ("Amélie", "Night", "River", "Café", "Return", "Stars", "Garden",
+                "Señor", "City", "Dream", "Winter", "Über", "Road", "Love")
+
+
+@dataclasses.dataclass
+class SyntheticRelease:
+  """What was written, for tests to check against."""
+  folder: str
+  num_users: int
+  num_movies: int
+  num_ratings: int
+  num_likes: int
+
+
+def _movie_rows(rng, num_movies: int):
+  """(id, title, genres) rows; titles carry a year and some non-ASCII letters."""
+  rows = []
+  for movie_id in range(1, num_movies + 1):
+    words = rng.choice(len(_TITLE_WORDS), size=rng.integers(1, 4), replace=False)
+    title = " ".join(_TITLE_WORDS[w] for w in words)
+    year = int(rng.integers(1919, 2001))
+    genres = sorted(rng.choice(len(_GENRES_1M), size=rng.integers(1, 4), replace=False))
+    rows.append((str(movie_id), f"{title} ({year})", [_GENRES_1M[g] for g in genres]))
+  return rows
+
+
+def _user_rows(rng, num_users: int):
+  """(id, gender, age, occupation index, zip) rows."""
+  zips = ("55455", "94043", "T8H1N", "02139", "98107-2117", "10003", "60657")
+  return [(str(u), "M" if rng.random() < 0.7 else "F",
+           int(rng.choice(features.AGE_BUCKETS[1:])) + int(rng.integers(0, 5)),
+           int(rng.integers(0, 21)), zips[int(rng.integers(0, len(zips)))])
+          for u in range(1, num_users + 1)]
+
+
+def _genre_matrix(movie_genres) -> np.ndarray:
+  """Movies x genres, each row summing to 1 over the movie's known genres."""
+  index = {g: i for i, g in enumerate(_GENRES_1M)}
+  index["Children"] = index["Children's"]  # TFDS's name for it
+  matrix = np.zeros((len(movie_genres), len(_GENRES_1M)))
+  for m, genres in enumerate(movie_genres):
+    known = [index[g] for g in genres if g in index]
+    if known:
+      matrix[m, known] = 1 / len(known)
+  return matrix
+
+
+def _ratings_per_user(rng, num_users: int, num_movies: int, num_ratings: int):
+  """Heavy-tailed ratings counts per user, each in [min(20, ...), num_movies], summing exactly."""
+  if num_ratings > num_users * num_movies:
+    raise ValueError(f"{num_ratings} ratings do not fit {num_users} users x "
+                     f"{num_movies} movies")
+  low = min(20, num_ratings // num_users, num_movies)
+  weights = rng.lognormal(0, 1, size=num_users)
+  per_user = np.clip(np.round(weights / weights.sum() * num_ratings), low,
+                     num_movies).astype(int)
+  order, i = rng.permutation(num_users), 0
+  while per_user.sum() != num_ratings:
+    user, step = order[i % num_users], np.sign(num_ratings - per_user.sum())
+    if low <= per_user[user] + step <= num_movies:
+      per_user[user] += step
+    i += 1
+  return per_user
+
+
+def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: int):
+  """Samples distinct (user, movie) pairs and rates them from a planted model."""
+  num_movies = len(movie_genres)
+  popularity = rng.zipf(1.6, size=num_movies).astype(float)
+  popularity = np.minimum(popularity, np.quantile(popularity, 0.99)) / popularity.sum()
+  popularity /= popularity.sum()
+  per_user = _ratings_per_user(rng, num_users, num_movies, num_ratings)
+  user_factors = rng.normal(0, 1, (num_users, latent_dim))
+  movie_factors = rng.normal(0, 1, (num_movies, latent_dim))
+  genre_taste = rng.normal(0, 1, (num_users, len(_GENRES_1M)))
+  genre_matrix = _genre_matrix(movie_genres)
+  user_bias, movie_bias = rng.normal(0, 0.5, num_users), rng.normal(0, 0.7, num_movies)
+  users = np.repeat(np.arange(num_users), per_user)
+  # Weighted sampling without replacement (Efraimidis-Spirakis keys), a user at a time.
+  log_popularity = np.log(popularity)
+  movies = np.concatenate([
+      np.argpartition(log_popularity - np.log(-np.log(rng.random(num_movies))),
+                      num_movies - k)[num_movies - k:]
+      for k in per_user])
+  score = ((user_factors[users] * movie_factors[movies]).sum(1) / np.sqrt(latent_dim)
+           + (genre_taste[users] * genre_matrix[movies]).sum(1)
+           + user_bias[users] + movie_bias[movies] + rng.normal(0, 0.8, len(users)))
+  # Quantiles of real MovieLens ratings: 6% ones, 11% twos, 26% threes, 35% fours.
+  ratings = 1 + np.searchsorted(np.quantile(score, [0.06, 0.17, 0.43, 0.78]), score)
+  timestamps = rng.integers(*TIMESTAMP_RANGE, size=len(users))
+  order = np.lexsort((timestamps, users))  # grouped by user, as the releases are
+  return users[order], movies[order], ratings[order], timestamps[order]
+
+
+def write_release(folder: str, layout: str = "1m", num_users: int = 200,
+                  num_movies: int = 300, num_ratings: int = 10_000, seed: int = 0,
+                  tables_from: Optional[str] = None,
+                  latent_dim: int = 8) -> SyntheticRelease:
+  """Writes a MovieLens release in `layout` ("1m" or "100k") into `folder`.
+
+  With `tables_from`, the users and movies files are read from that real release
+  folder (same layout) instead of being invented; ratings are always synthetic.
+  """
+  rng = np.random.default_rng(seed)
+  spec = parsing.LAYOUTS[layout]
+  os.makedirs(folder, exist_ok=True)
+  if tables_from:
+    users = parsing.read_users(tables_from, spec)
+    movie_table = parsing.read_movies(tables_from, spec)
+    user_ids = users.ids.to_pylist()
+    movie_ids = movie_table.ids.to_pylist()
+    movie_genres = movie_table.genres.to_pylist()
+    for name in spec.files[1:]:
+      with open(os.path.join(tables_from, name), "rb") as src, \
+          open(os.path.join(folder, name), "wb") as dst:
+        dst.write(src.read())
+  else:
+    movie_rows = _movie_rows(rng, num_movies)
+    user_rows = _user_rows(rng, num_users)
+    user_ids = [u[0] for u in user_rows]
+    movie_ids = [m[0] for m in movie_rows]
+    movie_genres = [m[2] for m in movie_rows]
+    _write_tables(folder, spec, user_rows, movie_rows)
+  users_idx, movies_idx, ratings, timestamps = _ratings(
+      rng, len(user_ids), movie_genres, num_ratings, latent_dim)
+  separator = spec.ratings_separator
+  user_ids, movie_ids = np.array(user_ids), np.array(movie_ids)
+  lines = (np.char.add(np.char.add(user_ids[users_idx], separator),
+                       np.char.add(movie_ids[movies_idx], separator))
+           .astype(object) + ratings.astype(str).astype(object) + separator
+           + timestamps.astype(str).astype(object))
+  with open(os.path.join(folder, spec.ratings_file), "w", encoding="ascii") as f:
+    f.write("\n".join(lines) + "\n")
+  return SyntheticRelease(folder, len(user_ids), len(movie_ids), len(ratings),
+                          int((ratings >= features.LIKE_MIN_RATING).sum()))
+
+
+def _write_tables(folder: str, spec: parsing.Layout, user_rows, movie_rows) -> None:
+  """Writes users and movies files as GroupLens does: ISO-8859-1, one row a line."""
+  if spec.name == "1m":
+    users = [f"{u}::{g}::{min(a for a in features.AGE_BUCKETS if a >= age - 4)}::{o}::{z}"
+             for u, g, age, o, z in user_rows]
+    movies = [f"{m}::{title}::{'|'.join(genres)}" for m, title, genres in movie_rows]
+  else:
+    users = [f"{u}|{age}|{g}|{_OCCUPATIONS_100K[o]}|{z}" for u, g, age, o, z in user_rows]
+    genre_flags = ("unknown",) + _GENRES_1M
+    movies = [f"{m}|{title}|01-Jan-1995||http://us.imdb.com/M/title-exact?{m}|"
+              + "|".join("1" if g in genres else "0" for g in genre_flags)
+              for m, title, genres in movie_rows]
+  for name, lines in ((spec.users_file, users), (spec.movies_file, movies)):
+    with open(os.path.join(folder, name), "w", encoding="iso-8859-1") as f:
+      f.write("\n".join(lines) + "\n")

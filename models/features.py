@@ -1,0 +1,57 @@
+"""The one place for feature names, the label and the MovieLens data sets' facts.
+
+Raw feature names are those of tensorflow-datasets' `movielens/*-ratings` builder,
+so a row read here and a row from `tfds.load("movielens/1m-ratings")` mean the same.
+Where TFDS stores a class index (genres, occupation label) we store the class
+name, and TFDS's bool `user_gender` becomes an int (1 = male), as tf.Example has
+no bool.
+"""
+
+# Raw features of every example ExampleGen writes.
+USER_ID = "user_id"
+MOVIE_ID = "movie_id"
+MOVIE_TITLE = "movie_title"
+MOVIE_GENRES = "movie_genres"  # several values per example
+USER_GENDER = "user_gender"  # 1 = male, 0 = female, as TFDS's bool
+AGE_BUCKET = "bucketized_user_age"  # lowest age of the bucket: 1, 18, 25, 35, 45, 50, 56
+OCCUPATION_LABEL = "user_occupation_label"  # harmonised across 100K and 1M
+OCCUPATION_TEXT = "user_occupation_text"  # as written in the data set
+ZIP_CODE = "user_zip_code"  # a string: "55455", "T8H1N", "98107-2117"
+TIMESTAMP = "timestamp"  # seconds since the epoch
+USER_RATING = "user_rating"  # 1 to 5 stars
+RAW_USER_AGE = "raw_user_age"  # MovieLens 100K only
+
+# The label: a rating of 4 or 5 is a like.
+LABEL = "like"
+LIKE_MIN_RATING = 4
+
+STRING_FEATURES = (USER_ID, MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES, OCCUPATION_LABEL,
+                   OCCUPATION_TEXT, ZIP_CODE)
+INT_FEATURES = (USER_GENDER, AGE_BUCKET, TIMESTAMP, LABEL)
+FLOAT_FEATURES = (USER_RATING, RAW_USER_AGE)
+
+# Age buckets, as MovieLens 1M defines them and TFDS applies to 100K's exact ages.
+AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
+
+# TFDS's genre names (its ClassLabel, less the ones MovieLens 1M and 100K never use).
+GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+          "Mystery", "Romance", "Sci-Fi", "Thriller", "Unknown", "War", "Western")
+
+# TFDS's harmonised occupation labels (its ClassLabel for user_occupation_label).
+OCCUPATION_LABELS = (
+    "academic/educator", "artist", "clerical/admin", "customer service",
+    "doctor/health care", "entertainment", "executive/managerial", "farmer",
+    "homemaker", "lawyer", "librarian", "other/not specified", "programmer",
+    "retired", "sales/marketing", "scientist", "self-employed", "student",
+    "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
+
+# The data sets this project ingests, by the name users give on the command line.
+DATASETS = {
+    "1m": "movielens/1m-ratings",
+    "100k": "movielens/100k-ratings",
+}
+DEFAULT_DATASET = "1m"
+
+# Output splits of ExampleGen and their share of the hash buckets (80/10/10).
+SPLITS = (("train", 8), ("eval", 1), ("test", 1))

@@ -1,0 +1,74 @@
+"""The `recsys` command: `recsys run` runs the pipeline here."""
+import argparse
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+from models import features
+
+# Known errors get one clear line; anything else is a bug and keeps its traceback.
+_KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError")
+
+
+def _known_error(error: BaseException) -> Optional[BaseException]:
+  while error is not None:
+    if type(error).__name__ in _KNOWN_ERRORS:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _run(args: argparse.Namespace) -> int:
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  config = configs.PipelineConfig(
+      dataset=args.dataset, data_dir=args.data_dir or None,
+      output_dir=args.output_dir or None, download_dir=args.download_dir,
+      seed=args.seed,
+      beam_args=(configs.default_beam_args(args.dataset) + list(args.beam_arg)),
+      enable_cache=not args.no_cache)
+  summary = local_runner.run(config)
+  print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
+  print(summary.table())
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="recsys", description="MovieLens like-prediction pipeline on TFX.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  run = commands.add_parser("run", help="run the pipeline here (LocalDagRunner)")
+  run.add_argument("--dataset", choices=sorted(features.DATASETS),
+                   default=features.DEFAULT_DATASET, help="MovieLens release")
+  run.add_argument("--data-dir", help="folder with the official zip or the "
+                   "extracted files; omit to download through TFDS")
+  run.add_argument("--output-dir", help="run folder (default runs/movielens-<dataset>)")
+  run.add_argument("--download-dir", help="TFDS download cache "
+                   "(default ~/tensorflow_datasets/downloads)")
+  run.add_argument("--seed", type=int, default=42, help="seeds splits and shuffles")
+  run.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
+                   help="extra Beam pipeline flag, repeatable, e.g. "
+                   "--beam-arg=--direct_num_workers=4")
+  run.add_argument("--no-cache", action="store_true",
+                   help="rerun every component even when its inputs did not change")
+  run.set_defaults(handler=_run)
+  return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  warnings.filterwarnings("ignore", category=FutureWarning)
+  args = build_parser().parse_args(argv)
+  try:
+    return args.handler(args)
+  except Exception as e:  # pylint: disable=broad-except
+    known = _known_error(e)
+    if known is None:
+      raise
+    print(f"\nerror: {known}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

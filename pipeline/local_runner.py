@@ -1,0 +1,146 @@
+"""Runs the pipeline here: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+
+The console shows one line per stage and its time; TFX's and Beam's own logs go
+to `<output_dir>/logs/run-<time>.log`.
+"""
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from typing import Dict, Iterator, List, Optional
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from components import progress
+from pipeline import configs
+from pipeline import pipeline as pipeline_dsl
+
+_STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
+           metadata_store_pb2.Execution.CACHED: "cached",
+           metadata_store_pb2.Execution.FAILED: "failed",
+           metadata_store_pb2.Execution.RUNNING: "running"}
+
+
+class _StageProgress(logging.Handler):
+  """Turns LocalDagRunner's per-component log records into progress lines."""
+
+  def __init__(self, node_ids: List[str]):
+    super().__init__(level=logging.INFO)
+    self._node_ids = node_ids
+    self._started: Dict[str, float] = {}
+    self._cached = False
+
+  def emit(self, record: logging.LogRecord) -> None:
+    message = record.msg if isinstance(record.msg, str) else ""
+    if message.startswith("A cached execution"):
+      self._cached = True
+      return
+    if message not in ("Component %s is running.", "Component %s is finished."):
+      return
+    node_id = record.args[0]
+    position = f"{self._node_ids.index(node_id) + 1}/{len(self._node_ids)}"
+    if message.endswith("running."):
+      self._started[node_id] = time.monotonic()
+      self._cached = False
+      progress.report(f"stage {position}", f"{node_id} running")
+    else:
+      seconds = time.monotonic() - self._started.get(node_id, time.monotonic())
+      how = "reused from cache" if self._cached else "done"
+      progress.report(f"stage {position}", f"{node_id} {how} in {seconds:.1f} s")
+
+
+@contextlib.contextmanager
+def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
+  """Sends INFO logs to `log_path`, keeps the console to warnings and progress."""
+  root = logging.getLogger()
+  saved_level = root.level
+  saved_handler_levels = [(h, h.level) for h in root.handlers]
+  for handler in root.handlers:
+    handler.setLevel(max(handler.level, logging.WARNING))
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  file_handler = logging.FileHandler(log_path)
+  file_handler.setLevel(logging.INFO)
+  file_handler.setFormatter(logging.Formatter(
+      "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  stage_progress = _StageProgress(node_ids)
+  root.addHandler(file_handler)
+  root.addHandler(stage_progress)
+  root.setLevel(logging.INFO)
+  absl_logger = logging.getLogger("absl")
+  saved_absl_level = absl_logger.level
+  absl_logger.setLevel(logging.INFO)
+  try:
+    yield
+  finally:
+    root.removeHandler(file_handler)
+    root.removeHandler(stage_progress)
+    file_handler.close()
+    root.setLevel(saved_level)
+    absl_logger.setLevel(saved_absl_level)
+    for handler, level in saved_handler_levels:
+      handler.setLevel(level)
+
+
+@dataclasses.dataclass
+class ComponentRun:
+  """One component's execution in a run, as ML Metadata recorded it."""
+  node_id: str
+  state: str
+  seconds: float
+
+
+@dataclasses.dataclass
+class RunSummary:
+  """What a finished run did, read back from ML Metadata."""
+  output_dir: str
+  run_id: str
+  components: List[ComponentRun]
+  log_path: Optional[str] = None
+
+  def table(self) -> str:
+    lines = [f"{'component':<28} {'state':<8} {'seconds':>8}"]
+    for c in self.components:
+      lines.append(f"{c.node_id:<28} {c.state:<8} {c.seconds:>8.1f}")
+    return "\n".join(lines)
+
+
+def summarize_run(config: configs.PipelineConfig) -> RunSummary:
+  """Per-component state and wall time of the latest run, from ML Metadata."""
+  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
+  with metadata.Metadata(connection) as m:
+    store = m.store
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+      raise RuntimeError(f"{config.metadata_path}: no pipeline run recorded")
+    latest = max(runs, key=lambda c: c.create_time_since_epoch)
+    components = []
+    for execution in sorted(store.get_executions_by_context(latest.id),
+                            key=lambda e: e.create_time_since_epoch):
+      node_ids = [c.name.split(".", 1)[-1]
+                  for c in store.get_contexts_by_execution(execution.id)
+                  if c.type == "node"]
+      seconds = (execution.last_update_time_since_epoch
+                 - execution.create_time_since_epoch) / 1000
+      components.append(ComponentRun(
+          node_ids[0] if node_ids else str(execution.type),
+          _STATES.get(execution.last_known_state, "unknown"), seconds))
+  return RunSummary(config.output_dir, latest.name, components)
+
+
+def run(config: configs.PipelineConfig) -> RunSummary:
+  """Runs the pipeline end to end and returns what ML Metadata recorded."""
+  tfx_pipeline = pipeline_dsl.create_pipeline(config)
+  node_ids = [c.id for c in tfx_pipeline.components]
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  log_path = os.path.join(config.output_dir, "logs", f"run-{stamp}.log")
+  progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
+                  f"{config.output_dir}, logs in {log_path}")
+  with _logs_to_file(log_path, node_ids):
+    tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+  summary = summarize_run(config)
+  summary.log_path = log_path
+  return summary

@@ -1,0 +1,49 @@
+"""The TFX pipeline: read it top to bottom to read what a run does."""
+from typing import List
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base import base_node
+from tfx.orchestration import metadata
+
+from components.anomalies_gate import AnomaliesGate
+from components.movielens_example_gen import MovieLensExampleGen
+from pipeline import configs
+
+
+def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode]:
+  """The pipeline's components, in the order they run."""
+  # MovieLens ratings joined with users and movies, as train/eval/test tf.Examples.
+  example_gen = MovieLensExampleGen(
+      dataset=config.dataset, data_dir=config.data_dir,
+      download_dir=config.download_dir,
+      source_fingerprint=configs.fingerprint_folder(config.data_dir),
+      seed=config.seed)
+
+  # Feature statistics of every split (TFDV).
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"])
+
+  # The fixed schema checked into the repo, not one inferred from the data.
+  schema_gen = tfx.components.ImportSchemaGen(schema_file=configs.SCHEMA_FILE)
+
+  # Every split's statistics checked against the schema.
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"])
+
+  # Stops the run on any anomaly, naming the feature and the problem.
+  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+  return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate]
+
+
+def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
+  """The whole pipeline, with SQLite ML Metadata in the run's output folder."""
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name,
+      pipeline_root=config.pipeline_root,
+      components=create_components(config),
+      enable_cache=config.enable_cache,
+      metadata_connection_config=metadata.sqlite_metadata_connection_config(
+          config.metadata_path),
+      beam_pipeline_args=config.beam_args)

@@ -1,0 +1,37 @@
+"""Shared fixtures: synthetic MovieLens releases and the real files when present."""
+import os
+import pathlib
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from components.movielens_example_gen import synthetic  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The real GroupLens files live beside the repo (never inside it: no redistribution).
+REAL_DATA = pathlib.Path(os.environ.get("MOVIELENS_REAL_DATA",
+                                        REPO.parent / "shared" / "data" / "movielens"))
+REAL_100K = REAL_DATA / "ml-100k"
+REAL_1M = REAL_DATA / "ml-1m"
+
+
+def requires(path: pathlib.Path):
+  return pytest.mark.skipif(not path.is_dir(), reason=(
+      f"real MovieLens files not found at {path} (set MOVIELENS_REAL_DATA); "
+      "GroupLens forbids shipping them in the repo"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_1m(tmp_path_factory) -> synthetic.SyntheticRelease:
+  """A small release in the MovieLens 1M layout (ratings.dat, users.dat, movies.dat)."""
+  return synthetic.write_release(str(tmp_path_factory.mktemp("ml-1m")), "1m",
+                                 num_users=150, num_movies=200, num_ratings=6000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_100k(tmp_path_factory) -> synthetic.SyntheticRelease:
+  """A small release in the MovieLens 100K layout (u.data, u.user, u.item)."""
+  return synthetic.write_release(str(tmp_path_factory.mktemp("ml-100k")), "100k",
+                                 num_users=120, num_movies=150, num_ratings=5000, seed=2)
