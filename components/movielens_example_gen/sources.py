@@ -53,6 +53,7 @@ def _tfds_download(dataset: str, download_dir: str, manual_dir: Optional[str],
                    url_infos: Optional[Dict[str, object]]) -> str:
   """Downloads (or takes from `manual_dir`) the release zip through TFDS and extracts it."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
   url = tfds_config(dataset).download_url
   if manual_dir is None:
     _check_reachable(url, dataset)
@@ -61,7 +62,7 @@ def _tfds_download(dataset: str, download_dir: str, manual_dir: Optional[str],
       force_checksums_validation=True)
   try:
     extracted = manager.download_and_extract(url)
-  except tfds.download.NonMatchingChecksumError as e:
+  except download_manager.NonMatchingChecksumError as e:
     zip_path = os.path.join(manual_dir or download_dir, f"ml-{dataset}.zip")
     raise parsing.MovieLensDataError(
         f"{zip_path}: not the official MovieLens {dataset.upper()} archive (its "
