@@ -29,7 +29,7 @@ def describe_anomalies(anomalies: standard_artifacts.ExampleAnomalies) -> List[s
     found = anomalies_pb2.Anomalies()
     found.ParseFromString(io_utils.read_bytes_file(path))
     for feature, info in sorted(found.anomaly_info.items()):
-      problems.append(f"split '{split}': feature '{feature}': {info.description} "
+      problems.append(f"split '{split}': feature '{feature}': {info.description.strip()} "
                       f"({info.short_description})")
     if found.HasField("dataset_anomaly_info"):
       problems.append(f"split '{split}': {found.dataset_anomaly_info.description}")

@@ -6,6 +6,7 @@ to `<output_dir>/logs/run-<time>.log`.
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import time
@@ -99,12 +100,16 @@ class RunSummary:
   output_dir: str
   run_id: str
   components: List[ComponentRun]
+  split_counts: Dict[str, int]
   log_path: Optional[str] = None
 
   def table(self) -> str:
     lines = [f"{'component':<28} {'state':<8} {'seconds':>8}"]
     for c in self.components:
       lines.append(f"{c.node_id:<28} {c.state:<8} {c.seconds:>8.1f}")
+    if self.split_counts:
+      lines.append("examples: " + ", ".join(
+          f"{split} {count:,}" for split, count in self.split_counts.items()))
     return "\n".join(lines)
 
 
@@ -128,7 +133,12 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
       components.append(ComponentRun(
           node_ids[0] if node_ids else str(execution.type),
           _STATES.get(execution.last_known_state, "unknown"), seconds))
-  return RunSummary(config.output_dir, latest.name, components)
+    split_counts = {}
+    for artifact in store.get_artifacts_by_context(latest.id):
+      if "split_counts" in artifact.custom_properties:
+        split_counts = json.loads(
+            artifact.custom_properties["split_counts"].string_value)
+  return RunSummary(config.output_dir, latest.name, components, split_counts)
 
 
 def run(config: configs.PipelineConfig) -> RunSummary:
