@@ -55,3 +55,28 @@ DEFAULT_DATASET = "1m"
 
 # Output splits of ExampleGen and their share of the hash buckets (80/10/10).
 SPLITS = (("train", 8), ("eval", 1), ("test", 1))
+SPLIT_NAMES = tuple(name for name, _ in SPLITS)
+
+# --- Transformed features (tf.Transform's output), read by both models. ---
+
+# Categorical fields: each becomes a vocabulary index computed on the train split,
+# with out-of-vocabulary buckets so ids never seen in training still score.
+USER_FIELDS = (USER_ID, USER_GENDER, AGE_BUCKET, OCCUPATION_LABEL, ZIP_CODE)
+MOVIE_FIELDS = (MOVIE_ID,)
+MOVIE_DECADE = "movie_decade"  # derived: release year from the title, by decade
+VOCAB_FEATURES = USER_FIELDS + MOVIE_FIELDS
+NUM_OOV_BUCKETS = 1
+MAX_GENRES = 6  # most genres a MovieLens movie has; genre ids are padded to this
+GENRE_PADDING = -1
+
+
+def transformed_name(key: str) -> str:
+  """Name of a feature after tf.Transform."""
+  return f"{key}_xf"
+
+
+# DeepFM's fields: one embedding each, genres mean-pooled.
+DEEPFM_FIELDS = USER_FIELDS + MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES)
+# Raw features each model needs at serving time.
+CF_RAW_FEATURES = (USER_ID, MOVIE_ID)
+DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)

@@ -1,9 +1,10 @@
 """The `recsys` command: `recsys run` runs the pipeline here."""
 import argparse
+import json
 import os
 import sys
 import warnings
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from models import features
 
@@ -19,6 +20,23 @@ def _known_error(error: BaseException) -> Optional[BaseException]:
   return None
 
 
+def _overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
+  """["cf.epochs=3", "deepfm.dnn_units=[64,32]"] -> {"cf": {"epochs": 3}, ...}."""
+  overrides: Dict[str, Dict[str, Any]] = {}
+  for setting in settings:
+    key, _, value = setting.partition("=")
+    model, _, name = key.partition(".")
+    if not value or not name:
+      raise SystemExit(f"--set expects MODEL.NAME=VALUE, got {setting!r}")
+    try:
+      parsed = json.loads(value)
+    except json.JSONDecodeError:
+      parsed = value
+    overrides.setdefault(model, {})[name] = (tuple(parsed) if isinstance(parsed, list)
+                                             else parsed)
+  return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
@@ -27,10 +45,20 @@ def _run(args: argparse.Namespace) -> int:
       output_dir=args.output_dir or None, download_dir=args.download_dir,
       seed=args.seed,
       beam_args=(configs.default_beam_args(args.dataset) + list(args.beam_arg)),
-      enable_cache=not args.no_cache)
+      enable_cache=not args.no_cache,
+      presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
+      overrides=_overrides(args.set))
   summary = local_runner.run(config)
   print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
   print(summary.table())
+  if summary.report_path:
+    with open(summary.report_path) as f:
+      metrics = json.load(f)
+    print(f"\nTest split ({summary.report_path}):")
+    print(f"{'model':<8} {'auc':>7} {'log_loss':>9} {'accuracy':>9} {'examples':>9}")
+    for model, m in metrics.items():
+      print(f"{model:<8} {m['auc']:>7.4f} {m['log_loss']:>9.4f} {m['accuracy']:>9.4f} "
+            f"{m['example_count']:>9,}")
   return 0
 
 
@@ -50,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, repeatable, e.g. "
                    "--beam-arg=--direct_num_workers=4")
+  run.add_argument("--cf-config", choices=["seed", "best"], default="best",
+                   help="CF hyperparameters: the reference study's (seed) or ours")
+  run.add_argument("--deepfm-config", choices=["seed", "best"], default="best",
+                   help="DeepFM hyperparameters: the reference study's (seed) or ours")
+  run.add_argument("--set", action="append", default=[], metavar="MODEL.NAME=VALUE",
+                   help="override one hyperparameter, e.g. --set cf.epochs=3 "
+                   "(names in models/hparams.py)")
   run.add_argument("--no-cache", action="store_true",
                    help="rerun every component even when its inputs did not change")
   run.set_defaults(handler=_run)

@@ -2,9 +2,10 @@
 import dataclasses
 import hashlib
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from models import features
+from models import hparams as hparams_lib
 
 SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 DEFAULT_OUTPUT_ROOT = "runs"
@@ -49,6 +50,10 @@ class PipelineConfig:
   seed: int = 42
   beam_args: Optional[List[str]] = None  # default: default_beam_args(dataset)
   enable_cache: bool = True
+  presets: Dict[str, str] = dataclasses.field(
+      default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
+  # Per model, hyperparameters that replace the preset's, e.g. {"cf": {"epochs": 3}}.
+  overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.dataset not in features.DATASETS:
@@ -59,6 +64,11 @@ class PipelineConfig:
     self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
     if self.beam_args is None:
       self.beam_args = default_beam_args(self.dataset)
+
+  def hparams(self, model: str):
+    """The hyperparameters of `model` ("cf" or "deepfm") for this run."""
+    preset = hparams_lib.preset(model, self.presets[model])
+    return dataclasses.replace(preset, **self.overrides.get(model, {}))
 
   @property
   def pipeline_name(self) -> str:

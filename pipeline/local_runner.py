@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Dict, Iterator, List, Optional
 
@@ -16,6 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
+from components import model_report
 from components import progress
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
@@ -102,6 +104,7 @@ class RunSummary:
   components: List[ComponentRun]
   split_counts: Dict[str, int]
   log_path: Optional[str] = None
+  report_path: Optional[str] = None
 
   def table(self) -> str:
     lines = [f"{'component':<28} {'state':<8} {'seconds':>8}"]
@@ -141,6 +144,21 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
   return RunSummary(config.output_dir, latest.name, components, split_counts)
 
 
+def publish_report(config: configs.PipelineConfig) -> Optional[str]:
+  """Copies the latest ModelReport's metrics.json to `<output_dir>/report/`."""
+  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
+  with metadata.Metadata(connection) as m:
+    reports = [a for a in m.store.get_artifacts_by_type(model_report.ReportArtifact.TYPE_NAME)
+               if a.state == metadata_store_pb2.Artifact.LIVE]
+  if not reports:
+    return None
+  source = os.path.join(max(reports, key=lambda a: a.id).uri, model_report.METRICS_FILE)
+  target = os.path.join(config.output_dir, "report", model_report.METRICS_FILE)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.copyfile(source, target)
+  return target
+
+
 def run(config: configs.PipelineConfig) -> RunSummary:
   """Runs the pipeline end to end and returns what ML Metadata recorded."""
   tfx_pipeline = pipeline_dsl.create_pipeline(config)
@@ -153,4 +171,5 @@ def run(config: configs.PipelineConfig) -> RunSummary:
     tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
   summary = summarize_run(config)
   summary.log_path = log_path
+  summary.report_path = publish_report(config)
   return summary

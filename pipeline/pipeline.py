@@ -6,7 +6,10 @@ from tfx.dsl.components.base import base_node
 from tfx.orchestration import metadata
 
 from components.anomalies_gate import AnomaliesGate
+from components.model_report import ModelReport
 from components.movielens_example_gen import MovieLensExampleGen
+from models import features
+from models import hparams
 from pipeline import configs
 
 
@@ -34,7 +37,49 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   # Stops the run on any anomaly, naming the feature and the problem.
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
-  return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate]
+  # Vocabularies (train split only) and model inputs for every split (tf.Transform).
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn="models.preprocessing.preprocessing_fn",
+      splits_config=tfx.proto.SplitsConfig(analyze=["train"],
+                                            transform=list(features.SPLIT_NAMES)))
+  transform.add_upstream_node(anomalies_gate)
+
+  # The two models, trained from the same transformed examples.
+  trainers = {model: _trainer(model, run_fn, transform, schema_gen, config)
+              for model, run_fn in MODELS.items()}
+
+  # Both exported models scored side by side on the test split.
+  model_report = ModelReport(examples=example_gen.outputs["examples"],
+                             cf_model=trainers["cf"].outputs["model"],
+                             deepfm_model=trainers["deepfm"].outputs["model"])
+
+  return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+          transform, *trainers.values(), model_report]
+
+
+# Model name -> its Trainer entry point.
+MODELS = {"cf": "models.cf.run_fn", "deepfm": "models.deepfm.run_fn"}
+
+
+def trainer_id(model: str) -> str:
+  return f"Trainer.{model}"
+
+
+def _trainer(model: str, run_fn: str, transform, schema_gen,
+             config: configs.PipelineConfig) -> tfx.components.Trainer:
+  """A Trainer for `model` with its hyperparameter preset and the run's seed."""
+  return tfx.components.Trainer(
+      run_fn=run_fn,
+      examples=transform.outputs["transformed_examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(splits=["train"]),
+      eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+      custom_config={"hparams": hparams.to_config(config.hparams(model)),
+                     "seed": config.seed},
+  ).with_id(trainer_id(model))
 
 
 def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:

@@ -35,3 +35,12 @@ def synthetic_100k(tmp_path_factory) -> synthetic.SyntheticRelease:
   """A small release in the MovieLens 100K layout (u.data, u.user, u.item)."""
   return synthetic.write_release(str(tmp_path_factory.mktemp("ml-100k")), "100k",
                                  num_users=120, num_movies=150, num_ratings=5000, seed=2)
+
+
+@pytest.fixture(scope="session")
+def transformed_1m(synthetic_1m):
+  """The synthetic 1M-layout release after the project's tf.Transform preprocessing."""
+  from components.movielens_example_gen import parsing  # pylint: disable=g-import-not-at-top
+  from tests import transform_fixture  # pylint: disable=g-import-not-at-top
+  table = parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"])
+  return transform_fixture.run_transform(transform_fixture.rows_from_table(table))

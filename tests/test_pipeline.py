@@ -1,6 +1,7 @@
 """End to end: the real TFX components under LocalDagRunner with SQLite ML Metadata."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tfx.utils import io_utils
 from components.anomalies_gate import DataValidationError
 from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
+from components.movielens_example_gen import synthetic
 from models import features
 from pipeline import configs
 from pipeline import local_runner
@@ -28,9 +30,13 @@ pytestmark = pytest.mark.e2e
 _TEST_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-def _config(data_dir, output_dir, dataset="1m") -> configs.PipelineConfig:
+_FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}}
+
+
+def _config(data_dir, output_dir, dataset="1m", overrides=None) -> configs.PipelineConfig:
   return configs.PipelineConfig(dataset=dataset, data_dir=str(data_dir),
-                                output_dir=str(output_dir), beam_args=_TEST_BEAM_ARGS)
+                                output_dir=str(output_dir), beam_args=_TEST_BEAM_ARGS,
+                                overrides=overrides or {})
 
 
 def _store(config):
@@ -46,7 +52,9 @@ def _live_artifacts(config, type_name):
 
 def _latest_examples(config):
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
-  mlmd_artifact = max(_live_artifacts(config, "Examples"), key=lambda a: a.id)
+  ingested = [a for a in _live_artifacts(config, "Examples")
+              if "split_counts" in a.custom_properties]  # not Transform's output
+  mlmd_artifact = max(ingested, key=lambda a: a.id)
   examples = standard_artifacts.Examples()
   examples.set_mlmd_artifact(mlmd_artifact)
   return examples
@@ -69,22 +77,44 @@ def _read_split(examples, split):
   return {k: np.concatenate(v) for k, v in columns.items()}
 
 
+def _model_run(config, model):
+  """The model_run_dir (TensorBoard logs, history) of the latest run of `model`."""
+  with _store(config) as m:
+    trainer_runs = [a for a in m.store.get_artifacts_by_type("ModelRun")
+                    if f"Trainer.{model}" in a.uri]
+  return max(trainer_runs, key=lambda a: a.id).uri
+
+
 def _states(summary):
   return {c.node_id: c.state for c in summary.components}
 
 
-def test_synthetic_run_splits_validates_and_caches(synthetic_1m, tmp_path):
+def test_synthetic_run_ingests_trains_reports_and_caches(tmp_path):
   data = tmp_path / "data"
-  shutil.copytree(synthetic_1m.folder, data)
-  config = _config(data, tmp_path / "run")
+  release = synthetic.write_release(str(data), "1m", num_users=300, num_movies=400,
+                                    num_ratings=20_000, seed=11)
+  config = _config(data, tmp_path / "run", overrides=_FEW_EPOCHS)
   summary = local_runner.run(config)
   assert set(_states(summary).values()) == {"done"}
-  assert list(_states(summary)) == ["ImportSchemaGen", "MovieLensExampleGen",
-                                    "StatisticsGen", "ExampleValidator", "AnomaliesGate"]
+  assert list(_states(summary)) == [
+      "ImportSchemaGen", "MovieLensExampleGen", "StatisticsGen", "ExampleValidator",
+      "AnomaliesGate", "Transform", "Trainer.cf", "Trainer.deepfm", "ModelReport"]
+
+  # Both models learned the planted signal, scored through their exported signature.
+  with open(summary.report_path) as f:
+    report = json.load(f)
+  assert summary.report_path == str(tmp_path / "run" / "report" / "metrics.json")
+  for model in ("cf", "deepfm"):
+    assert list(report[model])[:2] == ["split", "auc"]
+    assert report[model]["auc"] > 0.7, report
+    assert report[model]["example_count"] == summary.split_counts["test"]
+    history = json.loads((pathlib.Path(_model_run(config, model)) / "history.json").read_text())
+    assert len(history["val_auc"]) == _FEW_EPOCHS[model]["epochs"]
+    assert list(pathlib.Path(_model_run(config, model)).rglob("events.out.tfevents.*"))
 
   examples = _latest_examples(config)
   counts = json.loads(examples.get_string_custom_property("split_counts"))
-  assert sum(counts.values()) == synthetic_1m.num_ratings
+  assert sum(counts.values()) == release.num_ratings
   assert examples.get_string_custom_property("dataset") == "movielens/1m-ratings"
   assert json.loads(examples.get_string_custom_property("split_hash_buckets")) == {
       "train": 8, "eval": 1, "test": 1}
@@ -92,11 +122,11 @@ def test_synthetic_run_splits_validates_and_caches(synthetic_1m, tmp_path):
   for split, expected_share in (("train", 0.8), ("eval", 0.1), ("test", 0.1)):
     rows = _read_split(examples, split)
     assert len(rows[features.LABEL]) == counts[split]
-    assert abs(counts[split] / synthetic_1m.num_ratings - expected_share) < 0.03
+    assert abs(counts[split] / release.num_ratings - expected_share) < 0.03
     np.testing.assert_array_equal(rows[features.LABEL],
                                   (rows[features.USER_RATING] >= 4).astype(int))
     pairs |= set(zip(rows[features.USER_ID], rows[features.MOVIE_ID]))
-  assert len(pairs) == synthetic_1m.num_ratings  # every rating once, in one split
+  assert len(pairs) == release.num_ratings  # every rating once, in one split
 
   schema_artifact = _live_artifacts(config, "Schema")[0]
   imported = io_utils.parse_pbtxt_file(
@@ -114,7 +144,7 @@ def test_synthetic_run_splits_validates_and_caches(synthetic_1m, tmp_path):
   states = _states(local_runner.run(config))
   assert states["MovieLensExampleGen"] == "done"
   counts = json.loads(_latest_examples(config).get_string_custom_property("split_counts"))
-  assert sum(counts.values()) == synthetic_1m.num_ratings - 10
+  assert sum(counts.values()) == release.num_ratings - 10
 
 
 @requires(REAL_100K)
@@ -122,6 +152,9 @@ def test_real_100k_ingestion(tmp_path):
   config = _config(REAL_100K, tmp_path / "run", dataset="100k")
   summary = local_runner.run(config)
   assert set(_states(summary).values()) == {"done"}
+  with open(summary.report_path) as f:
+    report = json.load(f)
+  assert report["cf"]["auc"] > 0.78 and report["deepfm"]["auc"] > 0.78, report
   examples = _latest_examples(config)
   splits = {s: _read_split(examples, s) for s in ("train", "eval", "test")}
   users = np.concatenate([r[features.USER_ID] for r in splits.values()])
@@ -171,7 +204,7 @@ def test_malformed_data_fails_ingestion_and_registers_nothing(synthetic_1m, tmp_
       f"^{ratings}, line 5000: rating '11' is outside 1 to 5$")):
     local_runner.run(config)
   assert _states(local_runner.summarize_run(config))["MovieLensExampleGen"] == "failed"
-  assert not _live_artifacts(config, "Examples")
+  assert not _live_artifacts(config, "Examples")  # nothing registered at all
 
 
 def test_cli_reports_bad_input_in_one_line(synthetic_1m, tmp_path):

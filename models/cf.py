@@ -1,0 +1,74 @@
+"""Collaborative filtering with TensorFlow Recommenders: a ranking model over ids only."""
+from typing import Dict, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from models import features
+from models import hparams as hp
+from models import training
+
+USER = features.transformed_name(features.USER_ID)
+MOVIE = features.transformed_name(features.MOVIE_ID)
+
+
+class CollaborativeFiltering(tfrs.Model):
+  """Ranking model: the probability that a user likes a movie, from their embeddings.
+
+  With `scoring="cosine"` (the reference study's model) the probability is
+  (cos(user, movie) + 1) / 2; with `scoring="dot"` it is
+  sigmoid(user . movie + user bias + movie bias + global bias). Trained with
+  `tfrs.tasks.Ranking` on binary cross-entropy, with AUC as its metric.
+  """
+
+  def __init__(self, num_users: int, num_movies: int, hparams: hp.CFHparams):
+    super().__init__()
+    self.hparams = hparams
+    initializer = tf.keras.initializers.RandomNormal(stddev=hparams.init_stddev)
+    self.user_embedding = tf.keras.layers.Embedding(
+        num_users, hparams.embedding_dim, embeddings_initializer=initializer)
+    self.movie_embedding = tf.keras.layers.Embedding(
+        num_movies, hparams.embedding_dim, embeddings_initializer=initializer)
+    self.use_biases = hparams.scoring == "dot" and hparams.use_biases
+    if self.use_biases:
+      self.user_bias = tf.keras.layers.Embedding(num_users, 1, embeddings_initializer="zeros")
+      self.movie_bias = tf.keras.layers.Embedding(num_movies, 1, embeddings_initializer="zeros")
+      self.global_bias = tf.Variable(0.0, name="global_bias")
+    self.task = training.ranking_task()
+
+  def _score(self, inputs: Dict[str, tf.Tensor]):
+    user = self.user_embedding(inputs[USER])
+    movie = self.movie_embedding(inputs[MOVIE])
+    if self.hparams.scoring == "cosine":
+      cosine = tf.reduce_sum(tf.math.l2_normalize(user, -1, 1e-6)
+                             * tf.math.l2_normalize(movie, -1, 1e-6), -1, keepdims=True)
+      return (cosine + 1) / 2, user, movie
+    logits = tf.reduce_sum(user * movie, -1, keepdims=True)
+    if self.use_biases:
+      logits += (self.user_bias(inputs[USER]) + self.movie_bias(inputs[MOVIE])
+                 + self.global_bias)
+    return tf.sigmoid(logits), user, movie
+
+  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """Like probabilities, shape [batch, 1]."""
+    return self._score(inputs)[0]
+
+  def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
+                   training: bool = False) -> tf.Tensor:
+    features_, labels = inputs
+    probabilities, user, movie = self._score(features_)
+    loss = self.task(labels=labels, predictions=probabilities)
+    if self.hparams.l2:  # on the rows of this batch, the usual choice for sparse ids
+      loss += self.hparams.l2 * tf.reduce_mean(
+          tf.reduce_sum(tf.square(user), -1) + tf.reduce_sum(tf.square(movie), -1))
+    return loss
+
+
+def build(vocabulary_sizes: Dict[str, int], hparams: hp.CFHparams) -> CollaborativeFiltering:
+  return CollaborativeFiltering(vocabulary_sizes[features.USER_ID],
+                                vocabulary_sizes[features.MOVIE_ID], hparams)
+
+
+def run_fn(fn_args) -> None:
+  """TFX Trainer entry point."""
+  training.run(fn_args, "cf", build, features.CF_RAW_FEATURES)

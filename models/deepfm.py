@@ -1,0 +1,95 @@
+"""DeepFM in Keras: FM first- and second-order terms and a DNN over shared field embeddings."""
+from typing import Dict, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from models import features
+from models import hparams as hp
+from models import training
+
+_GENRES = features.transformed_name(features.MOVIE_GENRES)
+_SINGLE_FIELDS = tuple(f for f in features.DEEPFM_FIELDS if f != features.MOVIE_GENRES)
+
+
+class FieldEmbeddings(tf.keras.layers.Layer):
+  """Embeds every field to [batch, fields, dim]; genres are mean-pooled into one field."""
+
+  def __init__(self, vocabulary_sizes: Dict[str, int], dim: int, l2: float,
+               init_stddev: float, **kwargs):
+    super().__init__(**kwargs)
+    regularizer = tf.keras.regularizers.l2(l2) if l2 else None
+    initializer = tf.keras.initializers.RandomNormal(stddev=init_stddev)
+    self.tables = {field: tf.keras.layers.Embedding(
+        vocabulary_sizes[field], dim, embeddings_initializer=initializer,
+        embeddings_regularizer=regularizer, name=f"{field}_embedding")
+                   for field in features.DEEPFM_FIELDS}
+
+  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    fields = [self.tables[f](inputs[features.transformed_name(f)]) for f in _SINGLE_FIELDS]
+    genre_ids = inputs[_GENRES]
+    present = tf.cast(genre_ids >= 0, tf.float32)[..., tf.newaxis]
+    genres = self.tables[features.MOVIE_GENRES](tf.maximum(genre_ids, 0)) * present
+    fields.append(tf.reduce_sum(genres, 1) / tf.maximum(tf.reduce_sum(present, 1), 1.0))
+    return tf.stack(fields, axis=1)
+
+
+class FactorizationMachine(tf.keras.layers.Layer):
+  """Second-order FM term: the sum of pairwise dot products of field embeddings."""
+
+  def call(self, fields: tf.Tensor) -> tf.Tensor:
+    square_of_sum = tf.square(tf.reduce_sum(fields, axis=1))
+    sum_of_squares = tf.reduce_sum(tf.square(fields), axis=1)
+    return 0.5 * tf.reduce_sum(square_of_sum - sum_of_squares, axis=1, keepdims=True)
+
+
+def _dnn(units: Sequence[int], dropout: float, l2: float) -> tf.keras.Sequential:
+  regularizer = tf.keras.regularizers.l2(l2) if l2 else None
+  layers = []
+  for width in units:
+    layers.append(tf.keras.layers.Dense(width, activation="relu",
+                                        kernel_regularizer=regularizer))
+    if dropout:
+      layers.append(tf.keras.layers.Dropout(dropout))
+  layers.append(tf.keras.layers.Dense(1, use_bias=False, kernel_regularizer=regularizer))
+  return tf.keras.Sequential(layers, name="dnn")
+
+
+class DeepFM(tfrs.Model):
+  """Ranking model: P(like) = sigmoid(linear + FM + DNN) over user, movie and their side features.
+
+  The FM's first-order term has its own one-dimensional embeddings; the FM's
+  second-order term and the DNN share the field embeddings (Guo et al., 2017).
+  Trained with `tfrs.tasks.Ranking` on binary cross-entropy, AUC as its metric.
+  """
+
+  def __init__(self, vocabulary_sizes: Dict[str, int], hparams: hp.DeepFMHparams):
+    super().__init__()
+    self.embeddings = FieldEmbeddings(vocabulary_sizes, hparams.embedding_dim,
+                                      hparams.l2_embedding, hparams.init_stddev)
+    self.first_order = FieldEmbeddings(vocabulary_sizes, 1, 0.0, hparams.init_stddev)
+    self.fm = FactorizationMachine()
+    self.dnn = _dnn(hparams.dnn_units, hparams.dropout, hparams.l2_dnn)
+    self.bias = tf.Variable(0.0, name="bias")
+    self.task = training.ranking_task()
+
+  def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Like probabilities, shape [batch, 1]."""
+    fields = self.embeddings(inputs)
+    linear = tf.reduce_sum(self.first_order(inputs), axis=1)
+    deep = self.dnn(tf.keras.layers.Flatten()(fields), training=training)
+    return tf.sigmoid(linear + self.fm(fields) + deep + self.bias)
+
+  def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
+                   training: bool = False) -> tf.Tensor:
+    features_, labels = inputs
+    return self.task(labels=labels, predictions=self(features_, training=training))
+
+
+def build(vocabulary_sizes: Dict[str, int], hparams: hp.DeepFMHparams) -> DeepFM:
+  return DeepFM(vocabulary_sizes, hparams)
+
+
+def run_fn(fn_args) -> None:
+  """TFX Trainer entry point."""
+  training.run(fn_args, "deepfm", build, features.DEEPFM_RAW_FEATURES)

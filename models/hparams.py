@@ -1,0 +1,75 @@
+"""Hyperparameters of both models, and the named presets the pipeline chooses from.
+
+`seed` presets reproduce the reference study's settings; `best` presets are ours,
+chosen on the eval split of MovieLens-100K (see README, "Models").
+"""
+import dataclasses
+from typing import Any, Dict, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class CFHparams:
+  """Collaborative filtering: user and movie embeddings, nothing else."""
+  embedding_dim: int = 64
+  scoring: str = "cosine"  # "cosine": (cos + 1) / 2; "dot": sigmoid(u.m + biases)
+  use_biases: bool = False  # per-user and per-movie biases (dot scoring only)
+  init_stddev: float = 1.0  # normal initialiser, as torch.nn.Embedding's
+  l2: float = 0.0  # on the embeddings looked up in a batch
+  learning_rate: float = 0.1
+  batch_size: int = 1024
+  epochs: int = 5
+  early_stopping_patience: int = 0  # 0: train all epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepFMHparams:
+  """DeepFM: first- and second-order FM terms and a DNN over shared field embeddings."""
+  embedding_dim: int = 16
+  dnn_units: Tuple[int, ...] = (256, 128, 64)
+  dropout: float = 0.0
+  l2_embedding: float = 1e-4
+  l2_dnn: float = 1e-4
+  init_stddev: float = 1e-4  # DeepCTR's default
+  learning_rate: float = 1e-3
+  batch_size: int = 1024
+  epochs: int = 30
+  early_stopping_patience: int = 3
+
+
+PRESETS = {
+    "cf": {
+        "seed": CFHparams(),
+        "best": CFHparams(embedding_dim=32, scoring="dot", use_biases=True,
+                          init_stddev=0.05, l2=3e-2, learning_rate=3e-3,
+                          batch_size=1024, epochs=40, early_stopping_patience=3),
+    },
+    "deepfm": {
+        "seed": DeepFMHparams(),
+        "best": DeepFMHparams(embedding_dim=16, dropout=0.3, l2_embedding=1e-5,
+                              l2_dnn=1e-5, learning_rate=1e-3, batch_size=1024,
+                              epochs=40, early_stopping_patience=3),
+    },
+}
+_CLASSES = {"cf": CFHparams, "deepfm": DeepFMHparams}
+
+
+def preset(model: str, name: str):
+  """The `name` preset ("seed" or "best") of `model` ("cf" or "deepfm")."""
+  try:
+    return PRESETS[model][name]
+  except KeyError:
+    raise ValueError(f"no preset {name!r} for model {model!r}; choose one of "
+                     f"{sorted(PRESETS.get(model, {}))}") from None
+
+
+def to_config(hparams) -> Dict[str, Any]:
+  """Hyperparameters as a JSON-friendly dict, for the Trainer's custom_config."""
+  return dataclasses.asdict(hparams)
+
+
+def from_config(model: str, config: Dict[str, Any]):
+  """The inverse of to_config: a Trainer's custom_config back to hyperparameters."""
+  values = dict(config)
+  if "dnn_units" in values:
+    values["dnn_units"] = tuple(values["dnn_units"])
+  return _CLASSES[model](**values)

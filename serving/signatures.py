@@ -1,0 +1,66 @@
+"""Serving signatures of the exported models, as TF Serving and TFX tooling call them.
+
+- `serving_default`: serialized tf.Examples of raw features (TF Serving's predict
+  and classify, TFX's BulkInferrer); only the features the model uses are parsed.
+- `predict_raw`: the same features as plain tensors, one per feature, for REST
+  clients: `{"instances": [{"user_id": "42", "movie_id": "1193"}]}`. Genres go as
+  one string, "Action|Comedy".
+- `transform_features`: serialized raw tf.Examples to the transformed features
+  (for the Evaluator).
+The Transform graph rides on the model as `model.tft_layer`, so it is saved with it.
+"""
+from typing import Dict, Sequence
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models import features
+
+OUTPUT_KEY = "like_probability"
+GENRE_SEPARATOR = "|"
+
+
+def _raw_spec(tf_transform_output: tft.TFTransformOutput,
+              keys: Sequence[str]) -> Dict[str, tf.io.FixedLenFeature]:
+  spec = tf_transform_output.raw_feature_spec()
+  return {k: spec[k] for k in keys}
+
+
+def make_serving_signatures(model: tf.keras.Model,
+                            tf_transform_output: tft.TFTransformOutput,
+                            raw_feature_keys: Sequence[str]) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """The model's signatures; `raw_feature_keys` are the raw features it needs."""
+  model.tft_layer = tf_transform_output.transform_features_layer()
+  raw_spec = _raw_spec(tf_transform_output, raw_feature_keys)
+
+  def predict(raw_features):
+    probabilities = model(model.tft_layer(raw_features))
+    return {OUTPUT_KEY: tf.reshape(probabilities, [-1])}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve_tf_examples(examples):
+    return predict(tf.io.parse_example(examples, raw_spec))
+
+  raw_inputs = {k: tf.TensorSpec([None], raw_spec[k].dtype, name=k) for k in raw_feature_keys}
+
+  @tf.function(input_signature=[raw_inputs])
+  def predict_raw(inputs):
+    raw_features = {}
+    for key, value in inputs.items():
+      if key == features.MOVIE_GENRES:
+        raw_features[key] = tf.strings.split(value, GENRE_SEPARATOR).to_sparse()
+      else:
+        raw_features[key] = value[:, tf.newaxis]
+    return predict(raw_features)
+
+  full_spec = tf_transform_output.raw_feature_spec()
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def transform_features(examples):
+    return model.tft_layer(tf.io.parse_example(examples, full_spec))
+
+  return {
+      "serving_default": serve_tf_examples.get_concrete_function(),
+      "predict_raw": predict_raw.get_concrete_function(),
+      "transform_features": transform_features.get_concrete_function(),
+  }

@@ -1,0 +1,114 @@
+"""Both models: output shapes, learning, and export/reload through the serving signatures."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import cf
+from models import deepfm
+from models import features
+from models import hparams as hp
+from models import training
+from serving import signatures
+
+MODELS = {"cf": (cf, features.CF_RAW_FEATURES), "deepfm": (deepfm, features.DEEPFM_RAW_FEATURES)}
+
+
+def _small(model_name, preset="best"):
+  return dataclasses.replace(hp.preset(model_name, preset), epochs=2)
+
+
+def _build(model_name, transformed, preset="best"):
+  module, _ = MODELS[model_name]
+  tf.keras.utils.set_random_seed(0)
+  return module.build(training.vocabulary_sizes(transformed.output),
+                      _small(model_name, preset))
+
+
+def _inputs(transformed, rows=slice(None)):
+  return {k: tf.constant(v[rows]) for k, v in transformed.columns.items()
+          if k != features.LABEL}
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("preset", ["seed", "best"])
+def test_output_is_a_probability_per_example(model_name, preset, transformed_1m):
+  model = _build(model_name, transformed_1m, preset)
+  probabilities = model(_inputs(transformed_1m, slice(0, 300))).numpy()
+  assert probabilities.shape == (300, 1)
+  assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_training_lowers_the_loss(model_name, transformed_1m):
+  model = _build(model_name, transformed_1m)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  batch = (_inputs(transformed_1m, slice(0, 1024)),
+           tf.constant(transformed_1m.columns[features.LABEL][:1024]))
+  before = model.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0,
+                          return_dict=True)["log_loss"]
+  model.fit(tf.data.Dataset.from_tensors(batch).repeat(30), verbose=0)
+  after = model.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0,
+                         return_dict=True)["log_loss"]
+  assert after < before - 0.02
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_export_and_reload_give_identical_predictions(model_name, transformed_1m, tmp_path):
+  module, raw_keys = MODELS[model_name]
+  model = _build(model_name, transformed_1m)
+  columns = transformed_1m.columns
+  train = {k: v[:4000] for k, v in columns.items()}
+  held_out = {k: v[4000:4500] for k, v in columns.items()}
+  training.train(model, model_name, _small(model_name), train, held_out,
+                 str(tmp_path / "logs"), seed=0)
+  expected = model(_inputs(transformed_1m, slice(4000, 4500))).numpy().ravel()
+  training.export(model, transformed_1m.output, raw_keys, str(tmp_path / "export"))
+  del model
+
+  loaded = tf.saved_model.load(str(tmp_path / "export"))
+  assert set(loaded.signatures) == {"serving_default", "predict_raw", "transform_features"}
+  # serving_default: serialized raw tf.Examples, as TF Serving sends them.
+  examples = tf.constant(transformed_1m.serialized[4000:4500])
+  served = loaded.signatures["serving_default"](examples=examples)
+  np.testing.assert_allclose(served[signatures.OUTPUT_KEY].numpy(), expected, atol=1e-6)
+  # predict_raw: one plain tensor per raw feature, genres as "A|B".
+  raw_rows = transformed_1m.raw[4000:4500]
+  raw_inputs = {}
+  for key in raw_keys:
+    values = [row[key] for row in raw_rows]
+    if key == features.MOVIE_GENRES:
+      raw_inputs[key] = tf.constant([b"|".join(v) for v in values])
+    elif isinstance(values[0][0], int):
+      raw_inputs[key] = tf.constant([v[0] for v in values], tf.int64)  # JSON ints
+    else:
+      raw_inputs[key] = tf.constant([v[0] for v in values])
+  served_raw = loaded.signatures["predict_raw"](**raw_inputs)
+  np.testing.assert_allclose(served_raw[signatures.OUTPUT_KEY].numpy(), expected, atol=1e-6)
+  # serving_default needs only the features the model uses.
+  slim = []
+  for serialized in transformed_1m.serialized[4000:4005]:
+    example = tf.train.Example()
+    example.ParseFromString(serialized)
+    for key in list(example.features.feature):
+      if key not in raw_keys:
+        del example.features.feature[key]
+    slim.append(example.SerializeToString())
+  assert loaded.signatures["serving_default"](examples=tf.constant(slim))[
+      signatures.OUTPUT_KEY].shape == (5,)
+  # transform_features: what the Evaluator feeds the model.
+  transformed = loaded.signatures["transform_features"](examples=examples)
+  np.testing.assert_array_equal(transformed[features.transformed_name(features.USER_ID)],
+                                columns[features.transformed_name(features.USER_ID)][4000:4500])
+
+
+def test_same_seed_same_auc(transformed_1m, tmp_path):
+  def auc_once(run):
+    model = _build("cf", transformed_1m)
+    columns = transformed_1m.columns
+    history = training.train(model, "cf", _small("cf"), {k: v[:4500] for k, v in columns.items()},
+                             {k: v[4500:] for k, v in columns.items()},
+                             str(tmp_path / run), seed=7)
+    return history["val_auc"][-1]
+  assert round(auc_once("a"), 3) == round(auc_once("b"), 3)
