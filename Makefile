@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast env lock clean
+.PHONY: run test test-fast env lock clean bench-train bench-deepctr
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -48,6 +48,26 @@ $(STAMP): requirements.lock setup.py | $(UV)
 lock: | $(UV)
 	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.10 \
 		--python-platform x86_64-manylinux2014
+
+# Training speed and AUC of both presets of both models, on a finished run's
+# Transform output (default: the real MovieLens-100K run).
+RUN_DIR ?= runs/movielens-100k
+bench-train: $(STAMP)
+	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
+	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json
+	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset best --output bench/results/train_speed_best.json
+
+# DeepCTR's DeepFM (the reference) at batch 1024 on real MovieLens-100K, in its own venv.
+DEEPCTR_VENV := .tools/deepctr
+MOVIELENS_100K ?= ../shared/data/movielens/ml-100k
+bench-deepctr: | $(UV)
+	test -x $(DEEPCTR_VENV)/bin/python || { $(UV) venv --python $(PYTHON_VERSION) $(DEEPCTR_VENV) && \
+	  $(UV) pip install --python $(DEEPCTR_VENV)/bin/python tensorflow==2.10.1 "numpy<1.24" \
+	    deepctr==0.9.3 scikit-learn pandas; }
+	mkdir -p bench/results
+	TF_CPP_MIN_LOG_LEVEL=2 $(DEEPCTR_VENV)/bin/python bench/deepctr_speed.py $(MOVIELENS_100K) 1024 \
+	  | tail -1 > bench/results/deepctr_speed_1024.json
+	cat bench/results/deepctr_speed_1024.json
 
 clean:
 	rm -rf $(VENV) .tools

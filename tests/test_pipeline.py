@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -222,4 +223,4 @@ def test_cli_reports_bad_input_in_one_line(synthetic_1m, tmp_path):
   assert result.returncode == 1
   assert f"error: {users}, line 3: expected 5 fields separated by '::'" in result.stderr
   assert "Traceback" not in result.stderr
-  assert "stage 2/5: MovieLensExampleGen running" in result.stderr
+  assert re.search(r"stage 2/\d+: MovieLensExampleGen running", result.stderr)

@@ -1,0 +1,103 @@
+"""Training speed and quality of both models on a finished run's Transform output.
+
+Trains each model (its `seed` or `best` preset) exactly as its Trainer does and
+writes JSON: training examples per second (epochs 2..N, training only, no
+validation; epoch 1 holds tf.function tracing), epochs run, eval and test AUC.
+
+  .venv/bin/python bench/train_speed.py runs/movielens-100k --preset seed \
+      --output bench/results/train_speed_seed.json
+
+Compare with DeepCTR's DeepFM at the same batch size: bench/deepctr_speed.py.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from components import model_report
+from models import cf
+from models import deepfm
+from models import features
+from models import hparams as hp
+from models import training
+
+_BUILDERS = {"cf": cf.build, "deepfm": deepfm.build}
+
+
+def _latest(pattern: str) -> str:
+  found = sorted(glob.glob(pattern), key=lambda p: int(os.path.basename(p)))
+  if not found:
+    sys.exit(f"nothing matches {pattern}: run the pipeline first")
+  return found[-1]
+
+
+def load_split(examples_dir: str, split: str, tf_transform_output) -> dict:
+  spec = tf_transform_output.transformed_feature_spec()
+  files = glob.glob(os.path.join(examples_dir, f"Split-{split}", "*"))
+  dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65_536).map(
+      lambda x: tf.io.parse_example(x, spec))
+  columns = {}
+  for batch in dataset:
+    for key, value in batch.items():
+      columns.setdefault(key, []).append(value.numpy())
+  return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: int) -> dict:
+  tf.keras.utils.set_random_seed(seed)
+  tf.config.experimental.enable_op_determinism()
+  model = _BUILDERS[model_name](training.vocabulary_sizes(tf_transform_output), hparams)
+  started = time.perf_counter()
+  history = training.train(model, model_name, hparams, splits["train"], splits["eval"],
+                           f"/tmp/train_speed_logs/{model_name}", seed)
+  fit_seconds = time.perf_counter() - started
+  result = {"model": model_name, "hparams": hp.to_config(hparams),
+            "epochs": len(history["auc"]), "fit_seconds": round(fit_seconds, 1),
+            "train_examples_per_epoch": history["train_examples"],
+            "train_examples_per_second": round(float(np.median(
+                history["train_examples_per_second"][1:] or [0]))),
+            "batch_size": hparams.batch_size}
+  for split in ("eval", "test"):
+    data = splits[split]
+    probabilities = model.predict(training.make_dataset(data, 65_536, False, seed),
+                                  verbose=0).ravel()
+    result[f"{split}_auc"] = model_report.binary_metrics(data[features.LABEL],
+                                                         probabilities)["auc"]
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("run_dir", help="output folder of a finished `recsys run`")
+  parser.add_argument("--models", default="cf,deepfm")
+  parser.add_argument("--preset", default="best", choices=["seed", "best"])
+  parser.add_argument("--set", default="{}", help='JSON overrides, e.g. {"epochs": 3}')
+  parser.add_argument("--seed", type=int, default=42)
+  parser.add_argument("--output", help="JSON file to write (default: print only)")
+  args = parser.parse_args()
+  transform_dir = os.path.join(args.run_dir, "tfx", "Transform")
+  tf_transform_output = tft.TFTransformOutput(_latest(f"{transform_dir}/transform_graph/*"))
+  examples_dir = _latest(f"{transform_dir}/transformed_examples/*")
+  splits = {s: load_split(examples_dir, s, tf_transform_output) for s in features.SPLIT_NAMES}
+  results = []
+  for model_name in args.models.split(","):
+    hparams = hp.from_config(model_name, {**hp.to_config(hp.preset(model_name, args.preset)),
+                                          **json.loads(args.set)})
+    results.append(measure(model_name, hparams, splits, tf_transform_output, args.seed))
+    print(json.dumps(results[-1]), flush=True)
+  if args.output:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+      json.dump({"run_dir": os.path.abspath(args.run_dir), "preset": args.preset,
+                 "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
