@@ -101,7 +101,7 @@ class TrainingProgress(tf.keras.callbacks.Callback):
 
 def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_examples,
           log_dir: str, seed: int) -> Dict[str, list]:
-  """Fits `model` with early stopping on eval AUC; returns the Keras history."""
+  """Fits `model`, with early stopping on eval AUC if the hyperparameters ask; returns the history."""
   # Several steps per call into TensorFlow: at batch 1024 the Python round trip
   # per step was a third of the step time.
   model.compile(optimizer=tf.keras.optimizers.Adam(hparams.learning_rate),

@@ -11,7 +11,7 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 DEFAULT_OUTPUT_ROOT = "runs"
 
 
-def default_beam_args(dataset: str) -> List[str]:
+def default_beam_args() -> List[str]:
   """DirectRunner flags: one process, a worker thread per core.
 
   Measured on 2 cores with 1M ratings: multi_processing took 35 s for
@@ -19,7 +19,6 @@ def default_beam_args(dataset: str) -> List[str]:
   start-up and pickling outweigh the second core); on 100K it was 2-3x slower.
   Override with `recsys run --beam-arg=--direct_running_mode=multi_processing`.
   """
-  del dataset  # same choice for both releases, see above
   return ["--direct_running_mode=in_memory",
           f"--direct_num_workers={os.cpu_count() or 1}"]
 
@@ -48,7 +47,7 @@ class PipelineConfig:
   output_dir: Optional[str] = None  # default runs/movielens-<dataset>
   download_dir: Optional[str] = None  # default ~/tensorflow_datasets/downloads
   seed: int = 42
-  beam_args: Optional[List[str]] = None  # default: default_beam_args(dataset)
+  beam_args: Optional[List[str]] = None  # default: default_beam_args()
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
       default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
@@ -63,7 +62,7 @@ class PipelineConfig:
       self.output_dir = os.path.join(DEFAULT_OUTPUT_ROOT, self.pipeline_name)
     self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
     if self.beam_args is None:
-      self.beam_args = default_beam_args(self.dataset)
+      self.beam_args = default_beam_args()
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""

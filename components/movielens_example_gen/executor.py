@@ -8,7 +8,7 @@ time; shard-wise work keeps Beam's per-element cost out of the hot path.
 """
 import json
 import re
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -106,7 +106,7 @@ class _WriteOutputFile(beam.DoFn):
 _BEAM_CONTEXT = re.compile(r"\s*\[while running '[^']*'\]")
 
 
-def _movielens_error(error: BaseException) -> parsing.MovieLensDataError:
+def _movielens_error(error: BaseException) -> Optional[parsing.MovieLensDataError]:
   """Finds our data error inside whatever Beam wrapped it in, or returns None."""
   seen = error
   while seen is not None:

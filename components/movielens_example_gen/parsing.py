@@ -5,10 +5,11 @@ way its parsers compute them (`tensorflow_datasets/structured/movielens_parsing.
 ISO-8859-1 text, "Children's" read as "Children", 1M occupation codes and 100K
 occupation names mapped to one label set, 100K ages put in 1M's buckets);
 `tests/test_parsing.py` checks row-for-row equality with those parsers on the real
-files. We do not call TFDS's ratings parsers themselves because they work a row at
-a time (73 us/row, ~75 s for MovieLens-1M on one core) and fail on a bad line with a
-bare KeyError or ValueError; this module validates every field, names the file and
-line of the first bad one, and parses ratings a shard at a time with NumPy and Arrow.
+files. We do not call TFDS's ratings parsers themselves: they read the whole file in
+one generator (no sharding across Beam workers), keep ratings as unchecked strings,
+and fail on a bad line with a bare KeyError or ValueError. This module validates
+every field, names the file and line of the first bad one, and parses ratings a
+shard at a time with NumPy and Arrow.
 """
 import dataclasses
 import os
