@@ -25,26 +25,10 @@ RAW_USER_AGE = "raw_user_age"  # MovieLens 100K only
 LABEL = "like"
 LIKE_MIN_RATING = 4
 
-STRING_FEATURES = (USER_ID, MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES, OCCUPATION_LABEL,
-                   OCCUPATION_TEXT, ZIP_CODE)
-INT_FEATURES = (USER_GENDER, AGE_BUCKET, TIMESTAMP, LABEL)
-FLOAT_FEATURES = (USER_RATING, RAW_USER_AGE)
+# Types and allowed values of every feature: pipeline/schema/schema.pbtxt.
 
 # Age buckets, as MovieLens 1M defines them and TFDS applies to 100K's exact ages.
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
-
-# TFDS's genre names (its ClassLabel, less the ones MovieLens 1M and 100K never use).
-GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
-          "Mystery", "Romance", "Sci-Fi", "Thriller", "Unknown", "War", "Western")
-
-# TFDS's harmonised occupation labels (its ClassLabel for user_occupation_label).
-OCCUPATION_LABELS = (
-    "academic/educator", "artist", "clerical/admin", "customer service",
-    "doctor/health care", "entertainment", "executive/managerial", "farmer",
-    "homemaker", "lawyer", "librarian", "other/not specified", "programmer",
-    "retired", "sales/marketing", "scientist", "self-employed", "student",
-    "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
 
 # The data sets this project ingests, by the name users give on the command line.
 DATASETS = {
