@@ -53,7 +53,8 @@ def load_split(examples_dir: str, split: str, tf_transform_output) -> dict:
 def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: int) -> dict:
   tf.keras.utils.set_random_seed(seed)
   tf.config.experimental.enable_op_determinism()
-  model = _BUILDERS[model_name](training.vocabulary_sizes(tf_transform_output), hparams)
+  with training.precision_policy(training.uses_bfloat16(hparams)):
+    model = _BUILDERS[model_name](training.vocabulary_sizes(tf_transform_output), hparams)
   started = time.perf_counter()
   history = training.train(model, model_name, hparams, splits["train"], splits["eval"],
                            f"/tmp/train_speed_logs/{model_name}", seed)
@@ -63,7 +64,8 @@ def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: i
             "train_examples_per_epoch": history["train_examples"],
             "train_examples_per_second": round(float(np.median(
                 history["train_examples_per_second"][1:] or [0]))),
-            "batch_size": hparams.batch_size}
+            "batch_size": hparams.batch_size,
+            "bfloat16": training.uses_bfloat16(hparams)}
   for split in ("eval", "test"):
     data = splits[split]
     probabilities = model.predict(training.make_dataset(data, 65_536, False, seed),

@@ -4,10 +4,11 @@ The transformed examples are read once into memory (a few dozen MB at
 MovieLens-1M) and every epoch is fed from there, shuffled, so no epoch re-parses
 tf.Examples. TensorBoard logs go to the Trainer's model_run_dir.
 """
+import contextlib
 import json
 import os
 import time
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +33,31 @@ def ranking_task():
       loss=tf.keras.losses.BinaryCrossentropy(),
       metrics=[tf.keras.metrics.AUC(name="auc", num_thresholds=1000)],
       loss_metrics=[tf.keras.metrics.Mean(name="log_loss")])
+
+
+def _cpu_has_bfloat16() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = f.read()
+  except OSError:
+    return False
+  return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def uses_bfloat16(hparams) -> bool:
+  """Whether the model computes in bfloat16: asked for, and fast on this CPU."""
+  return getattr(hparams, "mixed_precision", "off") == "auto" and _cpu_has_bfloat16()
+
+
+@contextlib.contextmanager
+def precision_policy(bfloat16: bool) -> Iterator[None]:
+  """Keras' dtype policy for the models built inside; restored afterwards."""
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy("mixed_bfloat16" if bfloat16 else "float32")
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
 
 
 def load_examples(file_pattern, data_accessor,
@@ -148,7 +174,8 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                                 tf_transform_output)
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
                   f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
-  model = build(vocabulary_sizes(tf_transform_output), hparams)
+  with precision_policy(uses_bfloat16(hparams)):
+    model = build(vocabulary_sizes(tf_transform_output), hparams)
   history = train(model, model_name, hparams, train_examples, eval_examples,
                   fn_args.model_run_dir, seed)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:

@@ -22,8 +22,9 @@ def _small(model_name, preset="best"):
 def _build(model_name, transformed, preset="best"):
   module, _ = MODELS[model_name]
   tf.keras.utils.set_random_seed(0)
-  return module.build(training.vocabulary_sizes(transformed.output),
-                      _small(model_name, preset))
+  hparams = _small(model_name, preset)
+  with training.precision_policy(training.uses_bfloat16(hparams)):
+    return module.build(training.vocabulary_sizes(transformed.output), hparams)
 
 
 def _inputs(transformed, rows=slice(None)):
@@ -35,7 +36,9 @@ def _inputs(transformed, rows=slice(None)):
 @pytest.mark.parametrize("preset", ["seed", "best"])
 def test_output_is_a_probability_per_example(model_name, preset, transformed_1m):
   model = _build(model_name, transformed_1m, preset)
-  probabilities = model(_inputs(transformed_1m, slice(0, 300))).numpy()
+  probabilities = model(_inputs(transformed_1m, slice(0, 300)))
+  assert probabilities.dtype == tf.float32  # also under bfloat16 compute
+  probabilities = probabilities.numpy()
   assert probabilities.shape == (300, 1)
   assert np.all((probabilities >= 0) & (probabilities <= 1))
 
@@ -55,15 +58,20 @@ def test_training_lowers_the_loss(model_name, transformed_1m):
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-def test_export_and_reload_give_identical_predictions(model_name, transformed_1m, tmp_path):
+@pytest.mark.parametrize("preset", ["seed", "best"])
+def test_export_and_reload_give_identical_predictions(model_name, preset, transformed_1m,
+                                                      tmp_path):
   module, raw_keys = MODELS[model_name]
-  model = _build(model_name, transformed_1m)
+  model = _build(model_name, transformed_1m, preset)
   columns = transformed_1m.columns
   train = {k: v[:4000] for k, v in columns.items()}
   held_out = {k: v[4000:4500] for k, v in columns.items()}
-  training.train(model, model_name, _small(model_name), train, held_out,
+  training.train(model, model_name, _small(model_name, preset), train, held_out,
                  str(tmp_path / "logs"), seed=0)
   expected = model(_inputs(transformed_1m, slice(4000, 4500))).numpy().ravel()
+  # float32 models match to 1e-6. bfloat16 compute keeps ~3 significant digits, and
+  # the saved graph may fuse ops differently, so those match to bfloat16 precision.
+  atol = 1e-3 if training.uses_bfloat16(_small(model_name, preset)) else 1e-6
   training.export(model, transformed_1m.output, raw_keys, str(tmp_path / "export"))
   del model
 
@@ -72,7 +80,7 @@ def test_export_and_reload_give_identical_predictions(model_name, transformed_1m
   # serving_default: serialized raw tf.Examples, as TF Serving sends them.
   examples = tf.constant(transformed_1m.serialized[4000:4500])
   served = loaded.signatures["serving_default"](examples=examples)
-  np.testing.assert_allclose(served[signatures.OUTPUT_KEY].numpy(), expected, atol=1e-6)
+  np.testing.assert_allclose(served[signatures.OUTPUT_KEY].numpy(), expected, atol=atol)
   # predict_raw: one plain tensor per raw feature, genres as "A|B".
   raw_rows = transformed_1m.raw[4000:4500]
   raw_inputs = {}
@@ -85,7 +93,7 @@ def test_export_and_reload_give_identical_predictions(model_name, transformed_1m
     else:
       raw_inputs[key] = tf.constant([v[0] for v in values])
   served_raw = loaded.signatures["predict_raw"](**raw_inputs)
-  np.testing.assert_allclose(served_raw[signatures.OUTPUT_KEY].numpy(), expected, atol=1e-6)
+  np.testing.assert_allclose(served_raw[signatures.OUTPUT_KEY].numpy(), expected, atol=atol)
   # serving_default needs only the features the model uses.
   slim = []
   for serialized in transformed_1m.serialized[4000:4005]:
