@@ -76,9 +76,10 @@ class _ParseShard(beam.DoFn):
 class _WriteOutputFile(beam.DoFn):
   """Writes one output file: its pieces in shard order, shuffled reproducibly.
 
-  TensorFlow's C++ TFRecord writer does the gzip and checksums; Beam's Python
-  TFRecord sink spent ~20 s per million examples here. The file is written under a
-  temporary name and renamed, so a retried bundle never leaves a partial file.
+  TensorFlow's C++ TFRecord writer does the gzip and checksums: with Beam's Python
+  TFRecord sink, ingesting a million ratings took 35 s here instead of 25 s. The
+  file is written under a temporary name and renamed, so a retried bundle never
+  leaves a partial file.
   """
 
   def __init__(self, split_uris: List[str], files_per_split: List[int], seed: int):
