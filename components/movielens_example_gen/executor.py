@@ -95,7 +95,7 @@ class _WriteOutputFile(beam.DoFn):
             f"{self._files_per_split[split_index]:05d}.gz")
     path = f"{self._split_uris[split_index]}/{name}"
     temporary = f"{path}.incomplete"
-    # Level 1: a third of the default level's time for ~15% larger files.
+    # Level 1: ingesting 1M ratings took 19 s instead of 25 s, files ~25% larger.
     options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
     with tf.io.TFRecordWriter(temporary, options) as writer:
       for record in records[rng.permutation(len(records))]:
