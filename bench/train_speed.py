@@ -41,20 +41,13 @@ def _latest(pattern: str) -> str:
 def load_split(examples_dir: str, split: str, tf_transform_output) -> dict:
   spec = tf_transform_output.transformed_feature_spec()
   files = glob.glob(os.path.join(examples_dir, f"Split-{split}", "*"))
-  dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65_536).map(
-      lambda x: tf.io.parse_example(x, spec))
-  columns = {}
-  for batch in dataset:
-    for key, value in batch.items():
-      columns.setdefault(key, []).append(value.numpy())
-  return {k: np.concatenate(v) for k, v in columns.items()}
+  return training.to_columns(
+      tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65_536).map(
+          lambda x: tf.io.parse_example(x, spec)))
 
 
 def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: int) -> dict:
-  tf.keras.utils.set_random_seed(seed)
-  tf.config.experimental.enable_op_determinism()
-  with training.precision_policy(training.uses_bfloat16(hparams)):
-    model = _BUILDERS[model_name](training.vocabulary_sizes(tf_transform_output), hparams)
+  model = training.build_seeded(_BUILDERS[model_name], tf_transform_output, hparams, seed)
   started = time.perf_counter()
   history = training.train(model, model_name, hparams, splits["train"], splits["eval"],
                            f"/tmp/train_speed_logs/{model_name}", seed)

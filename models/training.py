@@ -5,6 +5,7 @@ MovieLens-1M) and every epoch is fed from there, shuffled, so no epoch re-parses
 tf.Examples. TensorBoard logs go to the Trainer's model_run_dir.
 """
 import contextlib
+import functools
 import json
 import os
 import time
@@ -35,6 +36,7 @@ def ranking_task():
       loss_metrics=[tf.keras.metrics.Mean(name="log_loss")])
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_has_bfloat16() -> bool:
   try:
     with open("/proc/cpuinfo") as f:
@@ -60,18 +62,31 @@ def precision_policy(bfloat16: bool) -> Iterator[None]:
     tf.keras.mixed_precision.set_global_policy(previous)
 
 
-def load_examples(file_pattern, data_accessor,
-                  tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
-  """All transformed examples of a split, as one array per feature."""
-  dataset = data_accessor.tf_dataset_factory(
-      file_pattern, tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1,
-                                                   shuffle=False),
-      tf_transform_output.transformed_metadata.schema)
+def to_columns(batches: tf.data.Dataset) -> Dict[str, np.ndarray]:
+  """A dataset of feature-dict batches, read to the end, as one array per feature."""
   columns: Dict[str, list] = {}
-  for batch in dataset:
+  for batch in batches:
     for key, value in batch.items():
       columns.setdefault(key, []).append(value.numpy())
   return {key: np.concatenate(values) for key, values in columns.items()}
+
+
+def load_examples(file_pattern, data_accessor,
+                  tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+  """All transformed examples of a split, as one array per feature."""
+  return to_columns(data_accessor.tf_dataset_factory(
+      file_pattern, tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1,
+                                                   shuffle=False),
+      tf_transform_output.transformed_metadata.schema))
+
+
+def build_seeded(build: Callable, tf_transform_output: tft.TFTransformOutput, hparams,
+                 seed: int) -> tf.keras.Model:
+  """Seeds TensorFlow (deterministic ops) and builds the model in its dtype policy."""
+  tf.keras.utils.set_random_seed(seed)
+  tf.config.experimental.enable_op_determinism()
+  with precision_policy(uses_bfloat16(hparams)):
+    return build(vocabulary_sizes(tf_transform_output), hparams)
 
 
 def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool,
@@ -165,8 +180,6 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
   seed = int(config["seed"])
-  tf.keras.utils.set_random_seed(seed)
-  tf.config.experimental.enable_op_determinism()
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   train_examples = load_examples(fn_args.train_files, fn_args.data_accessor,
                                  tf_transform_output)
@@ -174,8 +187,7 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                                 tf_transform_output)
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
                   f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
-  with precision_policy(uses_bfloat16(hparams)):
-    model = build(vocabulary_sizes(tf_transform_output), hparams)
+  model = build_seeded(build, tf_transform_output, hparams, seed)
   history = train(model, model_name, hparams, train_examples, eval_examples,
                   fn_args.model_run_dir, seed)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:

@@ -22,6 +22,7 @@ from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import synthetic
 from models import features
+from models import training
 from pipeline import configs
 from pipeline import local_runner
 from tests.conftest import REAL_100K, REPO, requires
@@ -69,13 +70,9 @@ def _read_split(examples, split):
           features.MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
           features.LABEL: tf.io.FixedLenFeature([], tf.int64),
           features.USER_RATING: tf.io.FixedLenFeature([], tf.float32)}
-  dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(50_000).map(
-      lambda x: tf.io.parse_example(x, spec))
-  columns = {k: [] for k in spec}
-  for batch in dataset:
-    for k in spec:
-      columns[k].append(batch[k].numpy())
-  return {k: np.concatenate(v) for k, v in columns.items()}
+  return training.to_columns(
+      tf.data.TFRecordDataset(files, compression_type="GZIP").batch(50_000).map(
+          lambda x: tf.io.parse_example(x, spec)))
 
 
 def _model_run(config, model):
