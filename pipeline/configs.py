@@ -9,6 +9,8 @@ from models import hparams as hparams_lib
 
 SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 DEFAULT_OUTPUT_ROOT = "runs"
+DEFAULT_AUC_FLOOR = 0.75
+DEFAULT_MAX_AUC_DROP = 0.005
 
 
 def default_beam_args() -> List[str]:
@@ -53,6 +55,12 @@ class PipelineConfig:
       default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
   # Per model, hyperparameters that replace the preset's, e.g. {"cf": {"epochs": 3}}.
   overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+  # Blessing: test AUC at least this, and (once a model of the same kind has been
+  # blessed) at most this much below that model's AUC on the same test split. The
+  # default tolerance is just above the +-0.004 AUC that a change of seed moves.
+  auc_floor: float = DEFAULT_AUC_FLOOR
+  max_auc_drop: float = DEFAULT_MAX_AUC_DROP
+  serving_dir: Optional[str] = None  # default <output_dir>/serving
 
   def __post_init__(self):
     if self.dataset not in features.DATASETS:
@@ -63,6 +71,9 @@ class PipelineConfig:
     self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
     if self.beam_args is None:
       self.beam_args = default_beam_args()
+    if self.serving_dir is None:
+      self.serving_dir = os.path.join(self.output_dir, "serving")
+    self.serving_dir = os.path.abspath(os.path.expanduser(self.serving_dir))
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""
@@ -82,3 +93,7 @@ class PipelineConfig:
   def metadata_path(self) -> str:
     """The ML Metadata SQLite store of the run."""
     return os.path.join(self.output_dir, "metadata.sqlite")
+
+  def serving_model_dir(self, model: str) -> str:
+    """Where the Pusher puts numbered versions of `model`, as TF Serving reads them."""
+    return os.path.join(self.serving_dir, model)

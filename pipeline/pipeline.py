@@ -4,13 +4,16 @@ from typing import List
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node
 from tfx.orchestration import metadata
+from tfx.types import standard_artifacts
 
 from components.anomalies_gate import AnomaliesGate
+from components.pusher import Pusher
 from components.model_report import ModelReport
 from components.movielens_example_gen import MovieLensExampleGen
 from models import features
 from models import hparams
 from pipeline import configs
+from pipeline import evaluation
 
 
 def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode]:
@@ -50,13 +53,23 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   trainers = {model: _trainer(model, run_fn, transform, schema_gen, config)
               for model, run_fn in MODELS.items()}
 
-  # Both exported models scored side by side on the test split.
-  model_report = ModelReport(examples=example_gen.outputs["examples"],
-                             cf_model=trainers["cf"].outputs["model"],
-                             deepfm_model=trainers["deepfm"].outputs["model"])
+  # Each model judged on the test split (TFMA), blessed or not, and pushed if blessed.
+  judged = {model: _evaluate_and_push(model, trainer, example_gen, config)
+            for model, trainer in trainers.items()}
+  evaluators = {model: nodes[1] for model, nodes in judged.items()}
+
+  # Both evaluations side by side: metrics.json, report.md, figures, TensorBoard.
+  model_report = ModelReport(
+      cf_evaluation=evaluators["cf"].outputs["evaluation"],
+      cf_blessing=evaluators["cf"].outputs["blessing"],
+      cf_model_run=trainers["cf"].outputs["model_run"],
+      deepfm_evaluation=evaluators["deepfm"].outputs["evaluation"],
+      deepfm_blessing=evaluators["deepfm"].outputs["blessing"],
+      deepfm_model_run=trainers["deepfm"].outputs["model_run"])
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-          transform, *trainers.values(), model_report]
+          transform, *trainers.values(),
+          *[node for nodes in judged.values() for node in nodes], model_report]
 
 
 # Model name -> its Trainer entry point.
@@ -80,6 +93,48 @@ def _trainer(model: str, run_fn: str, transform, schema_gen,
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
                      "seed": config.seed},
   ).with_id(trainer_id(model))
+
+
+def _evaluate_and_push(model: str, trainer, example_gen,
+                       config: configs.PipelineConfig) -> List[base_node.BaseNode]:
+  """Resolver, Evaluator and Pusher of one model."""
+  # The latest blessed model of the same kind, the baseline of the change threshold.
+  latest_blessed = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=standard_artifacts.Model,
+                            producer_component_id=trainer_id(model),
+                            output_key="model"),
+      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
+                                     producer_component_id=evaluator_id(model),
+                                     output_key="blessing"),
+  ).with_id(f"LatestBlessed.{model}")
+
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=latest_blessed.outputs["model"],
+      example_splits=[evaluation.EVAL_SPLIT],
+      eval_config=evaluation.eval_config(config.auc_floor, config.max_auc_drop),
+  ).with_id(evaluator_id(model))
+
+  # Runs for every model, but copies only a blessed one (and only once): a rejected
+  # model leaves the previously pushed versions in place.
+  pusher = Pusher(
+      model=trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=config.serving_model_dir(model))),
+  ).with_id(pusher_id(model))
+  return [latest_blessed, evaluator, pusher]
+
+
+def evaluator_id(model: str) -> str:
+  return f"Evaluator.{model}"
+
+
+def pusher_id(model: str) -> str:
+  return f"Pusher.{model}"
 
 
 def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:

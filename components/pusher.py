@@ -1,0 +1,70 @@
+"""Pusher: TFX's, except that a model already in the serving folder is not pushed again.
+
+TFX re-evaluates a cached model once it has become its own baseline (the latest
+blessed model), and its Pusher would then copy the same SavedModel a second time
+under a new version number. This one compares SavedModel fingerprints
+(`fingerprint.pb`, written by TensorFlow on export) with the versions already
+served and records the existing version instead.
+"""
+import os
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx import v1 as tfx
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+from tfx.utils import proto_utils
+
+FINGERPRINT_FILE = "fingerprint.pb"
+
+
+def _fingerprint(model_dir: str) -> Optional[bytes]:
+  path = os.path.join(model_dir, FINGERPRINT_FILE)
+  if not fileio.exists(path):
+    return None
+  with fileio.open(path, "rb") as f:
+    return f.read()
+
+
+def served_version_of(model_dir: str, base_directory: str) -> Optional[str]:
+  """The numbered version under `base_directory` holding this very SavedModel."""
+  fingerprint = _fingerprint(model_dir)
+  if fingerprint is None or not fileio.isdir(base_directory):
+    return None
+  for version in sorted(fileio.listdir(base_directory)):
+    version = version.rstrip("/")
+    if version.isdigit() and _fingerprint(os.path.join(base_directory, version)) == fingerprint:
+      return version
+  return None
+
+
+class Executor(pusher_executor.Executor):
+  """Pushes a blessed model unless the same SavedModel is already served."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    destination = pusher_pb2.PushDestination()
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+    if self.CheckBlessing(input_dict) and destination.HasField("filesystem"):
+      base_directory = destination.filesystem.base_directory
+      version = served_version_of(self.GetModelPath(input_dict), base_directory)
+      if version is not None:
+        logging.info("This model is already served as version %s; not pushing it again.",
+                     version)
+        model_push = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        self._MarkPushed(model_push, os.path.join(base_directory, version), version)
+        return
+    super().Do(input_dict, output_dict, exec_properties)
+
+
+class Pusher(tfx.components.Pusher):
+  """TFX's Pusher with the executor above."""
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

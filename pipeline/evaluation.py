@@ -1,0 +1,70 @@
+"""How a model is judged: the TFMA EvalConfig of its Evaluator, and its blessing.
+
+Each model is evaluated on the test split through its `serving_default`
+signature (raw tf.Examples in, like probability out), exactly as TF Serving
+would call it. It is blessed when its AUC clears a floor and, once a model of
+the same kind has been blessed before, when it is not worse than that model by
+more than a tolerance.
+"""
+import tensorflow_model_analysis as tfma
+
+from models import features
+from serving import signatures
+
+EVAL_SPLIT = "test"
+AUC = "auc"  # the metric the blessing and the report lead with
+# Raw features the metrics are sliced by; a movie with several genres counts in each.
+SLICE_FEATURES = (features.USER_GENDER, features.AGE_BUCKET,
+                  features.OCCUPATION_LABEL, features.MOVIE_GENRES)
+DECISION_THRESHOLD = 0.5  # a like probability at or above this predicts a like
+
+# Metric names as TFMA writes them, in the order reports show them.
+REPORTED_METRICS = (AUC, "auc_precision_recall", "binary_accuracy", "precision",
+                    "recall", "calibration", "mean_label", "mean_prediction",
+                    "binary_crossentropy", "example_count")
+CONFUSION_MATRIX = "confusion_matrix_at_thresholds"
+CONFUSION_MATRIX_PLOT = "confusion_matrix_plot"  # ROC and precision-recall curves
+CALIBRATION_PLOT = "calibration_plot"
+
+
+def _auc_threshold(auc_floor: float, max_auc_drop: float) -> tfma.MetricThreshold:
+  return tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(lower_bound={"value": auc_floor}),
+      # TFMA drops change thresholds while no blessed baseline exists (first run).
+      change_threshold=tfma.GenericChangeThreshold(
+          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+          absolute={"value": -max_auc_drop - 1e-10}))
+
+
+def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
+  """The Evaluator's config: metrics, plots, slices and blessing thresholds."""
+  metric = tfma.MetricConfig
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name="serving_default",
+                                  label_key=features.LABEL,
+                                  prediction_key=signatures.OUTPUT_KEY)],
+      slicing_specs=[tfma.SlicingSpec()] + [
+          tfma.SlicingSpec(feature_keys=[key]) for key in SLICE_FEATURES],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          # The blessing looks at the overall AUC only: small slices are noisy.
+          metric(class_name="AUC", config=f'{{"name": "{AUC}"}}',
+                 per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                     slicing_specs=[tfma.SlicingSpec()],
+                     threshold=_auc_threshold(auc_floor, max_auc_drop))]),
+          metric(class_name="AUCPrecisionRecall"),
+          metric(class_name="BinaryAccuracy",
+                 config=f'{{"threshold": {DECISION_THRESHOLD}}}'),
+          metric(class_name="Precision",
+                 config=f'{{"thresholds": [{DECISION_THRESHOLD}]}}'),
+          metric(class_name="Recall",
+                 config=f'{{"thresholds": [{DECISION_THRESHOLD}]}}'),
+          metric(class_name="Calibration"),
+          metric(class_name="MeanLabel"),
+          metric(class_name="MeanPrediction"),
+          metric(class_name="BinaryCrossEntropy"),
+          metric(class_name="ExampleCount"),
+          metric(class_name="ConfusionMatrixAtThresholds",
+                 config=f'{{"thresholds": [{DECISION_THRESHOLD}]}}'),
+          metric(class_name="ConfusionMatrixPlot"),
+          metric(class_name="CalibrationPlot"),
+      ])])
