@@ -17,19 +17,38 @@ PYTEST_ARGS ?=
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast env lock clean bench-train bench-deepctr
+.PHONY: run test test-fast env lock clean bench-train bench-deepctr report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# Chromium for the TensorBoard browser test: Debian's package where apt-get can
+# install it; elsewhere that test says it skipped and why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian's chromium for the TensorBoard browser test..."; \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	  else echo "note: install Chromium (Debian: apt-get install chromium) to run the TensorBoard browser test"; fi; }
 
 # Unit tests only: everything but the end-to-end pipeline runs.
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest tests -m "not e2e" $(PYTEST_ARGS)
 
 env: $(STAMP)
+
+# A finished run's comparison table, and TensorBoard on it (training and evaluation).
+RUN_DIR ?= runs/movielens-$(DATASET)
+report: $(STAMP)
+	$(VENV)/bin/recsys report $(RUN_DIR)
+
+PORT ?= 6006
+tensorboard: $(STAMP)
+	$(VENV)/bin/recsys tensorboard $(RUN_DIR) --port $(PORT)
 
 # uv itself, in a private venv: the only thing bootstrapped from the system python3.
 $(UV):
@@ -50,8 +69,7 @@ lock: | $(UV)
 		--python-platform x86_64-manylinux2014
 
 # Training speed and AUC of both presets of both models, on a finished run's
-# Transform output (default: the real MovieLens-100K run).
-RUN_DIR ?= runs/movielens-100k
+# Transform output (e.g. make bench-train DATASET=100k).
 bench-train: $(STAMP)
 	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json

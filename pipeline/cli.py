@@ -7,9 +7,11 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from models import features
+from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
-_KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError")
+_KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
+                 "RunFolderError")
 
 
 def _known_error(error: BaseException) -> Optional[BaseException]:
@@ -38,7 +40,6 @@ def _overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-  from pipeline import configs  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   config = configs.PipelineConfig(
       dataset=args.dataset, data_dir=args.data_dir or None,
@@ -47,19 +48,37 @@ def _run(args: argparse.Namespace) -> int:
       beam_args=configs.default_beam_args() + list(args.beam_arg),
       enable_cache=not args.no_cache,
       presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
-      overrides=_overrides(args.set))
+      overrides=_overrides(args.set),
+      auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
+      serving_dir=args.serving_dir)
   summary = local_runner.run(config)
   print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
   print(summary.table())
   if summary.report_path:
-    with open(summary.report_path) as f:
-      metrics = json.load(f)
-    print(f"\nTest split ({summary.report_path}):")
-    print(f"{'model':<8} {'auc':>7} {'log_loss':>9} {'accuracy':>9} {'examples':>9}")
-    for model, m in metrics.items():
-      print(f"{model:<8} {m['auc']:>7.4f} {m['log_loss']:>9.4f} {m['accuracy']:>9.4f} "
-            f"{m['example_count']:>9,}")
+    _print_report(os.path.dirname(summary.report_path))
   return 0
+
+
+def _print_report(folder: str) -> None:
+  from components import model_report  # pylint: disable=g-import-not-at-top
+  report = model_report.load(folder)
+  print(f"\n{model_report.comparison_table(report)}")
+  print(f"\nReport: {os.path.join(folder, model_report.MARKDOWN_FILE)} "
+        f"(figures beside it)")
+
+
+def _report(args: argparse.Namespace) -> int:
+  from components import model_report  # pylint: disable=g-import-not-at-top
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
+  store = run_store.RunStore(args.run_dir)
+  _print_report(store.require(model_report.ReportArtifact.TYPE_NAME,
+                              what="evaluation report"))
+  return 0
+
+
+def _tensorboard(args: argparse.Namespace) -> int:
+  from pipeline import tensorboard  # pylint: disable=g-import-not-at-top
+  return tensorboard.serve(args.run_dir, port=args.port, host=args.host) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "(names in models/hparams.py)")
   run.add_argument("--no-cache", action="store_true",
                    help="rerun every component even when its inputs did not change")
+  run.add_argument("--auc-floor", type=float, default=configs.DEFAULT_AUC_FLOOR,
+                   help="bless a model only if its test AUC is at least this")
+  run.add_argument("--max-auc-drop", type=float, default=configs.DEFAULT_MAX_AUC_DROP,
+                   help="and if it is at most this below the latest blessed model's")
+  run.add_argument("--serving-dir", help="where blessed models are pushed for TF "
+                   "Serving (default <output-dir>/serving)")
   run.set_defaults(handler=_run)
+
+  report = commands.add_parser(
+      "report", help="print a finished run's comparison table (from ML Metadata)")
+  report.add_argument("run_dir", help="the run's output folder")
+  report.set_defaults(handler=_report)
+
+  board = commands.add_parser(
+      "tensorboard", help="TensorBoard on a finished run: training and evaluation")
+  board.add_argument("run_dir", help="the run's output folder")
+  board.add_argument("--port", type=int, default=6006)
+  board.add_argument("--host", default="localhost",
+                     help="interface to listen on (0.0.0.0 for all)")
+  board.set_defaults(handler=_tensorboard)
   return parser
 
 

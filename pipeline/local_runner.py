@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from typing import Dict, Iterator, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -21,6 +22,7 @@ from components import model_report
 from components import progress
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
+from pipeline import run_store
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
            metadata_store_pb2.Execution.CACHED: "cached",
@@ -56,6 +58,14 @@ class _StageProgress(logging.Handler):
       progress.report(f"stage {position}", f"{node_id} {how} in {seconds:.1f} s")
 
 
+# Console warnings that say nothing to a user (they still go to the log file).
+_NOISE = ("ArtifactQuery.property_predicate is not supported",)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+  return not any(text in str(record.msg) for text in _NOISE)
+
+
 @contextlib.contextmanager
 def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
   """Sends INFO logs to `log_path`, keeps the console to warnings and progress."""
@@ -64,6 +74,7 @@ def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
   saved_handler_levels = [(h, h.level) for h in root.handlers]
   for handler in root.handlers:
     handler.setLevel(max(handler.level, logging.WARNING))
+    handler.addFilter(_not_noise)
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   file_handler = logging.FileHandler(log_path)
   file_handler.setLevel(logging.INFO)
@@ -86,6 +97,7 @@ def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
     absl_logger.setLevel(saved_absl_level)
     for handler, level in saved_handler_levels:
       handler.setLevel(level)
+      handler.removeFilter(_not_noise)
 
 
 @dataclasses.dataclass
@@ -145,18 +157,19 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
 
 
 def publish_report(config: configs.PipelineConfig) -> Optional[str]:
-  """Copies the latest ModelReport's metrics.json to `<output_dir>/report/`."""
-  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
-  with metadata.Metadata(connection) as m:
-    reports = [a for a in m.store.get_artifacts_by_type(model_report.ReportArtifact.TYPE_NAME)
-               if a.state == metadata_store_pb2.Artifact.LIVE]
-  if not reports:
+  """Copies the latest ModelReport (all but its TensorBoard logs) to `<output_dir>/report/`.
+
+  Returns the published metrics.json, or None when the run made no report.
+  """
+  report = run_store.RunStore(config.output_dir).latest_artifact(
+      model_report.ReportArtifact.TYPE_NAME)
+  if report is None:
     return None
-  source = os.path.join(max(reports, key=lambda a: a.id).uri, model_report.METRICS_FILE)
-  target = os.path.join(config.output_dir, "report", model_report.METRICS_FILE)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  shutil.copyfile(source, target)
-  return target
+  target = os.path.join(config.output_dir, "report")
+  shutil.rmtree(target, ignore_errors=True)
+  shutil.copytree(report.uri, target,
+                  ignore=shutil.ignore_patterns(model_report.TENSORBOARD_DIR))
+  return os.path.join(target, model_report.METRICS_FILE)
 
 
 def run(config: configs.PipelineConfig) -> RunSummary:
@@ -167,7 +180,10 @@ def run(config: configs.PipelineConfig) -> RunSummary:
   log_path = os.path.join(config.output_dir, "logs", f"run-{stamp}.log")
   progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
                   f"{config.output_dir}, logs in {log_path}")
-  with _logs_to_file(log_path, node_ids):
+  with _logs_to_file(log_path, node_ids), warnings.catch_warnings():
+    # TFMA divides by zero for empty slices and thresholds; the numbers are NaN by design.
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            module="tensorflow_model_analysis")
     tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
   summary = summarize_run(config)
   summary.log_path = log_path

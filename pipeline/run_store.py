@@ -1,0 +1,65 @@
+"""A run folder's artifacts, looked up in its ML Metadata store (never re-run).
+
+`recsys report` and `recsys tensorboard` read a finished run through this: the
+latest live artifact of a type that a given component produced.
+"""
+import os
+from typing import Optional
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx.orchestration import metadata
+
+METADATA_FILE = "metadata.sqlite"
+
+
+class RunFolderError(Exception):
+  """A folder that is not a run of this pipeline, or lacks what was asked for."""
+
+
+class RunStore:
+  """Read-only access to one run folder's ML Metadata."""
+
+  def __init__(self, run_dir: str):
+    self.run_dir = os.path.abspath(os.path.expanduser(run_dir))
+    self.metadata_path = os.path.join(self.run_dir, METADATA_FILE)
+    if not os.path.isdir(self.run_dir):
+      raise RunFolderError(f"{self.run_dir}: no such folder")
+    if not os.path.isfile(self.metadata_path):
+      raise RunFolderError(
+          f"{self.run_dir} is not a pipeline run folder: it has no {METADATA_FILE} "
+          "(run `recsys run --output-dir` there first)")
+
+  def latest_artifact(self, type_name: str, producer: Optional[str] = None
+                      ) -> Optional[metadata_store_pb2.Artifact]:
+    """The newest live artifact of `type_name`, made by node `producer` if given."""
+    connection = metadata.sqlite_metadata_connection_config(self.metadata_path)
+    try:
+      with metadata.Metadata(connection) as m:
+        store = m.store
+        artifacts = [a for a in store.get_artifacts_by_type(type_name)
+                     if a.state == metadata_store_pb2.Artifact.LIVE]
+        if producer is not None:
+          node_contexts = [c for c in store.get_contexts_by_type("node")
+                           if c.name.split(".", 1)[-1] == producer]
+          made_there = {a.id for c in node_contexts
+                        for a in store.get_artifacts_by_context(c.id)}
+          artifacts = [a for a in artifacts if a.id in made_there]
+    except Exception as e:  # pylint: disable=broad-except
+      # ml_metadata raises its own errors for a locked, corrupt or foreign store.
+      raise RunFolderError(f"cannot read {self.metadata_path}: {e}") from e
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+  def require(self, type_name: str, producer: Optional[str] = None,
+              what: str = "") -> str:
+    """URI of the latest such artifact; a clear error when there is none."""
+    artifact = self.latest_artifact(type_name, producer)
+    if artifact is None:
+      raise RunFolderError(
+          f"{self.run_dir} has no {what or type_name} yet"
+          f"{f' from {producer}' if producer else ''}: the run did not get that far "
+          f"(see {os.path.join(self.run_dir, 'logs')})")
+    if not os.path.exists(artifact.uri):
+      raise RunFolderError(f"{what or type_name} of {self.run_dir} is registered at "
+                           f"{artifact.uri}, which no longer exists")
+    return artifact.uri
+
