@@ -1,11 +1,15 @@
 """End to end: the real TFX components under LocalDagRunner with SQLite ML Metadata."""
+import dataclasses
 import json
 import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import numpy as np
 import pyarrow.compute as pc
@@ -17,14 +21,18 @@ from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components import model_report
 from components.anomalies_gate import DataValidationError
 from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import synthetic
 from models import features
 from models import training
+from pipeline import cli
 from pipeline import configs
+from pipeline import evaluation
 from pipeline import local_runner
+from pipeline import run_store
 from tests.conftest import REAL_100K, REPO, requires
 
 pytestmark = pytest.mark.e2e
@@ -87,28 +95,70 @@ def _states(summary):
   return {c.node_id: c.state for c in summary.components}
 
 
-def test_synthetic_run_ingests_trains_reports_and_caches(tmp_path):
-  data = tmp_path / "data"
-  release = synthetic.write_release(str(data), "1m", num_users=300, num_movies=400,
-                                    num_ratings=20_000, seed=11)
-  config = _config(data, tmp_path / "run", overrides=_FEW_EPOCHS)
-  summary = local_runner.run(config)
-  assert set(_states(summary).values()) == {"done"}
-  assert list(_states(summary)) == [
-      "ImportSchemaGen", "MovieLensExampleGen", "StatisticsGen", "ExampleValidator",
-      "AnomaliesGate", "Transform", "Trainer.cf", "Trainer.deepfm", "ModelReport"]
+_NODES = ["ImportSchemaGen", "LatestBlessed.cf", "LatestBlessed.deepfm",
+          "MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "AnomaliesGate",
+          "Transform", "Trainer.cf", "Trainer.deepfm", "Evaluator.cf",
+          "Evaluator.deepfm", "ModelReport", "Pusher.cf", "Pusher.deepfm"]
+# The planted signal of a small synthetic set gives test AUC ~0.75-0.85; bless above 0.6.
+_TEST_AUC_FLOOR = 0.6
 
-  # Both models learned the planted signal, scored through their exported signature.
-  with open(summary.report_path) as f:
-    report = json.load(f)
-  assert summary.report_path == str(tmp_path / "run" / "report" / "metrics.json")
+
+def _pushed_versions(config, model):
+  folder = pathlib.Path(config.serving_model_dir(model))
+  return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """One full run on synthetic data; the tests after it read it, the last one reruns it."""
+  root = tmp_path_factory.mktemp("synthetic-run")
+  release = synthetic.write_release(str(root / "data"), "1m", num_users=300,
+                                    num_movies=400, num_ratings=20_000, seed=11)
+  config = _config(root / "data", root / "run", overrides=_FEW_EPOCHS)
+  config.auc_floor = _TEST_AUC_FLOOR
+  summary = local_runner.run(config)
+  return release, config, summary
+
+
+def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
+  release, config, summary = finished_run
+  assert set(_states(summary).values()) == {"done"}
+  assert list(_states(summary)) == _NODES
+
+  # Both models learned the planted signal, judged by TFMA through their exported
+  # serving_default signature, blessed and pushed in TF Serving's layout.
+  report = model_report.load(os.path.dirname(summary.report_path))
+  assert summary.report_path == os.path.join(config.output_dir, "report", "metrics.json")
   for model in ("cf", "deepfm"):
-    assert list(report[model])[:2] == ["split", "auc"]
-    assert report[model]["auc"] > 0.7, report
-    assert report[model]["example_count"] == summary.split_counts["test"]
+    result = report["models"][model]
+    assert list(result)[:2] == ["split", "auc"]
+    assert result["auc"] > 0.7, report
+    assert result["example_count"] == summary.split_counts["test"]
+    assert result["blessed"] is True
+    assert result["blessing_reason"].startswith(f"auc {result['auc']:.4f} >= floor 0.6")
+    assert result["epochs"] == _FEW_EPOCHS[model]["epochs"]
+    # Slices: every user group and genre, with counts that add up.
+    assert set(result["slices"]) == set(evaluation.SLICE_FEATURES)
+    assert sum(s["example_count"] for s in result["slices"][features.USER_GENDER].values()
+               ) == result["example_count"]
+    assert len(result["slices"][features.MOVIE_GENRES]) >= 10
+    assert sum(s["example_count"] for s in result["slices"][features.MOVIE_GENRES].values()
+               ) > result["example_count"]  # a movie counts in each of its genres
     history = json.loads((pathlib.Path(_model_run(config, model)) / "history.json").read_text())
     assert len(history["val_auc"]) == _FEW_EPOCHS[model]["epochs"]
     assert list(pathlib.Path(_model_run(config, model)).rglob("events.out.tfevents.*"))
+    versions = _pushed_versions(config, model)
+    assert len(versions) == 1 and versions[0].isdigit()
+    pushed = pathlib.Path(config.serving_model_dir(model)) / versions[0]
+    serve = tf.saved_model.load(str(pushed)).signatures["serving_default"]
+    assert serve.structured_outputs.keys() == {"like_probability"}
+
+  folder = pathlib.Path(summary.report_path).parent
+  markdown = (folder / "report.md").read_text()
+  assert "| auc | " in markdown and "0.81 | 0.82" in markdown
+  for figure in ("roc.png", "training_curves.png", "auc_by_slice.png"):
+    assert (folder / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+  assert not (folder / "tensorboard").exists()  # summaries stay in the artifact
 
   examples = _latest_examples(config)
   counts = json.loads(examples.get_string_custom_property("split_counts"))
@@ -133,16 +183,155 @@ def test_synthetic_run_ingests_trains_reports_and_caches(tmp_path):
   zip_feature = next(f for f in imported.feature if f.name == features.ZIP_CODE)
   assert zip_feature.type == schema_pb2.BYTES
 
-  # Unchanged inputs: every component is served from the cache.
-  assert set(_states(local_runner.run(config)).values()) == {"cached"}
+
+def test_report_command_reads_the_stored_run(finished_run, tmp_path, capsys):
+  _, config, summary = finished_run
+  assert cli.main(["report", config.output_dir]) == 0
+  printed = capsys.readouterr().out
+  report = model_report.load(os.path.dirname(summary.report_path))
+  assert f"{report['models']['cf']['auc']:.4f}" in printed
+  assert f"{report['models']['deepfm']['auc']:.4f}" in printed
+  assert "cf: blessed: auc" in printed and "reference auc (1M)" in printed
+
+  # Bad run folders: one line naming the problem, no traceback.
+  def error_of(run_dir):
+    assert cli.main(["report", str(run_dir)]) == 1
+    return capsys.readouterr().err.strip()
+
+  assert error_of(tmp_path / "nowhere") == f"error: {tmp_path / 'nowhere'}: no such folder"
+  assert "is not a pipeline run folder: it has no metadata.sqlite" in error_of(tmp_path)
+  # The same run with a report from another version of the project.
+  other = tmp_path / "other-version"
+  shutil.copytree(config.output_dir, other, ignore=shutil.ignore_patterns("tfx"))
+  report_dir = pathlib.Path(run_store.RunStore(config.output_dir).require(
+      model_report.ReportArtifact.TYPE_NAME))
+  stored = json.loads((report_dir / "metrics.json").read_text())
+  try:
+    (report_dir / "metrics.json").write_text(json.dumps({**stored, "format_version": 1}))
+    assert "was written by another version of this project (report format 1" in (
+        error_of(config.output_dir))
+    (report_dir / "metrics.json").unlink()
+    assert "cannot read" in error_of(config.output_dir)
+  finally:
+    (report_dir / "metrics.json").write_text(json.dumps(stored))
+
+
+def _wait_for(url, seconds):
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+    except OSError:
+      if time.monotonic() > deadline:
+        raise
+      time.sleep(1)
+
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_CHROMIUM is None, reason=(
+    "Chromium is not installed: `make test` installs Debian's chromium where it "
+    "can (apt-get as root); elsewhere install it to run this browser test"))
+def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path):
+  _, config, summary = finished_run
+  report = model_report.load(os.path.dirname(summary.report_path))
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  board = subprocess.Popen(
+      [sys.executable, "-m", "pipeline.cli", "tensorboard", config.output_dir,
+       "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    url = f"http://localhost:{port}"
+    runs = _wait_for(f"{url}/data/runs", seconds=120)
+    assert set(runs) == {"cf/train", "cf/validation", "deepfm/train", "deepfm/validation",
+                         "evaluation/cf", "evaluation/deepfm"}
+    tags = _wait_for(f"{url}/data/plugin/scalars/tags", seconds=10)
+    for model in ("cf", "deepfm"):
+      assert {"test/auc", "test/auc_precision_recall", "test/blessed",
+              "test_slices/user_gender/male/auc"} <= set(tags[f"evaluation/{model}"])
+      assert "epoch_auc" in tags[f"{model}/validation"]
+      points = _wait_for(f"{url}/data/plugin/scalars/scalars?run=evaluation%2F{model}"
+                         "&tag=test%2Fauc", seconds=10)
+      assert points[-1][2] == pytest.approx(report["models"][model]["auc"], abs=1e-4)
+    plugins = _wait_for(f"{url}/data/plugins_listing", seconds=10)
+    assert plugins["pr_curves"]["enabled"] and plugins["fairness_indicators"]["enabled"]
+    fairness = _wait_for(f"{url}/data/plugin/fairness_indicators/get_evaluation_result"
+                         "?run=evaluation%2Fcf", seconds=10)
+    assert {entry["slice"] for entry in fairness} >= {"user_gender:0", "user_gender:1"}
+
+    # As a person sees it: the evaluation cards of both models in headless Chromium.
+    page = f"{url}/?tagFilter=%5Etest%2F&runFilter=evaluation#timeseries"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-quic", f"--user-data-dir={tmp_path / 'chromium'}",
+             "--window-size=1400,1000", "--run-all-compositor-stages-before-draw",
+             "--virtual-time-budget=60000"]
+    dom = subprocess.run([_CHROMIUM, *flags, "--dump-dom", page], capture_output=True,
+                         text=True, timeout=180, check=True).stdout
+    for text in ("evaluation/cf", "evaluation/deepfm", "test/auc", "test/calibration"):
+      assert text in dom, text
+    screenshot = tmp_path / "tensorboard.png"
+    subprocess.run([_CHROMIUM, *flags, f"--screenshot={screenshot}", page],
+                   capture_output=True, timeout=180, check=True)
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
+  finally:
+    board.terminate()
+    board.wait(timeout=30)
+
+
+def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run):
+  _, config, first = finished_run
+  first_report = model_report.load(os.path.dirname(first.report_path))
+  pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm")}
+
+  # Unchanged inputs: training is cached. The models are evaluated once more, now
+  # against themselves as the latest blessed models, and are not pushed again.
+  states = _states(local_runner.run(config))
+  assert states["Transform"] == states["Trainer.cf"] == states["Trainer.deepfm"] == "cached"
+  assert {model: _pushed_versions(config, model) for model in pushed} == pushed
+  # Once more: now every component is served from the cache.
+  states = _states(local_runner.run(config))
+  assert {state for node, state in states.items()
+          if not node.startswith("LatestBlessed")} == {"cached"}
+
+  # A model trained for one epoch is worse than the blessed one by more than the
+  # allowed drop: not blessed, not pushed, and the report says why.
+  worse = dataclasses.replace(config, overrides={"cf": {"epochs": 1}, "deepfm": {"epochs": 1}})
+  summary = local_runner.run(worse)
+  assert _states(summary)["Pusher.cf"] == "done"
+  report = model_report.load(os.path.dirname(summary.report_path))
+  for model in ("cf", "deepfm"):
+    result = report["models"][model]
+    assert result["baseline_auc"] == pytest.approx(first_report["models"][model]["auc"],
+                                                   abs=1e-4)
+    if result["auc"] < result["baseline_auc"] - config.max_auc_drop:
+      assert result["blessed"] is False
+      assert "below the latest blessed model's (allowed drop 0.0050)" in (
+          result["blessing_reason"])
+    assert _pushed_versions(config, model) == pushed[model] or result["blessed"]
+  assert not report["models"]["cf"]["blessed"]  # one epoch of CF is far worse
+  assert _pushed_versions(config, "cf") == pushed["cf"]
+
+  # A floor no model reaches: nothing blessed, nothing pushed, the reason given.
+  strict = dataclasses.replace(config, auc_floor=0.99)
+  report = model_report.load(os.path.dirname(local_runner.run(strict).report_path))
+  for model in ("cf", "deepfm"):
+    assert report["models"][model]["blessed"] is False
+    assert "is below the floor 0.9900" in report["models"][model]["blessing_reason"]
+  assert _pushed_versions(config, "cf") == pushed["cf"]
 
   # Changed data: ingestion runs again and sees the change.
-  ratings = data / "ratings.dat"
+  ratings = pathlib.Path(config.data_dir) / "ratings.dat"
   ratings.write_text("\n".join(ratings.read_text().splitlines()[:-10]) + "\n")
   states = _states(local_runner.run(config))
   assert states["MovieLensExampleGen"] == "done"
   counts = json.loads(_latest_examples(config).get_string_custom_property("split_counts"))
-  assert sum(counts.values()) == release.num_ratings - 10
+  assert sum(counts.values()) == first.split_counts["train"] + first.split_counts[
+      "eval"] + first.split_counts["test"] - 10
 
 
 @requires(REAL_100K)
@@ -150,9 +339,9 @@ def test_real_100k_ingestion(tmp_path):
   config = _config(REAL_100K, tmp_path / "run", dataset="100k")
   summary = local_runner.run(config)
   assert set(_states(summary).values()) == {"done"}
-  with open(summary.report_path) as f:
-    report = json.load(f)
+  report = model_report.load(os.path.dirname(summary.report_path))["models"]
   assert report["cf"]["auc"] > 0.78 and report["deepfm"]["auc"] > 0.78, report
+  assert report["cf"]["blessed"] and report["deepfm"]["blessed"]
   examples = _latest_examples(config)
   splits = {s: _read_split(examples, s) for s in ("train", "eval", "test")}
   users = np.concatenate([r[features.USER_ID] for r in splits.values()])
@@ -220,4 +409,4 @@ def test_cli_reports_bad_input_in_one_line(synthetic_1m, tmp_path):
   assert result.returncode == 1
   assert f"error: {users}, line 3: expected 5 fields separated by '::'" in result.stderr
   assert "Traceback" not in result.stderr
-  assert re.search(r"stage 2/\d+: MovieLensExampleGen running", result.stderr)
+  assert re.search(r"stage \d+/\d+: MovieLensExampleGen running", result.stderr)
