@@ -34,20 +34,29 @@ class CollaborativeFiltering(tfrs.Model):
       self.user_bias = tf.keras.layers.Embedding(num_users, 1, embeddings_initializer="zeros")
       self.movie_bias = tf.keras.layers.Embedding(num_movies, 1, embeddings_initializer="zeros")
       self.global_bias = tf.Variable(0.0, name="global_bias")
+    self.use_id_statistics = hparams.scoring == "dot" and hparams.use_id_statistics
+    if self.use_id_statistics:
+      self.statistics_linear = tf.keras.layers.Dense(1, use_bias=False,
+                                                     name="statistics_linear")
+    self.rating_head = (training.RatingHead(hparams.rating_loss_weight)
+                        if hparams.scoring == "dot" and hparams.rating_loss_weight else None)
     self.task = training.ranking_task()
 
   def _score(self, inputs: Dict[str, tf.Tensor]):
+    """(probabilities, logits (None for cosine scoring), user and movie embeddings)."""
     user = self.user_embedding(inputs[USER])
     movie = self.movie_embedding(inputs[MOVIE])
     if self.hparams.scoring == "cosine":
       cosine = tf.reduce_sum(tf.math.l2_normalize(user, -1, 1e-6)
                              * tf.math.l2_normalize(movie, -1, 1e-6), -1, keepdims=True)
-      return (cosine + 1) / 2, user, movie
+      return (cosine + 1) / 2, None, user, movie
     logits = tf.reduce_sum(user * movie, -1, keepdims=True)
     if self.use_biases:
       logits += (self.user_bias(inputs[USER]) + self.movie_bias(inputs[MOVIE])
                  + self.global_bias)
-    return tf.sigmoid(logits), user, movie
+    if self.use_id_statistics:
+      logits += self.statistics_linear(training.id_statistics(inputs))
+    return tf.sigmoid(logits), logits, user, movie
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """Like probabilities, shape [batch, 1]."""
@@ -56,8 +65,10 @@ class CollaborativeFiltering(tfrs.Model):
   def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
                    training: bool = False) -> tf.Tensor:
     features_, labels = inputs
-    probabilities, user, movie = self._score(features_)
+    probabilities, logits, user, movie = self._score(features_)
     loss = self.task(labels=labels, predictions=probabilities)
+    if self.rating_head is not None:
+      loss += self.rating_head(features_, logits)
     if self.hparams.l2:  # on the rows of this batch, the usual choice for sparse ids
       loss += self.hparams.l2 * tf.reduce_mean(
           tf.reduce_sum(tf.square(user), -1) + tf.reduce_sum(tf.square(movie), -1))

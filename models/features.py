@@ -59,6 +59,20 @@ def transformed_name(key: str) -> str:
   return f"{key}_xf"
 
 
+# Train-split statistics of each user and each movie, derived from the id alone
+# (constants in the Transform graph, so serving needs no new raw input). Only the
+# `best` presets read them (`use_id_statistics`).
+USER_LIKE_RATE = "user_like_rate"  # likes / ratings, smoothed toward the global rate
+MOVIE_LIKE_RATE = "movie_like_rate"
+USER_RATING_COUNT = "user_rating_count"  # log(1 + ratings in the train split)
+MOVIE_RATING_COUNT = "movie_rating_count"
+# (statistic's id field, like rate, rating count)
+ID_STATISTICS = ((USER_ID, USER_LIKE_RATE, USER_RATING_COUNT),
+                 (MOVIE_ID, MOVIE_LIKE_RATE, MOVIE_RATING_COUNT))
+# Pseudo-ratings at the global like rate added to every user's and movie's own:
+# an id with few ratings gets a rate near the global one, an unseen id exactly it.
+LIKE_RATE_PRIOR_COUNT = 10.0
+
 # DeepFM's fields: one embedding each, genres mean-pooled.
 DEEPFM_FIELDS = USER_FIELDS + MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES)
 # Raw features each model needs at serving time.

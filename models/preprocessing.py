@@ -40,6 +40,29 @@ def _padded_genre_ids(genre_ids: tf.SparseTensor) -> tf.Tensor:
   return tf.ensure_shape(dense, [None, features.MAX_GENRES])
 
 
+def id_statistics(ids: tf.Tensor, labels: tf.Tensor,
+                  global_like_rate: tf.Tensor) -> tuple:
+  """Vocabulary indices -> (smoothed like rate, log(1 + ratings)) on the analyzed split.
+
+  tf.Transform's analyzers see the train split only, so no eval or test label
+  reaches these numbers; once analyzed they are constants of the graph, looked up
+  by index, and need no label. The rate is (likes + k * global rate) / (ratings + k)
+  with k = LIKE_RATE_PRIOR_COUNT: an OOV id (never rated in train) gets the global rate
+  and a count of 0.
+  """
+  keys, counts = tft.count_per_key(ids)
+  like_keys, likes = tft.count_per_key(tf.boolean_mask(ids, labels > 0.5))
+  # Every in-vocabulary index was rated in train; the OOV buckets follow them.
+  size = tf.reduce_max(keys) + 1 + features.NUM_OOV_BUCKETS
+  ratings_by_id = tf.scatter_nd(keys[:, tf.newaxis], tf.cast(counts, tf.float32), [size])
+  likes_by_id = tf.scatter_nd(like_keys[:, tf.newaxis], tf.cast(likes, tf.float32), [size])
+  ids = tf.minimum(ids, size - 1)
+  ratings, liked = tf.gather(ratings_by_id, ids), tf.gather(likes_by_id, ids)
+  prior = features.LIKE_RATE_PRIOR_COUNT
+  rate = (liked + prior * global_like_rate) / (ratings + prior)
+  return rate, tf.math.log1p(ratings)
+
+
 def preprocessing_fn(inputs):
   """tf.Transform's entry point: raw feature dict -> transformed feature dict."""
   outputs = {}
@@ -59,8 +82,17 @@ def preprocessing_fn(inputs):
   outputs[features.transformed_name(features.MOVIE_GENRES)] = _padded_genre_ids(
       genre_ids)
   if features.LABEL in inputs:
-    outputs[features.LABEL] = tf.cast(tf.squeeze(inputs[features.LABEL], axis=1),
-                                      tf.float32)
+    labels = tf.cast(tf.squeeze(inputs[features.LABEL], axis=1), tf.float32)
+    outputs[features.LABEL] = labels
+    global_like_rate = tft.mean(labels)
+    for key, rate_key, count_key in features.ID_STATISTICS:
+      rate, count = id_statistics(outputs[features.transformed_name(key)], labels,
+                                  global_like_rate)
+      outputs[features.transformed_name(rate_key)] = rate
+      outputs[features.transformed_name(count_key)] = count
+  if features.USER_RATING in inputs:  # a training target only, never a model input
+    outputs[features.transformed_name(features.USER_RATING)] = tf.cast(
+        tf.squeeze(inputs[features.USER_RATING], axis=1), tf.float32)
   return outputs
 
 

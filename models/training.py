@@ -108,6 +108,47 @@ def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool
           .prefetch(tf.data.AUTOTUNE))
 
 
+def id_statistics(inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+  """The user's and movie's train-split statistics as dense inputs, [batch, 6].
+
+  Per id: like rate, its logit and log(1 + ratings). A training example counts in
+  its own user's and movie's statistics; leaving it out (leave-one-out encoding) did
+  worse on the eval split (DeepFM eval AUC 0.784 against 0.792): given the id's
+  embedding, a leave-one-out rate gives the label away.
+  """
+  columns = []
+  for _, rate_key, count_key in features.ID_STATISTICS:
+    rate = tf.clip_by_value(inputs[features.transformed_name(rate_key)], 1e-3, 1 - 1e-3)
+    columns += [rate, tf.math.log(rate / (1 - rate)),
+                inputs[features.transformed_name(count_key)]]
+  return tf.stack(columns, axis=1)
+
+
+class RatingHead(tf.keras.layers.Layer):
+  """An auxiliary target: the star rating as an affine function of the like logit.
+
+  Training on the rating as well as on the like tells the model a 5 from a 4 and a
+  1 from a 3, which the binary label cannot; the one shared score keeps both
+  targets ranking pairs the same way.
+  """
+
+  def __init__(self, weight: float, **kwargs):
+    kwargs.setdefault("dtype", "float32")  # also under bfloat16 compute
+    super().__init__(**kwargs)
+    self.loss_weight = weight
+    self.scale = self.add_weight(name="scale", shape=(), initializer="ones")
+    self.offset = self.add_weight(name="offset", shape=(),
+                                  initializer=tf.keras.initializers.Constant(3.5))
+
+  def call(self, inputs: Dict[str, tf.Tensor], logits: tf.Tensor) -> tf.Tensor:
+    """The weighted squared error of the predicted rating (0 without ratings)."""
+    key = features.transformed_name(features.USER_RATING)
+    if key not in inputs:
+      return tf.constant(0.0)
+    predicted = self.offset + self.scale * tf.reshape(tf.cast(logits, tf.float32), [-1])
+    return self.loss_weight * tf.reduce_mean(tf.square(predicted - inputs[key]))
+
+
 def vocabulary_sizes(tf_transform_output: tft.TFTransformOutput) -> Dict[str, int]:
   """Embedding rows of every categorical field (vocabulary + OOV buckets)."""
   return {field: preprocessing.vocabulary_size(tf_transform_output, field)

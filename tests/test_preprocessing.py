@@ -1,4 +1,4 @@
-"""The tf.Transform preprocessing_fn: vocabularies, OOV, decades, genres, label."""
+"""The tf.Transform preprocessing_fn: vocabularies, OOV, decades, genres, id statistics, label."""
 import numpy as np
 import tensorflow as tf
 from tfx import v1 as tfx
@@ -31,7 +31,9 @@ def test_vocabularies_map_known_ids_and_send_unseen_ones_to_oov(transformed_1m):
   result = layer({features.USER_ID: tf.constant([[known], [unseen]]),
                   features.MOVIE_ID: tf.constant([["1"], ["1"]])})
   assert result[xf(features.USER_ID)].numpy().tolist() == [0, len(users)]
-  assert set(result) == {xf(features.USER_ID), xf(features.MOVIE_ID)}  # only what it can
+  # Only what it can: the ids, and the statistics looked up by them.
+  assert set(result) == {xf(features.USER_ID), xf(features.MOVIE_ID)} | {
+      xf(k) for _, rate, count in features.ID_STATISTICS for k in (rate, count)}
 
 
 def test_every_field_is_an_index_within_its_vocabulary(transformed_1m):
@@ -65,3 +67,57 @@ def test_vocabularies_are_computed_on_train_only(tmp_path):
   proto_utils.json_to_proto(transform.exec_properties["splits_config"], splits)
   assert list(splits.analyze) == ["train"]
   assert list(splits.transform) == ["train", "eval", "test"]
+
+
+def _raw_batch(rows):
+  """Raw instance dicts as the dense [batch, 1] tensors the Transform layer takes."""
+  batch = {key: tf.constant([row[key] for row in rows])
+           for key in (features.USER_ID, features.MOVIE_ID)}
+  batch[features.LABEL] = tf.constant([row[features.LABEL] for row in rows], tf.int64)
+  return batch
+
+
+def test_id_statistics_are_smoothed_like_rates_and_log_counts(transformed_1m):
+  raw, columns = transformed_1m.raw, transformed_1m.columns
+  labels = columns[features.LABEL]
+  global_rate = labels.mean()
+  prior = features.LIKE_RATE_PRIOR_COUNT
+  for key, rate_key, count_key in features.ID_STATISTICS:
+    ids = np.array([row[key][0] for row in raw])
+    for value in ids[:20]:
+      rated = ids == value
+      expected = (labels[rated].sum() + prior * global_rate) / (rated.sum() + prior)
+      np.testing.assert_allclose(columns[xf(rate_key)][rated], expected, rtol=1e-5)
+      np.testing.assert_allclose(columns[xf(count_key)][rated], np.log1p(rated.sum()),
+                                 rtol=1e-5)
+
+
+def test_id_statistics_are_constants_of_the_analyzed_split(transformed_1m):
+  """Labels seen at transform time (eval, test, serving) change nothing; none needed."""
+  layer = transformed_1m.output.transform_features_layer()
+  rows = transformed_1m.raw[:50]
+  keys = [xf(k) for _, rate, count in features.ID_STATISTICS for k in (rate, count)]
+  batch = _raw_batch(rows)
+  as_analyzed = layer(batch)
+  flipped = layer({**batch, features.LABEL: 1 - batch[features.LABEL]})
+  without_label = layer({k: v for k, v in batch.items() if k != features.LABEL})
+  for key in keys:
+    np.testing.assert_array_equal(as_analyzed[key].numpy(),
+                                  transformed_1m.columns[key][:50])
+    np.testing.assert_array_equal(flipped[key].numpy(), as_analyzed[key].numpy())
+    np.testing.assert_array_equal(without_label[key].numpy(), as_analyzed[key].numpy())
+
+
+def test_unseen_ids_get_the_global_like_rate_and_no_ratings(transformed_1m):
+  layer = transformed_1m.output.transform_features_layer()
+  result = layer({features.USER_ID: tf.constant([["no-such-user"]]),
+                  features.MOVIE_ID: tf.constant([["no-such-movie"]])})
+  global_rate = transformed_1m.columns[features.LABEL].mean()
+  for _, rate_key, count_key in features.ID_STATISTICS:
+    np.testing.assert_allclose(result[xf(rate_key)].numpy(), [global_rate], rtol=1e-5)
+    assert result[xf(count_key)].numpy().tolist() == [0.0]
+
+
+def test_rating_is_passed_through_as_a_training_target(transformed_1m):
+  ratings = [row[features.USER_RATING][0] for row in transformed_1m.raw]
+  np.testing.assert_array_equal(transformed_1m.columns[xf(features.USER_RATING)], ratings)
