@@ -62,6 +62,35 @@ class CollaborativeFiltering(tfrs.Model):
     """Like probabilities, shape [batch, 1]."""
     return self._score(inputs)[0]
 
+  # The same score factorised for retrieval: logit = query . candidate + offset,
+  # so a TFRS BruteForce index over the candidates ranks every movie at once.
+
+  def query_vectors(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per user: the query vector [batch, dim + 1] and the score offset [batch]."""
+    user = self.user_embedding(inputs[USER])
+    if self.hparams.scoring == "cosine":
+      user = tf.math.l2_normalize(user, -1, 1e-6)
+    ones = tf.ones_like(user[:, :1])
+    offset = tf.zeros_like(user[:, 0])
+    if self.use_biases:
+      offset = self.user_bias(inputs[USER])[:, 0] + self.global_bias
+    return tf.concat([user, ones], -1), offset
+
+  def candidate_vectors(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """Per movie: the candidate vector [movies, dim + 1] (embedding, then movie bias)."""
+    movie = self.movie_embedding(inputs[MOVIE])
+    if self.hparams.scoring == "cosine":
+      movie = tf.math.l2_normalize(movie, -1, 1e-6)
+    bias = (self.movie_bias(inputs[MOVIE]) if self.use_biases
+            else tf.zeros_like(movie[:, :1]))
+    return tf.concat([movie, bias], -1)
+
+  def probability(self, scores: tf.Tensor) -> tf.Tensor:
+    """query . candidate + offset -> like probability."""
+    if self.hparams.scoring == "cosine":
+      return (scores + 1) / 2
+    return tf.sigmoid(scores)
+
   def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
                    training: bool = False) -> tf.Tensor:
     features_, labels = inputs

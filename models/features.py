@@ -78,3 +78,8 @@ DEEPFM_FIELDS = USER_FIELDS + MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES)
 # Raw features each model needs at serving time.
 CF_RAW_FEATURES = (USER_ID, MOVIE_ID)
 DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)
+
+# Model inputs (transformed features) that describe the user, and the movie: what
+# serving looks up from the ids alone (serving/recommend.py).
+USER_SIDE_INPUTS = tuple(transformed_name(f) for f in USER_FIELDS)
+MOVIE_SIDE_INPUTS = tuple(transformed_name(f) for f in MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES))

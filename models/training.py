@@ -9,7 +9,7 @@ import functools
 import json
 import os
 import time
-from typing import Callable, Dict, Iterator, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +20,7 @@ from components import progress
 from models import features
 from models import hparams as hp
 from models import preprocessing
+from serving import recommend
 from serving import signatures
 
 _READ_BATCH = 65_536
@@ -206,10 +207,18 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
 
 
 def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
-           raw_feature_keys: Sequence[str], export_dir: str) -> None:
-  """Saves the model with its Transform graph and serving signatures."""
+           raw_feature_keys: Sequence[str], export_dir: str,
+           train_examples: Optional[Dict[str, np.ndarray]] = None) -> None:
+  """Saves the model with its Transform graph and serving signatures.
+
+  With the train split, the model also serves `predict` by ids and `recommend`.
+  """
+  recommender = None
+  if train_examples is not None:
+    tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output)
+    recommender = recommend.Recommender(model, tables)
   tf.saved_model.save(model, export_dir, signatures=signatures.make_serving_signatures(
-      model, tf_transform_output, raw_feature_keys))
+      model, tf_transform_output, raw_feature_keys, recommender))
 
 
 def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[str]) -> None:
@@ -233,5 +242,6 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                   fn_args.model_run_dir, seed)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
     json.dump(history, f, indent=1)
-  export(model, tf_transform_output, raw_feature_keys, fn_args.serving_model_dir)
+  export(model, tf_transform_output, raw_feature_keys, fn_args.serving_model_dir,
+         train_examples)
   progress.report(f"train {model_name}", f"exported to {fn_args.serving_model_dir}")

@@ -7,17 +7,26 @@
   one string, "Action|Comedy".
 - `transform_features`: serialized raw tf.Examples to the transformed features
   (for the Evaluator).
+With a `recommend.Recommender` (the Trainers export one):
+- `predict`: `user_id` and `movie_id` only, for any model; the side features come
+  from the tables exported with the model (`serving/recommend.py`), and ids never
+  seen in training get what the Transform graph gives them (out-of-vocabulary);
+- `recommend`: `user_id` ([batch] strings) and `k` (an int32 scalar, 1 to
+  `recommend.MAX_K`) to `movie_ids` and `scores` ([batch, k], best first),
+  excluding movies the user rated in training.
 The Transform graph rides on the model as `model.tft_layer`, so it is saved with it.
 """
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import features
+from serving import contract
+from serving import recommend
 
-OUTPUT_KEY = "like_probability"
-GENRE_SEPARATOR = "|"
+OUTPUT_KEY = contract.LIKE_PROBABILITY
+GENRE_SEPARATOR = contract.GENRE_SEPARATOR
 
 
 def _raw_spec(tf_transform_output: tft.TFTransformOutput,
@@ -26,9 +35,11 @@ def _raw_spec(tf_transform_output: tft.TFTransformOutput,
   return {k: spec[k] for k in keys}
 
 
-def make_serving_signatures(model: tf.keras.Model,
-                            tf_transform_output: tft.TFTransformOutput,
-                            raw_feature_keys: Sequence[str]) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+def make_serving_signatures(
+    model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+    raw_feature_keys: Sequence[str],
+    recommender: Optional[recommend.Recommender] = None,
+) -> Dict[str, tf.types.experimental.ConcreteFunction]:
   """The model's signatures; `raw_feature_keys` are the raw features it needs."""
   model.tft_layer = tf_transform_output.transform_features_layer()
   raw_spec = _raw_spec(tf_transform_output, raw_feature_keys)
@@ -37,7 +48,7 @@ def make_serving_signatures(model: tf.keras.Model,
     probabilities = model(model.tft_layer(raw_features))
     return {OUTPUT_KEY: tf.reshape(probabilities, [-1])}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)])
   def serve_tf_examples(examples):
     return predict(tf.io.parse_example(examples, raw_spec))
 
@@ -55,12 +66,24 @@ def make_serving_signatures(model: tf.keras.Model,
 
   full_spec = tf_transform_output.raw_feature_spec()
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)])
   def transform_features(examples):
     return model.tft_layer(tf.io.parse_example(examples, full_spec))
 
-  return {
-      "serving_default": serve_tf_examples.get_concrete_function(),
-      "predict_raw": predict_raw.get_concrete_function(),
-      "transform_features": transform_features.get_concrete_function(),
+  signatures = {
+      contract.SERVING_DEFAULT: serve_tf_examples.get_concrete_function(),
+      contract.PREDICT_RAW: predict_raw.get_concrete_function(),
+      contract.TRANSFORM_FEATURES: transform_features.get_concrete_function(),
   }
+  if recommender is not None:
+    model.recommender = recommender  # tracked, so its tables are saved
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=contract.USER_ID),
+        tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
+    def predict_ids(user_id, movie_id):
+      return {OUTPUT_KEY: model.recommender.predict(user_id, movie_id)}
+
+    signatures[contract.PREDICT] = predict_ids.get_concrete_function()
+    signatures[contract.RECOMMEND] = model.recommender.recommend.get_concrete_function()
+  return signatures

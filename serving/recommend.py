@@ -1,0 +1,212 @@
+"""Top-k movies for a user, computed inside the SavedModel (the `recommend` signature).
+
+At export, `CandidateTables.from_train_split` builds from the transformed train
+split: the user and movie vocabularies (index -> id), each user's and each
+movie's side features, the movies each user rated in training, and the movies
+by number of likes. `Recommender` turns a model and these tables into
+`recommend(user_id, k)`:
+
+- a known user: every movie is scored by the model (CF: a TFRS BruteForce index
+  over the movie embeddings; DeepFM: one batched call over all movies), movies the
+  user rated in training are excluded, and the k best are returned with their
+  like probabilities;
+- an unknown user (cold start): the k movies most liked in training, scored by
+  their smoothed like rate, never an error.
+k must be between 1 and `contract.MAX_K`; anything else is an InvalidArgument error that
+names the allowed range (TF Serving answers it with HTTP 400). A user with fewer
+than k movies left unrated gets them all, then empty ids ("") with score 0.
+"""
+import dataclasses
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models import features
+from serving import contract
+
+# Pseudo-ratings at the global like rate in the cold-start scores: a movie liked 3
+# times out of 3 does not outrank one liked 900 times out of 1,000.
+_COLD_START_PRIOR = 20.0
+
+_USER = features.transformed_name(features.USER_ID)
+_MOVIE = features.transformed_name(features.MOVIE_ID)
+
+
+
+
+@dataclasses.dataclass
+class CandidateTables:
+  """What `recommend` needs besides the model; all numpy, indexed by vocabulary index."""
+  user_ids: np.ndarray  # bytes, [num_users]
+  movie_ids: np.ndarray  # bytes, [num_movies]
+  user_features: Dict[str, np.ndarray]  # [num_users, ...] per user-side feature
+  movie_features: Dict[str, np.ndarray]  # [num_movies, ...] per movie-side feature
+  rated_row_splits: np.ndarray  # int64, [num_users + 1]: user i rated ...
+  rated_movies: np.ndarray  # int64: ... rated_movies[splits[i]:splits[i + 1]]
+  cold_start_scores: np.ndarray  # float32, [num_movies]: smoothed like rate
+
+  @classmethod
+  def from_train_split(cls, train: Dict[str, np.ndarray],
+                       tf_transform_output: tft.TFTransformOutput) -> "CandidateTables":
+    """Tables from the transformed train split (columns as training reads them).
+
+    Each feature table has one row more than its vocabulary: the last row holds
+    what the Transform graph makes of an id never seen in training.
+    """
+    user_ids = np.array(tf_transform_output.vocabulary_by_name(features.USER_ID), object)
+    movie_ids = np.array(tf_transform_output.vocabulary_by_name(features.MOVIE_ID), object)
+    users, movies = train[_USER], train[_MOVIE]
+    # Every vocabulary id occurs in the train split (vocabularies come from it).
+    first_of_user = np.unique(users, return_index=True)
+    first_of_movie = np.unique(movies, return_index=True)
+
+    unseen = unseen_id_features(tf_transform_output)
+
+    def per_index(key, first, size):
+      ids, rows = first
+      column = train[key]
+      table = np.zeros((size + 1,) + column.shape[1:], column.dtype)
+      known = ids < size  # the OOV bucket is the last row, filled below
+      table[ids[known]] = column[rows[known]]
+      table[size] = unseen[key]
+      return table
+
+    user_features = {key: per_index(key, first_of_user, len(user_ids))
+                     for key in features.USER_SIDE_INPUTS if key in train}
+    movie_features = {key: per_index(key, first_of_movie, len(movie_ids))
+                      for key in features.MOVIE_SIDE_INPUTS if key in train}
+
+    order = np.lexsort((movies, users))
+    known = users[order] < len(user_ids)
+    counts = np.bincount(users[order][known], minlength=len(user_ids))
+    rated_row_splits = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    labels = train[features.LABEL].astype(np.float64)
+    in_vocab = movies < len(movie_ids)
+    likes = np.bincount(movies[in_vocab], weights=labels[in_vocab], minlength=len(movie_ids))
+    ratings = np.bincount(movies[in_vocab], minlength=len(movie_ids))
+    prior = labels.mean() if len(labels) else 0.5
+    cold = (likes + _COLD_START_PRIOR * prior) / (ratings + _COLD_START_PRIOR)
+    return cls(user_ids=user_ids, movie_ids=movie_ids, user_features=user_features,
+               movie_features=movie_features, rated_row_splits=rated_row_splits,
+               rated_movies=movies[order][known].astype(np.int64),
+               cold_start_scores=cold.astype(np.float32))
+
+
+UNSEEN_STRING = "\x00never-seen"
+
+
+def unseen_id_features(tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+  """The transformed features of a user and a movie that training never saw.
+
+  Computed by the Transform graph itself, so out-of-vocabulary indices and any
+  statistics' defaults are exactly what serving would compute.
+  """
+  raw = {}
+  for key, spec in tf_transform_output.raw_feature_spec().items():
+    if key == features.LABEL:
+      continue
+    value = tf.constant([[UNSEEN_STRING if spec.dtype == tf.string else -1]], spec.dtype)
+    raw[key] = tf.sparse.from_dense(value) if isinstance(spec, tf.io.VarLenFeature) else value
+  transformed = tf_transform_output.transform_raw_features(raw, drop_unused_features=True)
+  return {k: v.numpy()[0] for k, v in transformed.items() if k != features.LABEL}
+
+
+def _lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
+  """id -> vocabulary index; unknown ids -> len(ids), the out-of-vocabulary row."""
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(ids.astype(bytes)),
+                                          tf.range(len(ids), dtype=tf.int64)),
+      default_value=len(ids))
+
+
+class Recommender(tf.Module):
+  """`recommend(user_id, k)` and `predict(user_id, movie_id)`, saved with the model.
+
+  A model with `query_vectors`, `candidate_vectors` and `probability` (the CF
+  model) ranks through a TFRS BruteForce index over all movies' candidate vectors,
+  built here, before saving; any other model scores every (user, movie) pair in
+  one batched call.
+  """
+
+  def __init__(self, model: tf.keras.Model, tables: CandidateTables):
+    super().__init__(name="recommender")
+    self.model = model
+    self.num_users = len(tables.user_ids)
+    self.num_movies = len(tables.movie_ids)
+    # Unknown ids map to the tables' last row, as the Transform graph maps them.
+    self.user_lookup = _lookup(tables.user_ids)
+    self.movie_lookup = _lookup(tables.movie_ids)
+    self.movie_ids = tf.constant(tables.movie_ids.astype(bytes))
+    self.user_features = {k: tf.constant(v) for k, v in tables.user_features.items()}
+    self.movie_features = {k: tf.constant(v) for k, v in tables.movie_features.items()}
+    self.rated = tf.RaggedTensor.from_row_splits(tf.constant(tables.rated_movies),
+                                                 tf.constant(tables.rated_row_splits))
+    self.cold_start_scores = tf.constant(tables.cold_start_scores)
+    self.index = None
+    if hasattr(model, "candidate_vectors"):
+      import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+      self.index = tfrs.layers.factorized_top_k.BruteForce(k=self.num_movies)
+      self.index.index(model.candidate_vectors(self._movies()),
+                       identifiers=tf.range(self.num_movies, dtype=tf.int64))
+
+  def _movies(self) -> Dict[str, tf.Tensor]:
+    """Every movie's model inputs, [num_movies, ...] (the OOV row left out)."""
+    return {k: t[:self.num_movies] for k, t in self.movie_features.items()}
+
+  def _users(self, user_index: tf.Tensor) -> Dict[str, tf.Tensor]:
+    return {k: tf.gather(t, user_index) for k, t in self.user_features.items()}
+
+  def _score_all(self, user_index: tf.Tensor) -> tf.Tensor:
+    """Like probabilities of each user for every movie: [batch, num_movies]."""
+    if self.index is not None:
+      queries, offsets = self.model.query_vectors(self._users(user_index))
+      scores, movies = self.index(queries, k=self.num_movies)  # best first
+      scores = tf.gather(scores, tf.argsort(movies, axis=1), batch_dims=1)  # by movie
+      return tf.cast(self.model.probability(scores + offsets[:, tf.newaxis]), tf.float32)
+    batch = tf.shape(user_index)[0]
+    inputs = {k: tf.repeat(v, self.num_movies, axis=0)
+              for k, v in self._users(user_index).items()}
+    for key, candidates in self._movies().items():
+      multiples = tf.concat([[batch], tf.ones([tf.rank(candidates) - 1], tf.int32)], 0)
+      inputs[key] = tf.tile(candidates, multiples)
+    probabilities = self.model(inputs)
+    return tf.reshape(tf.cast(probabilities, tf.float32), [batch, self.num_movies])
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
+                                tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
+  def predict(self, user_id: tf.Tensor, movie_id: tf.Tensor) -> tf.Tensor:
+    """Like probability of each (user, movie), [batch]; side features from the tables."""
+    user_index = self.user_lookup.lookup(user_id)
+    movie_index = self.movie_lookup.lookup(movie_id)
+    inputs = {k: tf.gather(t, user_index) for k, t in self.user_features.items()}
+    inputs.update({k: tf.gather(t, movie_index) for k, t in self.movie_features.items()})
+    return tf.reshape(tf.cast(self.model(inputs), tf.float32), [-1])
+
+  def _rated_mask(self, user_index: tf.Tensor) -> tf.Tensor:
+    rated = tf.gather(self.rated, user_index)
+    positions = tf.stack([rated.value_rowids(), rated.flat_values], axis=1)
+    return tf.scatter_nd(positions, tf.ones_like(rated.flat_values, tf.bool),
+                         tf.cast([tf.shape(user_index)[0], self.num_movies], tf.int64))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
+                                tf.TensorSpec([], tf.int32, name=contract.K)])
+  def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The k best movies (ids and like probabilities) for each user, best first."""
+    largest = min(contract.MAX_K, self.num_movies)
+    tf.debugging.assert_greater_equal(k, 1, message=f"k must be between 1 and {largest}")
+    tf.debugging.assert_less_equal(k, largest, message=f"k must be between 1 and {largest}")
+    user_index = self.user_lookup.lookup(user_id)
+    known = user_index < self.num_users
+    user_index = tf.where(known, user_index, 0)  # scored, then replaced below
+    scores = self._score_all(user_index)
+    scores = tf.where(self._rated_mask(user_index), -np.inf, scores)
+    cold_start = tf.broadcast_to(self.cold_start_scores, tf.shape(scores))
+    scores = tf.where(known[:, tf.newaxis], scores, cold_start)
+    top = tf.math.top_k(scores, k=k)
+    # A user who rated all but a few movies: the places left over stay empty.
+    empty = tf.math.is_inf(top.values)
+    return {contract.MOVIE_IDS: tf.where(empty, "", tf.gather(self.movie_ids, top.indices)),
+            contract.SCORES: tf.where(empty, 0.0, top.values)}
