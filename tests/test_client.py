@@ -1,0 +1,369 @@
+"""The TF Serving client (serving/client.py) over REST and gRPC.
+
+The TF Serving binary cannot be installed on these machines, so the client talks
+to tests/tf_serving_double.py, an in-process stand-in that serves the same model
+base path layout over TF Serving's documented REST and gRPC APIs. Set
+TF_SERVING_URL to also run the last test against a real `tensorflow_model_server`.
+"""
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import cf
+from models import features
+from models import hparams as hp
+from models import training
+from serving import client as serving_client
+from serving import signatures
+from tests import tf_serving_double
+
+ServingError = serving_client.ServingError
+PROTOCOLS = ["rest", "grpc"]
+CF_MODEL = "cf"
+# A tf.Module whose answers break the contract, to show the client refuses them.
+TOY_MODEL = "toy"
+TOY_MOVIES = [f"m{i}" for i in range(20)]
+
+
+def _raw_rows(transformed, rows):
+  """Raw CF features of some examples, as a client sends them: ids as strings."""
+  return [{key: row[key][0].decode() for key in features.CF_RAW_FEATURES}
+          for row in transformed.raw[rows]]
+
+
+def _export_cf(transformed, export_dir):
+  """The project's CF model, trained for a few steps, exported with its signatures."""
+  hparams = hp.preset("cf", "best")
+  tf.keras.utils.set_random_seed(0)
+  model = cf.build(training.vocabulary_sizes(transformed.output), hparams)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  inputs = {k: tf.constant(v[:2048]) for k, v in transformed.columns.items()
+            if k != features.LABEL}
+  labels = tf.constant(transformed.columns[features.LABEL][:2048])
+  # 30 eager steps spread the probabilities over ~0.1-0.9; `fit` would first spend
+  # ~15 s compiling its train function on these machines.
+  for _ in range(30):
+    model.train_step((inputs, labels))
+  training.export(model, transformed.output, features.CF_RAW_FEATURES, export_dir,
+                  train_examples=transformed.columns)
+
+
+class _ToyRecommender(tf.Module):
+  """Not a project model: signatures of the right names whose answers are wrong or
+  partial (a `predict_raw` without `like_probability`, no `predict`), for the error
+  tests, and a `recommend` for the double's own tests."""
+
+  def __init__(self):
+    super().__init__()
+    self.movie_ids = tf.constant(TOY_MOVIES)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                tf.TensorSpec([], tf.int32, name="k")])
+  def recommend(self, user_id, k):
+    pairs = user_id[:, tf.newaxis] + "/" + self.movie_ids[tf.newaxis, :]
+    scores = tf.cast(tf.strings.to_hash_bucket_fast(pairs, 10_000), tf.float32) / 10_000
+    top = tf.math.top_k(scores, k)
+    return {"movie_ids": tf.gather(self.movie_ids, top.indices), "scores": top.values}
+
+  # Two outputs, neither `like_probability`: a response the client must refuse.
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                tf.TensorSpec([None], tf.string, name="movie_id"),
+                                tf.TensorSpec([None], tf.int64, name="user_gender")])
+  def predict_raw(self, user_id, movie_id, user_gender):  # pylint: disable=unused-argument
+    return {"score": tf.zeros(tf.shape(user_id)), "rank": tf.zeros(tf.shape(movie_id))}
+
+
+@pytest.fixture(scope="module")
+def model_base(transformed_1m, tmp_path_factory):
+  """A TF Serving model base path: <base>/cf/1 (the project's CF model) and the toy."""
+  base = tmp_path_factory.mktemp("serving")
+  _export_cf(transformed_1m, str(base / CF_MODEL / "1"))
+  toy = _ToyRecommender()
+  tf.saved_model.save(toy, str(base / TOY_MODEL / "1"), signatures={
+      "recommend": toy.recommend, "predict_raw": toy.predict_raw})
+  return base
+
+
+@pytest.fixture(scope="module")
+def server(model_base):
+  with tf_serving_double.TFServingDouble(str(model_base)) as double:
+    yield double
+
+
+@pytest.fixture(scope="module")
+def saved_models(model_base):
+  """The exported models loaded in this process: what the served answers must equal."""
+  return {name: tf.saved_model.load(str(model_base / name / "1"))
+          for name in (CF_MODEL, TOY_MODEL)}
+
+
+def _url(server, protocol):
+  return server.rest_url if protocol == "rest" else server.grpc_url
+
+
+@contextlib.contextmanager
+def _client(url, model, timeout=10.0):
+  client = serving_client.ServingClient.from_url(url, model, timeout=timeout)
+  try:
+    yield client
+  finally:
+    client.close()
+
+
+# The request bodies, as the client builds them.
+
+
+def test_rest_bodies_are_tf_servings_row_and_columnar_formats():
+  assert serving_client.rest_predict_body([{"user_id": "42", "movie_id": "1193"}]) == {
+      "signature_name": "predict", "instances": [{"user_id": "42", "movie_id": "1193"}]}
+  with_side_features = [{"user_id": "42", "movie_id": "1193", "user_gender": 1}]
+  assert serving_client.rest_predict_body(with_side_features) == {
+      "signature_name": "predict_raw", "instances": with_side_features}
+  assert serving_client.rest_recommend_body("42", 10) == {
+      "signature_name": "recommend", "inputs": {"user_id": ["42"], "k": 10}}
+
+
+def test_grpc_requests_carry_one_tensor_per_input():
+  request = serving_client.grpc_predict_request(
+      "cf", [{"user_id": "42", "movie_id": "1193"}, {"user_id": "7", "movie_id": "1"}])
+  assert request.model_spec.name == "cf"
+  assert request.model_spec.signature_name == "predict"
+  assert set(request.inputs) == {"user_id", "movie_id"}
+  assert request.inputs["user_id"].dtype == tf.string.as_datatype_enum
+  np.testing.assert_array_equal(tf.make_ndarray(request.inputs["user_id"]), [b"42", b"7"])
+  age = serving_client.grpc_predict_request("deepfm", [{"bucketized_user_age": 25}])
+  assert age.model_spec.signature_name == "predict_raw"
+  assert age.inputs["bucketized_user_age"].dtype == tf.int64.as_datatype_enum  # as the schema
+
+  request = serving_client.grpc_recommend_request("cf", "42", 10)
+  assert request.model_spec.signature_name == "recommend"
+  np.testing.assert_array_equal(tf.make_ndarray(request.inputs["user_id"]), [b"42"])
+  assert request.inputs["k"].dtype == tf.int32.as_datatype_enum
+  assert tf.make_ndarray(request.inputs["k"]).shape == ()
+  assert int(tf.make_ndarray(request.inputs["k"])) == 10
+
+
+def test_from_url_picks_the_protocol():
+  assert isinstance(serving_client.ServingClient.from_url("http://localhost:8501", "cf"),
+                    serving_client.RestClient)
+  for url in ("grpc://localhost:8500", "localhost:8500"):
+    with _client(url, "cf") as client:
+      assert isinstance(client, serving_client.GrpcClient)
+      assert client.target == "localhost:8500"
+  with pytest.raises(ValueError, match="unsupported"):
+    serving_client.ServingClient.from_url("ftp://localhost:21", "cf")
+
+
+def test_rows_must_share_their_features():
+  client = serving_client.ServingClient.from_url("http://127.0.0.1:1", "cf")
+  with pytest.raises(ValueError, match="same features"):
+    client.predict_batch([{"user_id": "42", "movie_id": "1"}, {"user_id": "7"}])
+
+
+# predict: the real CF model, exported as the Trainer exports it.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_predictions_equal_the_saved_models(protocol, server, saved_models, transformed_1m):
+  rows = _raw_rows(transformed_1m, slice(0, 64))
+  expected = saved_models[CF_MODEL].signatures["predict_raw"](
+      user_id=tf.constant([r["user_id"] for r in rows]),
+      movie_id=tf.constant([r["movie_id"] for r in rows]))[signatures.OUTPUT_KEY].numpy()
+  with _client(_url(server, protocol), CF_MODEL) as client:
+    np.testing.assert_allclose(client.predict_batch(rows), expected, rtol=0, atol=1e-6)
+    single = client.predict(user_id=rows[0]["user_id"], movie_id=rows[0]["movie_id"])
+    assert isinstance(single, float)
+    assert single == pytest.approx(expected[0], abs=1e-6)
+    # Ids the vocabulary never saw go to the OOV bucket: still a probability.
+    assert 0 <= client.predict(user_id="no-such-user", movie_id="no-such-movie") <= 1
+    assert client.predict_batch([]) == []
+
+
+# recommend: the project's CF model, its TFRS BruteForce index saved with it.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_recommend_returns_the_signatures_top_k(protocol, server, saved_models,
+                                               transformed_1m):
+  recommend = saved_models[CF_MODEL].signatures["recommend"]
+  users = [row["user_id"] for row in _raw_rows(transformed_1m, slice(0, 2))] + ["unknown"]
+  with _client(_url(server, protocol), CF_MODEL) as client:
+    for user_id in users:
+      expected = recommend(user_id=tf.constant([user_id]), k=tf.constant(5))
+      recommended = client.recommend(user_id, k=5)
+      assert [m for m, _ in recommended] == [m.decode() for m in
+                                              expected["movie_ids"].numpy()[0]]
+      np.testing.assert_allclose([s for _, s in recommended],
+                                 expected["scores"].numpy()[0], atol=1e-6)
+      scores = [s for _, s in recommended]
+      assert scores == sorted(scores, reverse=True)
+    with pytest.raises(ServingError, match="k must be between 1 and 100") as error:
+      client.recommend(users[0], k=0)
+    assert error.value.reason == "bad_request"
+
+
+# Errors: one exception type, naming the URL and the model.
+
+
+@pytest.fixture
+def closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+  """A server that accepts connections and never answers."""
+  listener = socket.socket()
+  listener.bind(("127.0.0.1", 0))
+  listener.listen(8)
+  accepted = []
+  stop = threading.Event()
+
+  def accept():
+    listener.settimeout(0.2)
+    while not stop.is_set():
+      try:
+        accepted.append(listener.accept()[0])
+      except OSError:
+        pass
+  thread = threading.Thread(target=accept, daemon=True)
+  thread.start()
+  yield listener.getsockname()[1]
+  stop.set()
+  thread.join()
+  for connection in accepted:
+    connection.close()
+  listener.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_server_down(protocol, closed_port):
+  url = f"http://127.0.0.1:{closed_port}" if protocol == "rest" else f"127.0.0.1:{closed_port}"
+  with _client(url, CF_MODEL, timeout=5) as client:
+    with pytest.raises(ServingError) as error:
+      client.predict(user_id="42", movie_id="1193")
+  assert error.value.reason == "unavailable"
+  assert url in str(error.value) and "'cf'" in str(error.value)
+  assert "is TF Serving running" in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_timeout(protocol, silent_port):
+  url = f"{'http' if protocol == 'rest' else 'grpc'}://127.0.0.1:{silent_port}"
+  with _client(url, CF_MODEL, timeout=1.0) as client:
+    started = time.monotonic()
+    with pytest.raises(ServingError) as error:
+      client.predict(user_id="42", movie_id="1193")
+    assert time.monotonic() - started < 4
+  assert error.value.reason == "timeout"
+  assert url in str(error.value) and "1 s timeout" in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unknown_model(protocol, server):
+  with _client(_url(server, protocol), "no_such_model") as client:
+    with pytest.raises(ServingError, match="not found") as error:
+      client.predict(user_id="42", movie_id="1193")
+  assert error.value.reason == "not_found"
+  assert "Servable not found for request: Latest(no_such_model)" in str(error.value)
+  assert "'no_such_model'" in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("row, message", [
+    ({"user_id": "42"}, "Missing but required: {movie_id}"),
+    ({"user_id": "42", "movie_id": "1193", "movie_title": "Heat (1995)"},
+     "movie_title"),
+    ({"user_id": "42", "movie_id": 1193}, "string"),
+], ids=["missing_feature", "unknown_feature", "wrong_dtype"])
+def test_bad_request_carries_tf_servings_message(protocol, row, message, server):
+  with _client(_url(server, protocol), CF_MODEL) as client:
+    with pytest.raises(ServingError, match="bad request") as error:
+      client.predict_batch([row])
+  assert error.value.reason == "bad_request"
+  assert message in str(error.value)
+
+
+def test_bad_request_messages_are_tf_servings(server):
+  """The double's wording, as TF Serving's REST API gives it for a wrong dtype."""
+  with _client(server.rest_url, CF_MODEL) as client:
+    with pytest.raises(ServingError) as error:
+      client.predict(user_id="42", movie_id=1193)
+  assert ("bad request (HTTP 400): Failed to process element: 0 key: movie_id of "
+          "'instances' list. Error: Invalid argument: JSON Value: 1193 Type: Number is "
+          "not of expected type: string") in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_missing_signature(protocol, server):
+  with _client(_url(server, protocol), TOY_MODEL) as client:
+    with pytest.raises(ServingError, match='Serving signature key "predict" not found'):
+      client.predict("42", "1193")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unexpected_response_shape(protocol, server):
+  # The toy's predict_raw answers "score" and "rank", not "like_probability".
+  with _client(_url(server, protocol), TOY_MODEL) as client:
+    with pytest.raises(ServingError, match="unexpected response") as error:
+      client.predict_batch([{"user_id": "42", "movie_id": "1193", "user_gender": 1}])
+  assert error.value.reason == "bad_response"
+  assert "like_probability" in str(error.value)
+
+
+# The double itself, where the client does not reach.
+
+
+def test_double_serves_the_highest_version_and_reports_status(model_base, tmp_path):
+  toy = _ToyRecommender()
+  for version in (1, 3):
+    tf.saved_model.save(toy, str(tmp_path / "toy" / str(version)),
+                        signatures={"recommend": toy.recommend})
+  (tmp_path / "toy" / "7").mkdir()  # no saved_model.pb: not a version
+  with tf_serving_double.TFServingDouble(str(tmp_path)) as double:
+    with urllib.request.urlopen(f"{double.rest_url}/v1/models/toy") as response:
+      status = json.load(response)
+    assert [v["version"] for v in status["model_version_status"]] == ["3", "1"]
+    assert double.servable("toy", None)[0] == 3
+    body = json.dumps({"signature_name": "recommend",
+                       "inputs": {"user_id": ["42"], "k": 2}}).encode()
+    for path in ("/v1/models/toy:predict", "/v1/models/toy/versions/1:predict"):
+      with urllib.request.urlopen(urllib.request.Request(double.rest_url + path, body)) as r:
+        outputs = json.load(r)["outputs"]
+      assert len(outputs["movie_ids"][0]) == 2 and len(outputs["scores"][0]) == 2
+    with pytest.raises(urllib.error.HTTPError) as error:
+      urllib.request.urlopen(urllib.request.Request(
+          double.rest_url + "/v1/models/toy/versions/2:predict", body))
+    assert error.value.code == 404
+    assert json.load(error.value) == {
+        "error": "Servable not found for request: Specific(toy, 2)"}
+
+
+# A real TF Serving, when there is one.
+
+
+@pytest.mark.skipif(not os.environ.get("TF_SERVING_URL"), reason=(
+    "the TF Serving binary cannot be installed on these machines; set TF_SERVING_URL "
+    "(e.g. http://host:8501 or grpc://host:8500) and TF_SERVING_MODEL (default cf) "
+    "to run this against a real tensorflow_model_server"))
+def test_real_tf_serving():
+  url = os.environ["TF_SERVING_URL"]
+  model = os.environ.get("TF_SERVING_MODEL", CF_MODEL)
+  with _client(url, model) as client:
+    probabilities = client.predict_batch([{"user_id": "1", "movie_id": "1193"},
+                                          {"user_id": "1", "movie_id": "661"}])
+    assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
+  with _client(url, "no_such_model") as client:
+    with pytest.raises(ServingError, match="not found"):
+      client.predict("1", "1193")
