@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast env lock clean bench-train bench-deepctr report tensorboard browser
+.PHONY: run test test-fast env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -67,6 +67,15 @@ $(STAMP): requirements.lock setup.py | $(UV)
 lock: | $(UV)
 	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.10 \
 		--python-platform x86_64-manylinux2014
+
+# Benchmarks; results as JSON under bench/results/.
+bench: bench-serving
+
+# In-process serving speed of a finished run's pushed models: predictions/s at
+# batch 1, 100 and 10,000, and recommend(k=10) latency.
+bench-serving: $(STAMP)
+	@test -d $(RUN_DIR)/serving || { echo "no pushed models in $(RUN_DIR)/serving: make run first"; exit 1; }
+	$(VENV)/bin/python bench/serving_speed.py $(RUN_DIR) --output bench/results/serving_speed.json
 
 # Training speed and AUC of both presets of both models, on a finished run's
 # Transform output (e.g. make bench-train DATASET=100k).

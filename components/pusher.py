@@ -43,8 +43,36 @@ def served_version_of(model_dir: str, base_directory: str) -> Optional[str]:
   return None
 
 
+MODELS_CONFIG_FILE = "models.config"
+# Where `docker run -v <serving-dir>:/models tensorflow/serving` sees the serving dir.
+CONTAINER_MODELS_DIR = "/models"
+
+
+def models_config(serving_dir: str, base_dir: str = CONTAINER_MODELS_DIR) -> str:
+  """TF Serving's model_config_list for every model folder in `serving_dir`."""
+  names = sorted(name.rstrip("/") for name in fileio.listdir(serving_dir)
+                 if fileio.isdir(os.path.join(serving_dir, name)))
+  entries = "".join(
+      f'  config {{\n    name: "{name}"\n    base_path: "{base_dir}/{name}"\n'
+      f'    model_platform: "tensorflow"\n  }}\n' for name in names)
+  return f"model_config_list {{\n{entries}}}\n"
+
+
+def write_models_config(serving_dir: str) -> str:
+  """Writes `<serving_dir>/models.config` (via a temporary file, then a rename)."""
+  path = os.path.join(serving_dir, MODELS_CONFIG_FILE)
+  temporary = path + ".tmp"
+  with fileio.open(temporary, "w") as f:
+    f.write(models_config(serving_dir))
+  fileio.rename(temporary, path, overwrite=True)
+  return path
+
+
 class Executor(pusher_executor.Executor):
-  """Pushes a blessed model unless the same SavedModel is already served."""
+  """Pushes a blessed model unless the same SavedModel is already served.
+
+  After a push, (re)writes TF Serving's models.config beside the model folders.
+  """
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
@@ -63,6 +91,8 @@ class Executor(pusher_executor.Executor):
         self._MarkPushed(model_push, os.path.join(base_directory, version), version)
         return
     super().Do(input_dict, output_dict, exec_properties)
+    if self.CheckBlessing(input_dict) and destination.HasField("filesystem"):
+      write_models_config(os.path.dirname(destination.filesystem.base_directory.rstrip("/")))
 
 
 class Pusher(tfx.components.Pusher):

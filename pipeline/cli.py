@@ -11,7 +11,7 @@ from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
 _KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
-                 "RunFolderError")
+                 "RunFolderError", "ServingError")
 
 
 def _known_error(error: BaseException) -> Optional[BaseException]:
@@ -81,6 +81,55 @@ def _tensorboard(args: argparse.Namespace) -> int:
   return tensorboard.serve(args.run_dir, port=args.port, host=args.host) or 0
 
 
+def _latest_version(model_dir: str) -> str:
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
+  versions = (sorted((int(v) for v in os.listdir(model_dir) if v.isdigit()))
+              if os.path.isdir(model_dir) else [])
+  if not versions:
+    raise run_store.RunFolderError(
+        f"no pushed model in {model_dir}: a model is pushed once its evaluation "
+        "blesses it (see `recsys report`)")
+  return os.path.join(model_dir, str(versions[-1]))
+
+
+def _recommend(args: argparse.Namespace) -> int:
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
+  from serving import client as serving_client  # pylint: disable=g-import-not-at-top
+  run_dir = os.path.abspath(args.run_dir)
+  if args.server:
+    with serving_client.ServingClient.from_url(args.server, args.model) as client:
+      pairs = client.recommend(args.user, args.k)
+    source = f"{args.model} on TF Serving at {args.server}"
+  else:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from serving import contract  # pylint: disable=g-import-not-at-top
+    serving_dir = args.serving_dir or os.path.join(run_dir, "serving")
+    model_dir = _latest_version(os.path.join(serving_dir, args.model))
+    recommend = tf.saved_model.load(model_dir).signatures[contract.RECOMMEND]
+    try:
+      result = recommend(user_id=tf.constant([args.user]), k=tf.constant(args.k, tf.int32))
+    except tf.errors.InvalidArgumentError as e:
+      raise serving_client.ServingError(e.message.split("\n")[0], url=model_dir,
+                                        model=args.model, reason="bad_request") from None
+    pairs = [(m.decode(), float(s)) for m, s in zip(
+        result[contract.MOVIE_IDS].numpy()[0], result[contract.SCORES].numpy()[0]) if m]
+    source = f"{args.model} from {model_dir}"
+  catalog = {}
+  try:
+    examples = run_store.RunStore(run_dir).latest_artifact("Examples", "MovieLensExampleGen")
+    if examples is not None:
+      from serving import movies  # pylint: disable=g-import-not-at-top
+      catalog = movies.load_catalog(examples.uri)
+  except run_store.RunFolderError:
+    pass  # titles are a nicety; the ids and scores stand on their own
+  print(f"Top {len(pairs)} movies for user {args.user} ({source}):")
+  print(f"{'rank':>4}  {'movie':>6}  {'like':>6}  {'title':<45} genres")
+  for rank, (movie, score) in enumerate(pairs, 1):
+    title, genres = catalog.get(movie, ("", ""))
+    print(f"{rank:>4}  {movie:>6}  {score:>6.3f}  {title[:45]:<45} {genres}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="recsys", description="MovieLens like-prediction pipeline on TFX.")
@@ -118,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
       "report", help="print a finished run's comparison table (from ML Metadata)")
   report.add_argument("run_dir", help="the run's output folder")
   report.set_defaults(handler=_report)
+
+  recommend = commands.add_parser(
+      "recommend", help="top-k movies for a user, from the latest pushed model "
+      "(in-process) or from TF Serving (--server)")
+  recommend.add_argument("--user", required=True, help="user id, e.g. 42")
+  recommend.add_argument("--k", type=int, default=10, help="how many movies (1 to 100)")
+  recommend.add_argument("--model", choices=["cf", "deepfm"], default="cf")
+  recommend.add_argument("--server", help="TF Serving URL: http://host:8501 (REST) "
+                         "or grpc://host:8500; omit to load the pushed SavedModel here")
+  recommend.add_argument("--run-dir", default=configs.PipelineConfig().output_dir,
+                         help="the run whose pushed models and movie titles to use")
+  recommend.add_argument("--serving-dir", help="default <run-dir>/serving")
+  recommend.set_defaults(handler=_recommend)
 
   board = commands.add_parser(
       "tensorboard", help="TensorBoard on a finished run: training and evaluation")

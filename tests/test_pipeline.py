@@ -216,6 +216,71 @@ def test_report_command_reads_the_stored_run(finished_run, tmp_path, capsys):
     (report_dir / "metrics.json").write_text(json.dumps(stored))
 
 
+_SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
+  """The serving folder as TF Serving reads it (the binary cannot be installed here)."""
+  _, config, _ = finished_run
+  serving = pathlib.Path(config.serving_dir)
+  assert (serving / "models.config").read_text() == (
+      'model_config_list {\n'
+      '  config {\n    name: "cf"\n    base_path: "/models/cf"\n'
+      '    model_platform: "tensorflow"\n  }\n'
+      '  config {\n    name: "deepfm"\n    base_path: "/models/deepfm"\n'
+      '    model_platform: "tensorflow"\n  }\n}\n')
+  examples = _latest_examples(config)
+  test_rows = _read_split(examples, "test")
+  user = test_rows[features.USER_ID][0]
+  first_file = tf.io.gfile.glob(os.path.join(
+      artifact_utils.get_split_uri([examples], "test"), "*.gz"))[0]
+  record = next(iter(tf.data.TFRecordDataset(first_file, compression_type="GZIP")))
+  example = tf.train.Example.FromString(record.numpy()).features.feature
+  raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES}
+  for model in ("cf", "deepfm"):
+    pushed = serving / model / _pushed_versions(config, model)[0]
+    loaded = tf.saved_model.load(str(pushed)).signatures
+    assert set(loaded) == {"serving_default", "predict_raw", "predict", "recommend",
+                           "transform_features"}
+    top = loaded["recommend"](user_id=tf.constant([user, "never-seen"]), k=tf.constant(10))
+    assert top["movie_ids"].shape == (2, 10)
+    # saved_model_cli, as TF Serving users inspect and call a model.
+    shown = subprocess.run(
+        [_SAVED_MODEL_CLI, "show",
+         "--dir", str(pushed), "--tag_set", "serve", "--signature_def", "recommend"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "inputs['k'] tensor_info:" in shown and "outputs['movie_ids']" in shown
+    # One raw test example with the features this model needs, as saved_model_cli
+    # builds tf.Examples from JSON.
+    values = {}
+    for key in raw_keys[model]:
+      feature = example[key]
+      kind = feature.WhichOneof("kind")
+      values[key] = [v.decode() if kind == "bytes_list" else v
+                     for v in getattr(feature, kind).value]
+    ran = subprocess.run(
+        [_SAVED_MODEL_CLI, "run", "--dir", str(pushed), "--tag_set", "serve",
+         "--signature_def", "serving_default",
+         "--input_examples", f"examples=[{json.dumps(values)}]"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "like_probability" in ran.stdout
+
+  # recsys recommend: the latest pushed model, in-process, with titles from the run.
+  assert cli.main(["recommend", "--user", user, "--k", "5", "--model", "deepfm",
+                   "--run-dir", config.output_dir]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith(f"Top 5 movies for user {user} (deepfm from ")
+  rows = printed[2:]
+  assert len(rows) == 5 and all(re.search(r"\(\d{4}\)", row) for row in rows)  # titles
+  assert cli.main(["recommend", "--user", "someone-new", "--k", "3",
+                   "--run-dir", config.output_dir]) == 0
+  assert len(capsys.readouterr().out.splitlines()) == 5
+  assert cli.main(["recommend", "--user", user, "--k", "0",
+                   "--run-dir", config.output_dir]) == 1
+  assert "k must be between 1 and 100" in capsys.readouterr().err
+
+
 def _wait_for(url, seconds):
   deadline = time.monotonic() + seconds
   while True:
