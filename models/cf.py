@@ -63,7 +63,12 @@ class CollaborativeFiltering(tfrs.Model):
     return self._score(inputs)[0]
 
   # The same score factorised for retrieval: logit = query . candidate + offset,
-  # so a TFRS BruteForce index over the candidates ranks every movie at once.
+  # so a TFRS BruteForce index over the candidates ranks every movie at once. (The
+  # optional statistics term is left to pair-by-pair scoring.)
+
+  @property
+  def factorizes(self) -> bool:
+    return not self.use_id_statistics
 
   def query_vectors(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
     """Per user: the query vector [batch, dim + 1] and the score offset [batch]."""

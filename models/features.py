@@ -81,5 +81,7 @@ DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)
 
 # Model inputs (transformed features) that describe the user, and the movie: what
 # serving looks up from the ids alone (serving/recommend.py).
-USER_SIDE_INPUTS = tuple(transformed_name(f) for f in USER_FIELDS)
-MOVIE_SIDE_INPUTS = tuple(transformed_name(f) for f in MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES))
+USER_SIDE_INPUTS = tuple(transformed_name(f) for f in USER_FIELDS + (
+    USER_LIKE_RATE, USER_RATING_COUNT))
+MOVIE_SIDE_INPUTS = tuple(transformed_name(f) for f in MOVIE_FIELDS + (
+    MOVIE_DECADE, MOVIE_GENRES, MOVIE_LIKE_RATE, MOVIE_RATING_COUNT))

@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from typing import Any, Dict, List, Optional
@@ -11,7 +12,11 @@ from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
 _KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
-                 "RunFolderError", "ServingError")
+                 "RunFolderError", "ServingError", "BadRequest")
+
+
+class BadRequest(Exception):
+  """A request the model refused, e.g. k outside its allowed range."""
 
 
 def _known_error(error: BaseException) -> Optional[BaseException]:
@@ -109,8 +114,10 @@ def _recommend(args: argparse.Namespace) -> int:
     try:
       result = recommend(user_id=tf.constant([args.user]), k=tf.constant(args.k, tf.int32))
     except tf.errors.InvalidArgumentError as e:
-      raise serving_client.ServingError(e.message.split("\n")[0], url=model_dir,
-                                        model=args.model, reason="bad_request") from None
+      # The model's own message (e.g. "k must be between 1 and 100") sits inside
+      # TensorFlow's graph-execution report.
+      reason = re.search(r"k must be between 1 and \d+", e.message)
+      raise BadRequest(f"{model_dir}: {reason.group(0) if reason else e.message}") from None
     pairs = [(m.decode(), float(s)) for m, s in zip(
         result[contract.MOVIE_IDS].numpy()[0], result[contract.SCORES].numpy()[0]) if m]
     source = f"{args.model} from {model_dir}"

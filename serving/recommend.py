@@ -125,8 +125,8 @@ def _lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
 class Recommender(tf.Module):
   """`recommend(user_id, k)` and `predict(user_id, movie_id)`, saved with the model.
 
-  A model with `query_vectors`, `candidate_vectors` and `probability` (the CF
-  model) ranks through a TFRS BruteForce index over all movies' candidate vectors,
+  A model that `factorizes` its score into `query_vectors`, `candidate_vectors`
+  and `probability` (the CF model) ranks through a TFRS BruteForce index over all movies' candidate vectors,
   built here, before saving; any other model scores every (user, movie) pair in
   one batched call.
   """
@@ -146,7 +146,7 @@ class Recommender(tf.Module):
                                                  tf.constant(tables.rated_row_splits))
     self.cold_start_scores = tf.constant(tables.cold_start_scores)
     self.index = None
-    if hasattr(model, "candidate_vectors"):
+    if getattr(model, "factorizes", False):
       import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
       self.index = tfrs.layers.factorized_top_k.BruteForce(k=self.num_movies)
       self.index.index(model.candidate_vectors(self._movies()),

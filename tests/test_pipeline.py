@@ -230,8 +230,7 @@ def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
       '  config {\n    name: "deepfm"\n    base_path: "/models/deepfm"\n'
       '    model_platform: "tensorflow"\n  }\n}\n')
   examples = _latest_examples(config)
-  test_rows = _read_split(examples, "test")
-  user = test_rows[features.USER_ID][0]
+  user = _read_split(examples, "test")[features.USER_ID][0].decode()
   first_file = tf.io.gfile.glob(os.path.join(
       artifact_utils.get_split_uri([examples], "test"), "*.gz"))[0]
   record = next(iter(tf.data.TFRecordDataset(first_file, compression_type="GZIP")))
