@@ -103,7 +103,8 @@ def _recommend(args: argparse.Namespace) -> int:
   run_dir = os.path.abspath(args.run_dir)
   if args.server:
     with serving_client.ServingClient.from_url(args.server, args.model) as client:
-      pairs = client.recommend(args.user, args.k)
+      pairs = [(movie, score) for movie, score in client.recommend(args.user, args.k)
+               if movie]  # "" pads a user with fewer than k unrated movies
     source = f"{args.model} on TF Serving at {args.server}"
   else:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

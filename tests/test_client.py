@@ -367,3 +367,21 @@ def test_real_tf_serving():
   with _client(url, "no_such_model") as client:
     with pytest.raises(ServingError, match="not found"):
       client.predict("1", "1193")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_recsys_recommend_calls_the_server(protocol, server, saved_models, transformed_1m,
+                                           tmp_path, capsys):
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  user = _raw_rows(transformed_1m, slice(0, 1))[0]["user_id"]
+  expected = saved_models[CF_MODEL].signatures["recommend"](
+      user_id=tf.constant([user]), k=tf.constant(4))["movie_ids"].numpy()[0]
+  assert cli.main(["recommend", "--user", user, "--k", "4", "--server",
+                   _url(server, protocol), "--run-dir", str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].endswith(f"movies for user {user} (cf on TF Serving at "
+                           f"{_url(server, protocol)}):")
+  assert [line.split()[1] for line in lines[2:]] == [m.decode() for m in expected if m]
+  assert cli.main(["recommend", "--user", user, "--k", "4", "--model", "deepfm",
+                   "--server", _url(server, protocol), "--run-dir", str(tmp_path)]) == 1
+  assert "not found" in capsys.readouterr().err
