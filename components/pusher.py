@@ -1,6 +1,7 @@
-"""Pusher: TFX's, except that a model already in the serving folder is not pushed again.
+"""Pusher: TFX's, plus TF Serving's models.config, and no duplicate versions.
 
-TFX re-evaluates a cached model once it has become its own baseline (the latest
+After a push it (re)writes `<serving-dir>/models.config`, listing every model
+folder for `tensorflow_model_server --model_config_file`. And TFX re-evaluates a cached model once it has become its own baseline (the latest
 blessed model), and its Pusher would then copy the same SavedModel a second time
 under a new version number. This one compares SavedModel fingerprints
 (`fingerprint.pb`, written by TensorFlow on export) with the versions already

@@ -4,6 +4,7 @@ At export, `CandidateTables.from_train_split` builds from the transformed train
 split: the user and movie vocabularies (index -> id), each user's and each
 movie's side features, the movies each user rated in training, and the movies
 by number of likes. `Recommender` turns a model and these tables into
+`predict(user_id, movie_id)` (side features looked up by id) and
 `recommend(user_id, k)`:
 
 - a known user: every movie is scored by the model (CF: a TFRS BruteForce index
@@ -12,9 +13,10 @@ by number of likes. `Recommender` turns a model and these tables into
   like probabilities;
 - an unknown user (cold start): the k movies most liked in training, scored by
   their smoothed like rate, never an error.
-k must be between 1 and `contract.MAX_K`; anything else is an InvalidArgument error that
-names the allowed range (TF Serving answers it with HTTP 400). A user with fewer
-than k movies left unrated gets them all, then empty ids ("") with score 0.
+k must be between 1 and `contract.MAX_K`; anything else is an InvalidArgument
+error that names the allowed range (TF Serving answers it with HTTP 400). A user
+with fewer than k movies left unrated gets them all, then empty ids ("") with
+score 0.
 """
 import dataclasses
 from typing import Dict
@@ -29,11 +31,11 @@ from serving import contract
 # Pseudo-ratings at the global like rate in the cold-start scores: a movie liked 3
 # times out of 3 does not outrank one liked 900 times out of 1,000.
 _COLD_START_PRIOR = 20.0
+# A raw value no MovieLens id or text has, to ask the Transform graph about unseen ids.
+UNSEEN_STRING = "\x00never-seen"
 
 _USER = features.transformed_name(features.USER_ID)
 _MOVIE = features.transformed_name(features.MOVIE_ID)
-
-
 
 
 @dataclasses.dataclass
@@ -41,8 +43,8 @@ class CandidateTables:
   """What `recommend` needs besides the model; all numpy, indexed by vocabulary index."""
   user_ids: np.ndarray  # bytes, [num_users]
   movie_ids: np.ndarray  # bytes, [num_movies]
-  user_features: Dict[str, np.ndarray]  # [num_users, ...] per user-side feature
-  movie_features: Dict[str, np.ndarray]  # [num_movies, ...] per movie-side feature
+  user_features: Dict[str, np.ndarray]  # [num_users + 1, ...]: the last row for unseen ids
+  movie_features: Dict[str, np.ndarray]  # [num_movies + 1, ...]: likewise
   rated_row_splits: np.ndarray  # int64, [num_users + 1]: user i rated ...
   rated_movies: np.ndarray  # int64: ... rated_movies[splits[i]:splits[i + 1]]
   cold_start_scores: np.ndarray  # float32, [num_movies]: smoothed like rate
@@ -95,9 +97,6 @@ class CandidateTables:
                cold_start_scores=cold.astype(np.float32))
 
 
-UNSEEN_STRING = "\x00never-seen"
-
-
 def unseen_id_features(tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
   """The transformed features of a user and a movie that training never saw.
 
@@ -126,9 +125,9 @@ class Recommender(tf.Module):
   """`recommend(user_id, k)` and `predict(user_id, movie_id)`, saved with the model.
 
   A model that `factorizes` its score into `query_vectors`, `candidate_vectors`
-  and `probability` (the CF model) ranks through a TFRS BruteForce index over all movies' candidate vectors,
-  built here, before saving; any other model scores every (user, movie) pair in
-  one batched call.
+  and `probability` (the CF model) ranks through a TFRS BruteForce index over
+  every movie's candidate vector, built here, before saving; any other model
+  scores every (user, movie) pair in one batched call.
   """
 
   def __init__(self, model: tf.keras.Model, tables: CandidateTables):
