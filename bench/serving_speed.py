@@ -19,6 +19,7 @@ import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from components import pusher
 from serving import contract
 
 BATCH_SIZES = (1, 100, 10_000)
@@ -26,10 +27,10 @@ TARGETS = {"recommend_p50_ms": 10.0, "cf_batch_10000_predictions_per_second": 20
 
 
 def _latest_version(model_dir: str) -> str:
-  versions = sorted(int(v) for v in os.listdir(model_dir) if v.isdigit())
+  versions = pusher.pushed_versions(model_dir)
   if not versions:
     sys.exit(f"no pushed version in {model_dir}: run the pipeline first")
-  return os.path.join(model_dir, str(versions[-1]))
+  return os.path.join(model_dir, versions[-1])
 
 
 def _vocabulary(model_dir: str, name: str) -> np.ndarray:

@@ -12,9 +12,9 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.writers import eval_config_writer
 
+from models import training
 from pipeline import evaluation
 
-HISTORY_FILE = "history.json"  # written by models.training into the model_run dir
 _CANDIDATE = ("", "candidate")  # TFMA names the models once a baseline exists
 _BASELINE = "baseline"
 
@@ -54,11 +54,16 @@ class ModelResults:
       tpr.append(p.true_positives / max(p.true_positives + p.false_negatives, 1e-12))
     return fpr, tpr
 
+  @property
+  def epochs(self) -> int:
+    """Epochs the model trained, from its Trainer's history."""
+    return len(self.history.get("loss", []))
+
   def to_json(self) -> Dict:
     return {"split": evaluation.EVAL_SPLIT, **self.metrics,
             "blessed": self.blessed, "blessing_reason": self.reason,
             "baseline_auc": self.baseline_auc,
-            "epochs": len(self.history.get("loss", [])),
+            "epochs": self.epochs,
             "slices": self.slice_metrics}
 
 
@@ -159,7 +164,7 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
     reason = _auc_failure_reason(validation, floor)
 
   history = {}
-  history_path = os.path.join(model_run_uri, HISTORY_FILE)
+  history_path = os.path.join(model_run_uri, training.HISTORY_FILE)
   if tf.io.gfile.exists(history_path):
     with tf.io.gfile.GFile(history_path) as f:
       history = json.load(f)

@@ -56,6 +56,13 @@ def build_report(results: Dict[str, evaluation_results.ModelResults]) -> Dict:
           "models": {name: r.to_json() for name, r in results.items()}}
 
 
+def _cell(metric: str, value) -> str:
+  """A metric as the tables show it: counts with separators, the rest to 4 places."""
+  if value is None:
+    return "-"
+  return f"{value:,}" if metric == "example_count" else f"{value:.4f}"
+
+
 def comparison_table(report: Dict) -> str:
   """Side-by-side plain-text table of the models in a metrics.json."""
   models = report["models"]
@@ -64,11 +71,8 @@ def comparison_table(report: Dict) -> str:
   lines = [f"{'test split':<22}" + "".join(f"{MODEL_TITLES.get(n, n):>{width}}"
                                            for n in names)]
   for metric in evaluation.REPORTED_METRICS:
-    cells = []
-    for n in names:
-      value = models[n].get(metric)
-      cells.append(f"{'-' if value is None else (f'{value:,}' if metric == 'example_count' else f'{value:.4f}'):>{width}}")
-    lines.append(f"{metric:<22}" + "".join(cells))
+    lines.append(f"{metric:<22}" + "".join(
+        f"{_cell(metric, models[n].get(metric)):>{width}}" for n in names))
   lines.append(f"{'blessed':<22}" + "".join(
       f"{'yes' if models[n]['blessed'] else 'NO':>{width}}" for n in names))
   lines.append(f"{'reference auc (1M)':<22}" + "".join(
@@ -86,9 +90,8 @@ def _markdown(report: Dict) -> str:
   rule = "|---|" + "---:|" * len(names)
   rows = []
   for metric in evaluation.REPORTED_METRICS:
-    cells = [f"{models[n][metric]:,}" if metric == "example_count"
-             else f"{models[n][metric]:.4f}" for n in names]
-    rows.append(f"| {metric} | " + " | ".join(cells) + " |")
+    rows.append(f"| {metric} | " + " | ".join(_cell(metric, models[n].get(metric))
+                                              for n in names) + " |")
   rows.append("| blessed | " + " | ".join(
       "yes" if models[n]["blessed"] else "**no**" for n in names) + " |")
   rows.append("| reference study's test AUC, MovieLens-1M (not this data or split) | "

@@ -1,11 +1,12 @@
 """Pusher: TFX's, plus TF Serving's models.config, and no duplicate versions.
 
 After a push it (re)writes `<serving-dir>/models.config`, listing every model
-folder for `tensorflow_model_server --model_config_file`. And TFX re-evaluates a cached model once it has become its own baseline (the latest
-blessed model), and its Pusher would then copy the same SavedModel a second time
-under a new version number. This one compares SavedModel fingerprints
-(`fingerprint.pb`, written by TensorFlow on export) with the versions already
-served and records the existing version instead.
+folder for `tensorflow_model_server --model_config_file`. And TFX re-evaluates a
+cached model once it has become its own baseline (the latest blessed model), and
+its Pusher would then copy the same SavedModel a second time under a new version
+number. This one compares SavedModel fingerprints (`fingerprint.pb`, written by
+TensorFlow on export) with the versions already served and records the existing
+version instead.
 """
 import os
 from typing import Any, Dict, List, Optional
@@ -32,14 +33,21 @@ def _fingerprint(model_dir: str) -> Optional[bytes]:
     return f.read()
 
 
+def pushed_versions(base_directory: str) -> List[str]:
+  """The numbered versions of one model in the serving folder, oldest first."""
+  if not fileio.isdir(base_directory):
+    return []
+  names = (name.rstrip("/") for name in fileio.listdir(base_directory))
+  return sorted((name for name in names if name.isdigit()), key=int)
+
+
 def served_version_of(model_dir: str, base_directory: str) -> Optional[str]:
   """The numbered version under `base_directory` holding this very SavedModel."""
   fingerprint = _fingerprint(model_dir)
-  if fingerprint is None or not fileio.isdir(base_directory):
+  if fingerprint is None:
     return None
-  for version in sorted(fileio.listdir(base_directory)):
-    version = version.rstrip("/")
-    if version.isdigit() and _fingerprint(os.path.join(base_directory, version)) == fingerprint:
+  for version in pushed_versions(base_directory):
+    if _fingerprint(os.path.join(base_directory, version)) == fingerprint:
       return version
   return None
 
@@ -81,7 +89,8 @@ class Executor(pusher_executor.Executor):
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(
         exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
-    if self.CheckBlessing(input_dict) and destination.HasField("filesystem"):
+    to_filesystem = self.CheckBlessing(input_dict) and destination.HasField("filesystem")
+    if to_filesystem:
       base_directory = destination.filesystem.base_directory
       version = served_version_of(self.GetModelPath(input_dict), base_directory)
       if version is not None:
@@ -92,7 +101,7 @@ class Executor(pusher_executor.Executor):
         self._MarkPushed(model_push, os.path.join(base_directory, version), version)
         return
     super().Do(input_dict, output_dict, exec_properties)
-    if self.CheckBlessing(input_dict) and destination.HasField("filesystem"):
+    if to_filesystem:
       write_models_config(os.path.dirname(destination.filesystem.base_directory.rstrip("/")))
 
 

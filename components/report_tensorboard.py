@@ -39,7 +39,7 @@ def _pr_curve(results, step: int) -> None:
 
 def write(results, logdir: str, slice_label: Callable[[str, str], str]) -> None:
   """Writes `results` (evaluation_results.ModelResults) as one TensorBoard run."""
-  step = max(len(results.history.get("loss", [])), 1)
+  step = max(results.epochs, 1)
   writer = tf.summary.create_file_writer(logdir)
   with writer.as_default():
     for name, value in results.metrics.items():

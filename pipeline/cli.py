@@ -87,14 +87,14 @@ def _tensorboard(args: argparse.Namespace) -> int:
 
 
 def _latest_version(model_dir: str) -> str:
+  from components import pusher  # pylint: disable=g-import-not-at-top
   from pipeline import run_store  # pylint: disable=g-import-not-at-top
-  versions = (sorted((int(v) for v in os.listdir(model_dir) if v.isdigit()))
-              if os.path.isdir(model_dir) else [])
+  versions = pusher.pushed_versions(model_dir)
   if not versions:
     raise run_store.RunFolderError(
         f"no pushed model in {model_dir}: a model is pushed once its evaluation "
         "blesses it (see `recsys report`)")
-  return os.path.join(model_dir, str(versions[-1]))
+  return os.path.join(model_dir, versions[-1])
 
 
 def _recommend(args: argparse.Namespace) -> int:

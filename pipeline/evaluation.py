@@ -9,7 +9,7 @@ more than a tolerance.
 import tensorflow_model_analysis as tfma
 
 from models import features
-from serving import signatures
+from serving import contract
 
 EVAL_SPLIT = "test"
 AUC = "auc"  # the metric the blessing and the report lead with
@@ -22,9 +22,6 @@ DECISION_THRESHOLD = 0.5  # a like probability at or above this predicts a like
 REPORTED_METRICS = (AUC, "auc_precision_recall", "binary_accuracy", "precision",
                     "recall", "calibration", "mean_label", "mean_prediction",
                     "binary_crossentropy", "example_count")
-CONFUSION_MATRIX = "confusion_matrix_at_thresholds"
-CONFUSION_MATRIX_PLOT = "confusion_matrix_plot"  # ROC and precision-recall curves
-CALIBRATION_PLOT = "calibration_plot"
 
 
 def _auc_threshold(auc_floor: float, max_auc_drop: float) -> tfma.MetricThreshold:
@@ -40,9 +37,9 @@ def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
   """The Evaluator's config: metrics, plots, slices and blessing thresholds."""
   metric = tfma.MetricConfig
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name="serving_default",
+      model_specs=[tfma.ModelSpec(signature_name=contract.SERVING_DEFAULT,
                                   label_key=features.LABEL,
-                                  prediction_key=signatures.OUTPUT_KEY)],
+                                  prediction_key=contract.LIKE_PROBABILITY)],
       slicing_specs=[tfma.SlicingSpec()] + [
           tfma.SlicingSpec(feature_keys=[key]) for key in SLICE_FEATURES],
       metrics_specs=[tfma.MetricsSpec(metrics=[

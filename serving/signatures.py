@@ -12,7 +12,7 @@ With a `recommend.Recommender` (the Trainers export one):
   from the tables exported with the model (`serving/recommend.py`), and ids never
   seen in training get what the Transform graph gives them (out-of-vocabulary);
 - `recommend`: `user_id` ([batch] strings) and `k` (an int32 scalar, 1 to
-  `recommend.MAX_K`) to `movie_ids` and `scores` ([batch, k], best first),
+  `contract.MAX_K`) to `movie_ids` and `scores` ([batch, k], best first),
   excluding movies the user rated in training.
 The Transform graph rides on the model as `model.tft_layer`, so it is saved with it.
 """

@@ -22,6 +22,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components import model_report
+from components import pusher
 from components.anomalies_gate import DataValidationError
 from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
@@ -104,8 +105,7 @@ _TEST_AUC_FLOOR = 0.6
 
 
 def _pushed_versions(config, model):
-  folder = pathlib.Path(config.serving_model_dir(model))
-  return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+  return pusher.pushed_versions(config.serving_model_dir(model))
 
 
 @pytest.fixture(scope="module")
