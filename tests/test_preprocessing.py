@@ -102,8 +102,10 @@ def test_id_statistics_are_constants_of_the_analyzed_split(transformed_1m):
   flipped = layer({**batch, features.LABEL: 1 - batch[features.LABEL]})
   without_label = layer({k: v for k, v in batch.items() if k != features.LABEL})
   for key in keys:
-    np.testing.assert_array_equal(as_analyzed[key].numpy(),
-                                  transformed_1m.columns[key][:50])
+    # Beam's batched kernels and the layer's may round log1p differently in
+    # the last float32 bit; the values must agree, not their bit patterns.
+    np.testing.assert_allclose(as_analyzed[key].numpy(),
+                               transformed_1m.columns[key][:50], rtol=1e-6)
     np.testing.assert_array_equal(flipped[key].numpy(), as_analyzed[key].numpy())
     np.testing.assert_array_equal(without_label[key].numpy(), as_analyzed[key].numpy())
 
