@@ -10,13 +10,15 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
+from tfx.orchestration.portable import launcher
 
 from components import model_report
 from components import progress
@@ -30,32 +32,55 @@ _STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
            metadata_store_pb2.Execution.RUNNING: "running"}
 
 
-class _StageProgress(logging.Handler):
-  """Turns LocalDagRunner's per-component log records into progress lines."""
+class _StageProgress:
+  """Prints a line when each component starts and ends, and how long it took.
 
-  def __init__(self, node_ids: List[str]):
-    super().__init__(level=logging.INFO)
+  Wraps TFX's component launcher for the duration of a run instead of watching
+  its log lines: once Transform parses absl flags, TFX's INFO records are no longer
+  emitted at all, and the progress went silent after stage 8.
+  """
+
+  def __init__(self, node_ids: List[str], before_each: Callable[[], None]):
     self._node_ids = node_ids
-    self._started: Dict[str, float] = {}
-    self._cached = False
+    self._before_each = before_each
 
-  def emit(self, record: logging.LogRecord) -> None:
-    message = record.msg if isinstance(record.msg, str) else ""
-    if message.startswith("A cached execution"):
-      self._cached = True
-      return
-    if message not in ("Component %s is running.", "Component %s is finished."):
-      return
-    node_id = record.args[0]
-    position = f"{self._node_ids.index(node_id) + 1}/{len(self._node_ids)}"
-    if message.endswith("running."):
-      self._started[node_id] = time.monotonic()
-      self._cached = False
+  @contextlib.contextmanager
+  def installed(self) -> Iterator[None]:
+    original_launch = launcher.Launcher.launch
+    original_prepare = launcher.Launcher._prepare_execution  # pylint: disable=protected-access
+    node_ids, before_each = self._node_ids, self._before_each
+
+    def prepare(component_launcher, *args, **kwargs):
+      result = original_prepare(component_launcher, *args, **kwargs)
+      component_launcher.recsys_cached = not result.is_execution_needed
+      return result
+
+    def launch(component_launcher):
+      node_id = component_launcher._pipeline_node.node_info.id  # pylint: disable=protected-access
+      position = (f"{node_ids.index(node_id) + 1}/{len(node_ids)}"
+                  if node_id in node_ids else "-")
+      before_each()
       progress.report(f"stage {position}", f"{node_id} running")
-    else:
-      seconds = time.monotonic() - self._started.get(node_id, time.monotonic())
-      how = "reused from cache" if self._cached else "done"
-      progress.report(f"stage {position}", f"{node_id} {how} in {seconds:.1f} s")
+      started = time.monotonic()
+      try:
+        result = original_launch(component_launcher)
+      except BaseException:
+        progress.report(f"stage {position}", f"{node_id} failed after "
+                        f"{time.monotonic() - started:.1f} s")
+        raise
+      how = ("reused from cache" if getattr(component_launcher, "recsys_cached", False)
+             else "done")
+      progress.report(f"stage {position}",
+                      f"{node_id} {how} in {time.monotonic() - started:.1f} s")
+      return result
+
+    launcher.Launcher.launch = launch
+    launcher.Launcher._prepare_execution = prepare  # pylint: disable=protected-access
+    try:
+      yield
+    finally:
+      launcher.Launcher.launch = original_launch
+      launcher.Launcher._prepare_execution = original_prepare  # pylint: disable=protected-access
 
 
 # Console warnings that say nothing to a user (they still go to the log file).
@@ -67,8 +92,12 @@ def _not_noise(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
-  """Sends INFO logs to `log_path`, keeps the console to warnings and progress."""
+def _logs_to_file(log_path: str) -> Iterator[Callable[[], None]]:
+  """Sends INFO logs to `log_path`, keeps the console to warnings and progress.
+
+  Yields a function that re-applies the INFO level, which absl flag parsing in
+  Transform resets to WARNING.
+  """
   root = logging.getLogger()
   saved_level = root.level
   saved_handler_levels = [(h, h.level) for h in root.handlers]
@@ -80,24 +109,63 @@ def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
   file_handler.setLevel(logging.INFO)
   file_handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-  stage_progress = _StageProgress(node_ids)
   root.addHandler(file_handler)
-  root.addHandler(stage_progress)
-  root.setLevel(logging.INFO)
   absl_logger = logging.getLogger("absl")
   saved_absl_level = absl_logger.level
-  absl_logger.setLevel(logging.INFO)
+
+  def log_info():
+    root.setLevel(logging.INFO)
+    absl_logger.setLevel(logging.INFO)
+
+  log_info()
   try:
-    yield
+    yield log_info
   finally:
     root.removeHandler(file_handler)
-    root.removeHandler(stage_progress)
     file_handler.close()
     root.setLevel(saved_level)
     absl_logger.setLevel(saved_absl_level)
     for handler, level in saved_handler_levels:
       handler.setLevel(level)
       handler.removeFilter(_not_noise)
+
+
+@contextlib.contextmanager
+def _run_temp_dir(output_dir: str) -> Iterator[str]:
+  """Points temporary files of this process and its children into the run folder.
+
+  TFX, Beam and TensorFlow's AutoGraph leave files in the temporary folder (42 MB
+  of packaging per Beam step, one file per traced function); in `<output_dir>/.tmp`
+  they are deleted when the run ends, however it ends.
+  """
+  path = os.path.join(output_dir, ".tmp", f"run-{os.getpid()}")
+  os.makedirs(path, exist_ok=True)
+  saved_environment, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+  os.environ["TMPDIR"] = tempfile.tempdir = path
+  try:
+    yield path
+  finally:
+    tempfile.tempdir = saved_tempdir
+    if saved_environment is None:
+      os.environ.pop("TMPDIR", None)
+    else:
+      os.environ["TMPDIR"] = saved_environment
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def _set_tensorflow_threads(cores: int) -> None:
+  """One TensorFlow thread pool as wide as the cores this process may use.
+
+  TensorFlow sizes its pools by the machine's cores, not by the CPU affinity or
+  container limits the process runs under. It must happen before TensorFlow first
+  runs an op; a process that already ran one keeps its pools.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
+  except RuntimeError:
+    logging.info("TensorFlow already initialised; keeping its thread pools")
 
 
 @dataclasses.dataclass
@@ -180,7 +248,10 @@ def run(config: configs.PipelineConfig) -> RunSummary:
   log_path = os.path.join(config.output_dir, "logs", f"run-{stamp}.log")
   progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
                   f"{config.output_dir}, logs in {log_path}")
-  with _logs_to_file(log_path, node_ids), warnings.catch_warnings():
+  _set_tensorflow_threads(configs.available_cores())
+  with _run_temp_dir(config.output_dir), _logs_to_file(log_path) as log_info, \
+      _StageProgress(node_ids, before_each=log_info).installed(), \
+      warnings.catch_warnings():
     # TFMA divides by zero for empty slices and thresholds; the numbers are NaN by design.
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="tensorflow_model_analysis")

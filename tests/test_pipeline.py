@@ -1,5 +1,7 @@
 """End to end: the real TFX components under LocalDagRunner with SQLite ML Metadata."""
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -116,8 +118,33 @@ def finished_run(tmp_path_factory):
                                     num_movies=400, num_ratings=20_000, seed=11)
   config = _config(root / "data", root / "run", overrides=_FEW_EPOCHS)
   config.auc_floor = _TEST_AUC_FLOOR
-  summary = local_runner.run(config)
+  console = io.StringIO()
+  with contextlib.redirect_stderr(console):
+    summary = local_runner.run(config)
+  _CONSOLE[config.output_dir] = console.getvalue()
   return release, config, summary
+
+
+# What a finished run printed to the console, by output folder.
+_CONSOLE = {}
+
+
+def test_the_console_shows_every_stage_start_and_end(finished_run):
+  _, config, _ = finished_run
+  lines = _CONSOLE[config.output_dir].splitlines()
+  for position, node_id in enumerate(_NODES, 1):
+    stage = f"stage {position}/{len(_NODES)}: {node_id}"
+    assert any(line.endswith(f"{stage} running") for line in lines), stage
+    assert any(re.search(rf"{re.escape(stage)} done in \d+\.\d s$", line)
+               for line in lines), stage
+  # And from inside the Trainers, each model's epochs.
+  for model, epochs in _FEW_EPOCHS.items():
+    assert any(f"train {model}: epoch 1/{epochs['epochs']}: " in line for line in lines)
+
+
+def test_a_run_leaves_no_temporary_files(finished_run):
+  _, config, _ = finished_run
+  assert not os.path.exists(os.path.join(config.output_dir, ".tmp"))
 
 
 def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
