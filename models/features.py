@@ -36,6 +36,8 @@ DATASETS = {
     "100k": "movielens/100k-ratings",
 }
 DEFAULT_DATASET = "1m"
+# Ratings in each release (sizes the Beam runner before the data is read).
+DATASET_RATINGS = {"1m": 1_000_209, "100k": 100_000}
 
 # Output splits of ExampleGen and their share of the hash buckets (80/10/10).
 SPLITS = (("train", 8), ("eval", 1), ("test", 1))

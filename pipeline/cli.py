@@ -50,7 +50,8 @@ def _run(args: argparse.Namespace) -> int:
       dataset=args.dataset, data_dir=args.data_dir or None,
       output_dir=args.output_dir or None, download_dir=args.download_dir,
       seed=args.seed,
-      beam_args=configs.default_beam_args() + list(args.beam_arg),
+      beam_args=(configs.default_beam_args(features.DATASET_RATINGS[args.dataset])
+                 + list(args.beam_arg)),
       enable_cache=not args.no_cache,
       presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
       overrides=_overrides(args.set),

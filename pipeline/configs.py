@@ -13,16 +13,36 @@ DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
 
 
-def default_beam_args() -> List[str]:
-  """DirectRunner flags: one process, a worker thread per core.
+def available_cores() -> int:
+  """Cores this process may run on (its CPU affinity, not the machine's count)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
 
-  Measured on 2 cores with 1M ratings: multi_processing took 35 s for
-  MovieLensExampleGen and 42 s for StatisticsGen, in_memory 19 s and 37 s (worker
-  start-up and pickling outweigh the second core); on 100K it was 2-3x slower.
-  Override with `recsys run --beam-arg=--direct_running_mode=multi_processing`.
+
+# From this many ratings on, the DirectRunner runs one worker process per core.
+# Below, one in-process worker: measured on 2 cores, worker processes cost more
+# than they gain (each imports TensorFlow, 25-35 s, and examples are pickled
+# across), on MovieLens-100K 2-3x slower. See bench/results.json.
+MULTI_PROCESSING_MIN_RATINGS = 2_000_000
+_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "setup.py")
+
+
+def default_beam_args(num_ratings: int = 0) -> List[str]:
+  """DirectRunner flags for a data set of `num_ratings` ratings.
+
+  `--setup_file` names this project's setup.py: remote workers install the project
+  from it, and TFX then skips packaging itself into a 42 MB sdist for each Beam
+  step (2 s each), which the DirectRunner never reads.
   """
-  return ["--direct_running_mode=in_memory",
-          f"--direct_num_workers={os.cpu_count() or 1}"]
+  if num_ratings >= MULTI_PROCESSING_MIN_RATINGS and available_cores() > 1:
+    mode = ["--direct_running_mode=multi_processing",
+            f"--direct_num_workers={available_cores()}"]
+  else:
+    mode = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+  return mode + ([f"--setup_file={_SETUP_FILE}"] if os.path.exists(_SETUP_FILE) else [])
 
 
 def fingerprint_folder(folder: Optional[str]) -> Optional[str]:
@@ -49,7 +69,7 @@ class PipelineConfig:
   output_dir: Optional[str] = None  # default runs/movielens-<dataset>
   download_dir: Optional[str] = None  # default ~/tensorflow_datasets/downloads
   seed: int = 42
-  beam_args: Optional[List[str]] = None  # default: default_beam_args()
+  beam_args: Optional[List[str]] = None  # default: default_beam_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
       default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
@@ -70,7 +90,7 @@ class PipelineConfig:
       self.output_dir = os.path.join(DEFAULT_OUTPUT_ROOT, self.pipeline_name)
     self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
     if self.beam_args is None:
-      self.beam_args = default_beam_args()
+      self.beam_args = default_beam_args(features.DATASET_RATINGS[self.dataset])
     if self.serving_dir is None:
       self.serving_dir = os.path.join(self.output_dir, "serving")
     self.serving_dir = os.path.abspath(os.path.expanduser(self.serving_dir))
