@@ -89,21 +89,30 @@ def _ratings_per_user(rng, num_users: int, num_movies: int, num_ratings: int):
   return per_user
 
 
-def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: int):
-  """Samples distinct (user, movie) pairs and rates them from a planted model."""
+def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: int,
+             rated_movies: Optional[int] = None):
+  """Samples distinct (user, movie) pairs and rates them from a planted model.
+
+  With `rated_movies`, only that many movies (chosen at random) get ratings, as in
+  the real releases, where some catalogue movies have none.
+  """
   num_movies = len(movie_genres)
   popularity = rng.zipf(1.6, size=num_movies).astype(float)
   popularity = np.minimum(popularity, np.quantile(popularity, 0.99)) / popularity.sum()
+  if rated_movies is not None and rated_movies < num_movies:
+    popularity[rng.permutation(num_movies)[rated_movies:]] = 0
   popularity /= popularity.sum()
-  per_user = _ratings_per_user(rng, num_users, num_movies, num_ratings)
+  per_user = _ratings_per_user(rng, num_users, int((popularity > 0).sum()), num_ratings)
   user_factors = rng.normal(0, 1, (num_users, latent_dim))
   movie_factors = rng.normal(0, 1, (num_movies, latent_dim))
   genre_taste = rng.normal(0, 1, (num_users, len(_GENRES_1M)))
   genre_matrix = _genre_matrix(movie_genres)
   user_bias, movie_bias = rng.normal(0, 0.5, num_users), rng.normal(0, 0.7, num_movies)
   users = np.repeat(np.arange(num_users), per_user)
-  # Weighted sampling without replacement (Efraimidis-Spirakis keys), a user at a time.
-  log_popularity = np.log(popularity)
+  # Weighted sampling without replacement (Efraimidis-Spirakis keys), a user at a time;
+  # unrated movies get key -inf and so are never among a user's top k.
+  with np.errstate(divide="ignore"):
+    log_popularity = np.log(popularity)
   movies = np.concatenate([
       np.argpartition(log_popularity - np.log(-np.log(rng.random(num_movies))),
                       num_movies - k)[num_movies - k:]
@@ -121,11 +130,13 @@ def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: in
 def write_release(folder: str, layout: str = "1m", num_users: int = 200,
                   num_movies: int = 300, num_ratings: int = 10_000, seed: int = 0,
                   tables_from: Optional[str] = None,
-                  latent_dim: int = 8) -> SyntheticRelease:
+                  latent_dim: int = 8,
+                  rated_movies: Optional[int] = None) -> SyntheticRelease:
   """Writes a MovieLens release in `layout` ("1m" or "100k") into `folder`.
 
   With `tables_from`, the users and movies files are read from that real release
   folder (same layout) instead of being invented; ratings are always synthetic.
+  With `rated_movies`, only that many of the movies are rated (default: all).
   """
   rng = np.random.default_rng(seed)
   spec = parsing.LAYOUTS[layout]
@@ -148,7 +159,7 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
     movie_genres = [m[2] for m in movie_rows]
     _write_tables(folder, spec, user_rows, movie_rows)
   users_idx, movies_idx, ratings, timestamps = _ratings(
-      rng, len(user_ids), movie_genres, num_ratings, latent_dim)
+      rng, len(user_ids), movie_genres, num_ratings, latent_dim, rated_movies)
   separator = spec.ratings_separator
   user_ids, movie_ids = np.array(user_ids), np.array(movie_ids)
   lines = (np.char.add(np.char.add(user_ids[users_idx], separator),
