@@ -40,7 +40,8 @@ _VALUE_NAMES = {features.USER_GENDER: {"0": "female", "1": "male"}}
 
 class ReportArtifact(types.Artifact):
   """A folder holding metrics.json, report.md, figures and TensorBoard summaries."""
-  TYPE_NAME = "RecsysModelReport"
+  # namespace.Name: Kubeflow Pipelines v2 accepts no other form for a custom type.
+  TYPE_NAME = "recsys.ModelReport"
 
 
 def slice_label(feature: str, value: str) -> str:

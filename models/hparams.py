@@ -6,6 +6,13 @@ chosen on the eval split of MovieLens-100K (`bench/train_speed.py --set ...`).
 import dataclasses
 from typing import Any, Dict, Tuple
 
+# How a Trainer spreads training over devices and machines (a tf.distribute
+# strategy, training.distribution_strategy): "none", one device; "mirrored", every
+# local GPU (or the CPU); "multi_worker_mirrored", every worker of the cluster that
+# TF_CONFIG describes. A run setting rather than a model's hyperparameter.
+NO_DISTRIBUTION = "none"
+DISTRIBUTIONS = (NO_DISTRIBUTION, "mirrored", "multi_worker_mirrored")
+
 
 @dataclasses.dataclass(frozen=True)
 class CFHparams:

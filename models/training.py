@@ -2,12 +2,14 @@
 
 The transformed examples are read once into memory (a few dozen MB at
 MovieLens-1M) and every epoch is fed from there, shuffled, so no epoch re-parses
-tf.Examples. TensorBoard logs go to the Trainer's model_run_dir.
+tf.Examples. TensorBoard logs go to the Trainer's model_run_dir. The model is built
+and trained inside the tf.distribute strategy the run chose (`distribution`).
 """
 import contextlib
 import functools
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
@@ -28,11 +30,34 @@ HISTORY_FILE = "history.json"
 STEPS_PER_EXECUTION = 16
 
 
+class BatchMeanCrossentropy(tf.keras.losses.Loss):
+  """Binary cross-entropy, the mean over the batch (under a strategy, a replica's part).
+
+  Keras refuses its averaging reductions inside a tf.distribute strategy: they are
+  right only for a compile() loss, which Keras rescales itself. TFRS calls the
+  loss directly, so the average is taken here, as Keras takes it (sum / count).
+  Under N replicas the strategy sums their gradients, N times the global batch's
+  mean gradient; Adam, both models' optimizer, normalises its steps by the
+  gradients' scale, so the steps are those of the global batch.
+  """
+
+  def __init__(self):
+    super().__init__(reduction=tf.keras.losses.Reduction.NONE,
+                     name="binary_crossentropy")
+    self._per_example = tf.keras.losses.BinaryCrossentropy(
+        reduction=tf.keras.losses.Reduction.NONE)
+
+  def call(self, y_true, y_pred):
+    losses = self._per_example(y_true, y_pred)
+    return tf.math.divide_no_nan(tf.reduce_sum(losses),
+                                 tf.cast(tf.size(losses), losses.dtype))
+
+
 def ranking_task():
   """Both models' task: binary cross-entropy, reported per epoch with AUC."""
   import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
   return tfrs.tasks.Ranking(
-      loss=tf.keras.losses.BinaryCrossentropy(),
+      loss=BatchMeanCrossentropy(),
       metrics=[tf.keras.metrics.AUC(name="auc", num_thresholds=1000)],
       loss_metrics=[tf.keras.metrics.Mean(name="log_loss")])
 
@@ -63,6 +88,26 @@ def precision_policy(bfloat16: bool) -> Iterator[None]:
     tf.keras.mixed_precision.set_global_policy(previous)
 
 
+# models.hparams.DISTRIBUTIONS -> the tf.distribute strategy it names.
+_STRATEGIES = {
+    hp.NO_DISTRIBUTION: tf.distribute.get_strategy,  # the default: one device
+    "mirrored": tf.distribute.MirroredStrategy,
+    # Reads the cluster (every worker's address, this task's type and index) from
+    # the TF_CONFIG environment variable, which the cluster's scheduler sets.
+    "multi_worker_mirrored": tf.distribute.MultiWorkerMirroredStrategy,
+}
+assert tuple(_STRATEGIES) == hp.DISTRIBUTIONS
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+  """The tf.distribute strategy called `name` (one of models.hparams.DISTRIBUTIONS)."""
+  try:
+    return _STRATEGIES[name]()
+  except KeyError:
+    raise ValueError(f"distribution must be one of {', '.join(hp.DISTRIBUTIONS)}, "
+                     f"got {name!r}") from None
+
+
 def to_columns(batches: tf.data.Dataset) -> Dict[str, np.ndarray]:
   """A dataset of feature-dict batches, read to the end, as one array per feature."""
   columns: Dict[str, list] = {}
@@ -84,10 +129,31 @@ def load_examples(file_pattern, data_accessor,
 def build_seeded(build: Callable, tf_transform_output: tft.TFTransformOutput, hparams,
                  seed: int) -> tf.keras.Model:
   """Seeds TensorFlow (deterministic ops) and builds the model in its dtype policy."""
+  return _build_seeded(build, vocabulary_sizes(tf_transform_output), hparams, seed)
+
+
+def _build_seeded(build: Callable, sizes: Dict[str, int], hparams,
+                  seed: int) -> tf.keras.Model:
   tf.keras.utils.set_random_seed(seed)
   tf.config.experimental.enable_op_determinism()
   with precision_policy(uses_bfloat16(hparams)):
-    return build(vocabulary_sizes(tf_transform_output), hparams)
+    return build(sizes, hparams)
+
+
+def fit(strategy: tf.distribute.Strategy, model_name: str, build: Callable,
+        sizes: Dict[str, int], hparams, train_examples: Dict[str, np.ndarray],
+        eval_examples: Dict[str, np.ndarray], log_dir: str, seed: int):
+  """Builds and trains the model inside `strategy`'s scope; returns (model, history).
+
+  In the scope the strategy places (and mirrors) the variables and optimizer state.
+  `sizes` are the vocabulary sizes (vocabulary_sizes); the batch size of `hparams`
+  is the global batch, split between the strategy's replicas.
+  """
+  with strategy.scope():
+    model = _build_seeded(build, sizes, hparams, seed)
+    history = train(model, model_name, hparams, train_examples, eval_examples, log_dir,
+                    seed)
+  return model, history
 
 
 def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool,
@@ -224,12 +290,21 @@ def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
 def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[str]) -> None:
   """The body of both models' `run_fn`: read, train, log, export.
 
-  `fn_args.custom_config` holds {"hparams": {...}, "seed": int}; the pipeline
-  fills it from `models.hparams`.
+  `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
+  str}; the pipeline fills it from `models.hparams` and the run's settings.
   """
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
   seed = int(config["seed"])
+  strategy = distribution_strategy(config.get("distribution", hp.NO_DISTRIBUTION))
+  model_run_dir, serving_model_dir = fn_args.model_run_dir, fn_args.serving_model_dir
+  if not strategy.extended.should_checkpoint:
+    # A worker other than the chief: it takes part in training and saving (a
+    # multi-worker save gathers variables from every worker), but only the
+    # chief's logs and model are the Trainer's outputs.
+    scratch = tempfile.mkdtemp(prefix=f"{model_name}-worker-")
+    model_run_dir = os.path.join(scratch, "model_run")
+    serving_model_dir = os.path.join(scratch, "model")
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   train_examples = load_examples(fn_args.train_files, fn_args.data_accessor,
                                  tf_transform_output)
@@ -237,11 +312,10 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                                 tf_transform_output)
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
                   f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
-  model = build_seeded(build, tf_transform_output, hparams, seed)
-  history = train(model, model_name, hparams, train_examples, eval_examples,
-                  fn_args.model_run_dir, seed)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
+  model, history = fit(strategy, model_name, build, vocabulary_sizes(tf_transform_output),
+                       hparams, train_examples, eval_examples, model_run_dir, seed)
+  tf.io.gfile.makedirs(model_run_dir)
+  with tf.io.gfile.GFile(os.path.join(model_run_dir, HISTORY_FILE), "w") as f:
     json.dump(history, f, indent=1)
-  export(model, tf_transform_output, raw_feature_keys, fn_args.serving_model_dir,
-         train_examples)
-  progress.report(f"train {model_name}", f"exported to {fn_args.serving_model_dir}")
+  export(model, tf_transform_output, raw_feature_keys, serving_model_dir, train_examples)
+  progress.report(f"train {model_name}", f"exported to {serving_model_dir}")

@@ -1,4 +1,5 @@
-"""The `recsys` command: `recsys run` runs the pipeline here."""
+"""The `recsys` command: `recsys run` runs the pipeline here, `recsys compile` writes
+it as a Kubeflow Pipelines v2 / Vertex AI spec."""
 import argparse
 import json
 import os
@@ -8,6 +9,7 @@ import warnings
 from typing import Any, Dict, List, Optional
 
 from models import features
+from models import hparams
 from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
@@ -17,6 +19,10 @@ _KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
 
 class BadRequest(Exception):
   """A request the model refused, e.g. k outside its allowed range."""
+
+
+class UsageError(Exception):
+  """Flags that do not go together; reported as argparse reports its own errors."""
 
 
 def _known_error(error: BaseException) -> Optional[BaseException]:
@@ -44,24 +50,52 @@ def _overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
   return overrides
 
 
-def _run(args: argparse.Namespace) -> int:
-  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
-  config = configs.PipelineConfig(
+def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfig:
+  """The settings `recsys run` and `recsys compile` share, plus `paths`."""
+  try:
+    beam_args = configs.beam_pipeline_args(args.beam_runner, args.beam_arg,
+                                           features.DATASET_RATINGS[args.dataset])
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return configs.PipelineConfig(
       dataset=args.dataset, data_dir=args.data_dir or None,
-      output_dir=args.output_dir or None, download_dir=args.download_dir,
-      seed=args.seed,
-      beam_args=(configs.default_beam_args(features.DATASET_RATINGS[args.dataset])
-                 + list(args.beam_arg)),
+      download_dir=args.download_dir, seed=args.seed, beam_args=beam_args,
       enable_cache=not args.no_cache,
       presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
       overrides=_overrides(args.set),
       auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
-      serving_dir=args.serving_dir)
+      serving_dir=args.serving_dir, distribution=args.distribution, **paths)
+
+
+def _run(args: argparse.Namespace) -> int:
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  config = _pipeline_config(args, output_dir=args.output_dir or None,
+                            pipeline_root=args.pipeline_root)
   summary = local_runner.run(config)
   print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
   print(summary.table())
   if summary.report_path:
     _print_report(os.path.dirname(summary.report_path))
+  return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+  from pipeline import kubeflow_v2_runner  # pylint: disable=g-import-not-at-top
+  if args.data_dir and configs.is_uri(args.data_dir):
+    raise UsageError(
+        f"--data-dir {args.data_dir}: the ingestion reads files through the step's "
+        "file system; give the folder as the containers see it (on Vertex AI a "
+        "bucket's Cloud Storage FUSE path, /gcs/BUCKET/...), or omit --data-dir to "
+        "download through TFDS")
+  # The pipeline root is the run's folder on the cluster (serving dir default
+  # <pipeline-root>/serving); the cluster keeps ML Metadata itself.
+  config = _pipeline_config(args, output_dir=args.pipeline_root,
+                            pipeline_root=args.pipeline_root)
+  spec = kubeflow_v2_runner.compile_pipeline(config, args.image, args.output)
+  steps = len(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+  print(f"Wrote {os.path.abspath(args.output)}: {config.pipeline_name} for "
+        f"{args.target}, {steps} steps in {args.image}, pipeline root "
+        f"{config.pipeline_root}, Beam {args.beam_runner}, pushes to {config.serving_dir}")
   return 0
 
 
@@ -139,38 +173,69 @@ def _recommend(args: argparse.Namespace) -> int:
   return 0
 
 
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+  """The pipeline's settings, shared by `recsys run` and `recsys compile`."""
+  parser.add_argument("--dataset", choices=sorted(features.DATASETS),
+                      default=features.DEFAULT_DATASET, help="MovieLens release")
+  parser.add_argument("--data-dir", help="folder with the official zip or the "
+                      "extracted files; omit to download through TFDS. On a cluster, the "
+                      "folder as the steps see it (Vertex AI: /gcs/BUCKET/...)")
+  parser.add_argument("--download-dir", help="TFDS download cache "
+                      "(default ~/tensorflow_datasets/downloads)")
+  parser.add_argument("--seed", type=int, default=42, help="seeds splits and shuffles")
+  parser.add_argument("--beam-runner", choices=configs.BEAM_RUNNERS,
+                      default=configs.DIRECT_RUNNER, help="Beam runner of the "
+                      "Beam-based steps (ingestion, statistics, Transform, evaluation)")
+  parser.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
+                      help="extra Beam pipeline flag, repeatable, e.g. "
+                      "--beam-arg=--direct_num_workers=4 or --beam-arg=--project=P")
+  parser.add_argument("--cf-config", choices=["seed", "best"], default="best",
+                      help="CF hyperparameters: the reference study's (seed) or ours")
+  parser.add_argument("--deepfm-config", choices=["seed", "best"], default="best",
+                      help="DeepFM hyperparameters: the reference study's (seed) or ours")
+  parser.add_argument("--set", action="append", default=[], metavar="MODEL.NAME=VALUE",
+                      help="override one hyperparameter, e.g. --set cf.epochs=3 "
+                      "(names in models/hparams.py)")
+  parser.add_argument("--no-cache", action="store_true",
+                      help="rerun every component even when its inputs did not change")
+  parser.add_argument("--auc-floor", type=float, default=configs.DEFAULT_AUC_FLOOR,
+                      help="bless a model only if its test AUC is at least this")
+  parser.add_argument("--max-auc-drop", type=float, default=configs.DEFAULT_MAX_AUC_DROP,
+                      help="and if it is at most this below the latest blessed model's")
+  parser.add_argument("--serving-dir", help="where blessed models are pushed for TF "
+                      "Serving (default <output-dir>/serving; compile: "
+                      "<pipeline-root>/serving)")
+  parser.add_argument("--distribution", choices=hparams.DISTRIBUTIONS,
+                      default=hparams.NO_DISTRIBUTION, help="how each Trainer spreads "
+                      "training: tf.distribute MirroredStrategy (local devices) or "
+                      "MultiWorkerMirroredStrategy (the workers TF_CONFIG lists)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="recsys", description="MovieLens like-prediction pipeline on TFX.")
   commands = parser.add_subparsers(dest="command", required=True)
   run = commands.add_parser("run", help="run the pipeline here (LocalDagRunner)")
-  run.add_argument("--dataset", choices=sorted(features.DATASETS),
-                   default=features.DEFAULT_DATASET, help="MovieLens release")
-  run.add_argument("--data-dir", help="folder with the official zip or the "
-                   "extracted files; omit to download through TFDS")
   run.add_argument("--output-dir", help="run folder (default runs/movielens-<dataset>)")
-  run.add_argument("--download-dir", help="TFDS download cache "
-                   "(default ~/tensorflow_datasets/downloads)")
-  run.add_argument("--seed", type=int, default=42, help="seeds splits and shuffles")
-  run.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
-                   help="extra Beam pipeline flag, repeatable, e.g. "
-                   "--beam-arg=--direct_num_workers=4")
-  run.add_argument("--cf-config", choices=["seed", "best"], default="best",
-                   help="CF hyperparameters: the reference study's (seed) or ours")
-  run.add_argument("--deepfm-config", choices=["seed", "best"], default="best",
-                   help="DeepFM hyperparameters: the reference study's (seed) or ours")
-  run.add_argument("--set", action="append", default=[], metavar="MODEL.NAME=VALUE",
-                   help="override one hyperparameter, e.g. --set cf.epochs=3 "
-                   "(names in models/hparams.py)")
-  run.add_argument("--no-cache", action="store_true",
-                   help="rerun every component even when its inputs did not change")
-  run.add_argument("--auc-floor", type=float, default=configs.DEFAULT_AUC_FLOOR,
-                   help="bless a model only if its test AUC is at least this")
-  run.add_argument("--max-auc-drop", type=float, default=configs.DEFAULT_MAX_AUC_DROP,
-                   help="and if it is at most this below the latest blessed model's")
-  run.add_argument("--serving-dir", help="where blessed models are pushed for TF "
-                   "Serving (default <output-dir>/serving)")
+  run.add_argument("--pipeline-root", help="component outputs (default "
+                   "<output-dir>/tfx); a bucket, gs://..., when Beam runs on Dataflow")
+  _add_pipeline_arguments(run)
   run.set_defaults(handler=_run)
+
+  compile_ = commands.add_parser(
+      "compile", help="write the pipeline as a Kubeflow Pipelines v2 spec (JSON), "
+      "which Vertex AI Pipelines also runs")
+  compile_.add_argument("--target", choices=configs.COMPILE_TARGETS,
+                        default="kubeflow-v2", help="orchestrator; kubeflow-v2 "
+                        "serves Kubeflow Pipelines v2 and Vertex AI Pipelines alike")
+  compile_.add_argument("--output", default="pipeline.json", help="the spec to write")
+  compile_.add_argument("--image", required=True, help="container image of every "
+                        "step, with this project installed (build it from the "
+                        "Dockerfile), e.g. us-docker.pkg.dev/PROJECT/REPO/recsys:TAG")
+  compile_.add_argument("--pipeline-root", required=True, help="where the steps write "
+                        "their outputs, e.g. gs://BUCKET/movielens")
+  _add_pipeline_arguments(compile_)
+  compile_.set_defaults(handler=_compile)
 
   report = commands.add_parser(
       "report", help="print a finished run's comparison table (from ML Metadata)")
@@ -203,9 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   warnings.filterwarnings("ignore", category=FutureWarning)
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
   try:
     return args.handler(args)
+  except UsageError as e:
+    parser.error(str(e))
   except Exception as e:  # pylint: disable=broad-except
     known = _known_error(e)
     if known is None:

@@ -1,16 +1,26 @@
-"""Settings of one pipeline run: data, output folder, seed and Beam options."""
+"""Settings of one pipeline run: data, output folder, seed, Beam and training options."""
 import dataclasses
 import hashlib
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from models import features
 from models import hparams as hparams_lib
 
-SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
+# Resolved from the installed package, so the path holds wherever the package is
+# installed, e.g. inside the Kubeflow container image (see Dockerfile).
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
+                           "schema.pbtxt")
 DEFAULT_OUTPUT_ROOT = "runs"
 DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
+DIRECT_RUNNER = "DirectRunner"
+# Beam runners `recsys run --beam-runner` and `recsys compile --beam-runner` accept;
+# each takes its own flags through --beam-arg (README, "Scaling out").
+BEAM_RUNNERS = (DIRECT_RUNNER, "DataflowRunner", "FlinkRunner", "SparkRunner")
+# Orchestrators `recsys compile --target` writes a spec for; Vertex AI Pipelines
+# runs the kubeflow-v2 spec as it is.
+COMPILE_TARGETS = ("kubeflow-v2",)
 
 
 def available_cores() -> int:
@@ -42,12 +52,50 @@ def default_beam_args(num_ratings: int = 0) -> List[str]:
             f"--direct_num_workers={available_cores()}"]
   else:
     mode = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-  return mode + ([f"--setup_file={_SETUP_FILE}"] if os.path.exists(_SETUP_FILE) else [])
+  return mode + setup_file_args()
+
+
+def setup_file_args() -> List[str]:
+  """Beam's --setup_file flag naming this project's setup.py, when it has one."""
+  return [f"--setup_file={_SETUP_FILE}"] if os.path.exists(_SETUP_FILE) else []
+
+
+def beam_pipeline_args(runner: str = DIRECT_RUNNER, extra_args: Sequence[str] = (),
+                       num_ratings: int = 0) -> List[str]:
+  """The Beam flags of every Beam-based component: the runner's, then `extra_args`.
+
+  DirectRunner gets default_beam_args() for `num_ratings` (later flags override
+  earlier ones); any other runner gets `--runner=NAME`, this project's setup.py
+  (its workers install the project from it) and the flags given, since the
+  DirectRunner defaults mean nothing to it.
+  """
+  if runner not in BEAM_RUNNERS:
+    raise ValueError(f"Beam runner must be one of {', '.join(BEAM_RUNNERS)}, "
+                     f"got {runner!r}")
+  chosen = [arg for arg in extra_args if arg.startswith("--runner")]
+  if chosen:
+    raise ValueError(f"choose the runner with --beam-runner, not {chosen[0]!r}")
+  if runner == DIRECT_RUNNER:
+    return default_beam_args(num_ratings) + list(extra_args)
+  return [f"--runner={runner}", *setup_file_args(), *extra_args]
+
+
+def is_uri(path: str) -> bool:
+  """Whether `path` is a URI such as gs://bucket/folder rather than a local path."""
+  return "://" in path
+
+
+def _absolute(path: str) -> str:
+  return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def fingerprint_folder(folder: Optional[str]) -> Optional[str]:
-  """Changes when any file under `folder` is added, removed, resized or touched."""
-  if not folder:
+  """Changes when any file under `folder` is added, removed, resized or touched.
+
+  None when `folder` is not a folder here, e.g. a cluster path compiled into a
+  Kubeflow spec: the orchestrator's cache then keys on the path alone.
+  """
+  if not folder or is_uri(folder) or not os.path.isdir(os.path.expanduser(folder)):
     return None
   entries = []
   for root, _, files in os.walk(os.path.abspath(os.path.expanduser(folder))):
@@ -69,7 +117,7 @@ class PipelineConfig:
   output_dir: Optional[str] = None  # default runs/movielens-<dataset>
   download_dir: Optional[str] = None  # default ~/tensorflow_datasets/downloads
   seed: int = 42
-  beam_args: Optional[List[str]] = None  # default: default_beam_args() for the data set
+  beam_args: Optional[List[str]] = None  # default: beam_pipeline_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
       default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
@@ -81,19 +129,33 @@ class PipelineConfig:
   auc_floor: float = DEFAULT_AUC_FLOOR
   max_auc_drop: float = DEFAULT_MAX_AUC_DROP
   serving_dir: Optional[str] = None  # default <output_dir>/serving
+  # Where TFX writes component outputs (default <output_dir>/tfx); on a cluster a
+  # bucket every step can reach, e.g. gs://bucket/movielens.
+  pipeline_root: Optional[str] = None
+  # How each Trainer spreads training: one of models.hparams.DISTRIBUTIONS.
+  distribution: str = hparams_lib.NO_DISTRIBUTION
+  # The fixed schema, as the machine that runs ImportSchemaGen sees it.
+  schema_file: str = SCHEMA_FILE
 
   def __post_init__(self):
     if self.dataset not in features.DATASETS:
       raise ValueError(f"dataset must be one of {sorted(features.DATASETS)}, "
                        f"got {self.dataset!r}")
+    if self.distribution not in hparams_lib.DISTRIBUTIONS:
+      raise ValueError(f"distribution must be one of {', '.join(hparams_lib.DISTRIBUTIONS)}, "
+                       f"got {self.distribution!r}")
     if self.output_dir is None:
       self.output_dir = os.path.join(DEFAULT_OUTPUT_ROOT, self.pipeline_name)
-    self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
+    self.output_dir = _absolute(self.output_dir)
     if self.beam_args is None:
-      self.beam_args = default_beam_args(features.DATASET_RATINGS[self.dataset])
+      self.beam_args = beam_pipeline_args(
+          num_ratings=features.DATASET_RATINGS[self.dataset])
     if self.serving_dir is None:
       self.serving_dir = os.path.join(self.output_dir, "serving")
-    self.serving_dir = os.path.abspath(os.path.expanduser(self.serving_dir))
+    self.serving_dir = _absolute(self.serving_dir)
+    if self.pipeline_root is None:
+      self.pipeline_root = os.path.join(self.output_dir, "tfx")
+    self.pipeline_root = _absolute(self.pipeline_root)
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""
@@ -103,11 +165,6 @@ class PipelineConfig:
   @property
   def pipeline_name(self) -> str:
     return f"movielens-{self.dataset}"
-
-  @property
-  def pipeline_root(self) -> str:
-    """Where TFX writes component outputs."""
-    return os.path.join(self.output_dir, "tfx")
 
   @property
   def metadata_path(self) -> str:

@@ -1,4 +1,4 @@
-"""Runs the pipeline here: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+"""Runs the pipeline here: LocalDagRunner, SQLite ML Metadata, Beam (DirectRunner by default).
 
 The console shows one line per stage and its time; TFX's and Beam's own logs go
 to `<output_dir>/logs/run-<time>.log`.
@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
 from tfx.orchestration.portable import launcher
 
@@ -235,9 +236,23 @@ def publish_report(config: configs.PipelineConfig) -> Optional[str]:
     return None
   target = os.path.join(config.output_dir, "report")
   shutil.rmtree(target, ignore_errors=True)
-  shutil.copytree(report.uri, target,
-                  ignore=shutil.ignore_patterns(model_report.TENSORBOARD_DIR))
+  if configs.is_uri(report.uri):  # a pipeline root in a bucket
+    _download_folder(report.uri, target, skip=model_report.TENSORBOARD_DIR)
+  else:
+    shutil.copytree(report.uri, target,
+                    ignore=shutil.ignore_patterns(model_report.TENSORBOARD_DIR))
   return os.path.join(target, model_report.METRICS_FILE)
+
+
+def _download_folder(uri: str, target: str, skip: str) -> None:
+  """Copies the files under `uri` (gs://...) to the local `target`, but not `skip/`."""
+  for folder, _, files in fileio.walk(uri):
+    relative = folder[len(uri):].strip("/")
+    if relative.split("/")[0] == skip:
+      continue
+    os.makedirs(os.path.join(target, relative), exist_ok=True)
+    for name in files:
+      fileio.copy(f"{folder.rstrip('/')}/{name}", os.path.join(target, relative, name))
 
 
 def run(config: configs.PipelineConfig) -> RunSummary:

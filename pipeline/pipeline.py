@@ -30,7 +30,7 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       examples=example_gen.outputs["examples"])
 
   # The fixed schema checked into the repo, not one inferred from the data.
-  schema_gen = tfx.components.ImportSchemaGen(schema_file=configs.SCHEMA_FILE)
+  schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
 
   # Every split's statistics checked against the schema.
   example_validator = tfx.components.ExampleValidator(
@@ -85,7 +85,7 @@ def trainer_id(model: str) -> str:
 
 def _trainer(model: str, run_fn: str, transform, schema_gen,
              config: configs.PipelineConfig) -> tfx.components.Trainer:
-  """A Trainer for `model` with its hyperparameter preset and the run's seed."""
+  """A Trainer for `model` with its hyperparameter preset, the run's seed and distribution."""
   return tfx.components.Trainer(
       run_fn=run_fn,
       examples=transform.outputs["transformed_examples"],
@@ -94,7 +94,7 @@ def _trainer(model: str, run_fn: str, transform, schema_gen,
       train_args=tfx.proto.TrainArgs(splits=["train"]),
       eval_args=tfx.proto.EvalArgs(splits=["eval"]),
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
-                     "seed": config.seed},
+                     "seed": config.seed, "distribution": config.distribution},
   ).with_id(trainer_id(model))
 
 
@@ -140,13 +140,22 @@ def pusher_id(model: str) -> str:
   return f"Pusher.{model}"
 
 
-def create_pipeline(config: configs.PipelineConfig) -> tfx.dsl.Pipeline:
-  """The whole pipeline, with SQLite ML Metadata in the run's output folder."""
+def create_pipeline(config: configs.PipelineConfig,
+                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
+  """The whole pipeline.
+
+  Args:
+    config: the run's settings.
+    local_metadata: record ML Metadata in SQLite in the run's output folder, as
+      LocalDagRunner needs; False where the orchestrator brings its own store
+      (Kubeflow Pipelines, Vertex AI).
+  """
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
       components=create_components(config),
       enable_cache=config.enable_cache,
-      metadata_connection_config=metadata.sqlite_metadata_connection_config(
-          config.metadata_path),
+      metadata_connection_config=(
+          metadata.sqlite_metadata_connection_config(config.metadata_path)
+          if local_metadata else None),
       beam_pipeline_args=config.beam_args)

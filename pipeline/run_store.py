@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
 
 METADATA_FILE = "metadata.sqlite"
@@ -58,7 +59,7 @@ class RunStore:
           f"{self.run_dir} has no {what or type_name} yet"
           f"{f' from {producer}' if producer else ''}: the run did not get that far "
           f"(see {os.path.join(self.run_dir, 'logs')})")
-    if not os.path.exists(artifact.uri):
+    if not fileio.exists(artifact.uri):  # also a bucket's gs://... URI
       raise RunFolderError(f"{what or type_name} of {self.run_dir} is registered at "
                            f"{artifact.uri}, which no longer exists")
     return artifact.uri
