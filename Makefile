@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
+.PHONY: run test test-fast fuzz env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -38,6 +38,13 @@ browser:
 # Unit tests only: everything but the end-to-end pipeline runs.
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+
+# The MovieLens parsers' fuzz tests at length: FUZZ_EXAMPLES examples per test
+# (make test runs a few dozen).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(VENV)/bin/python -m pytest tests/test_fuzz_parsing.py $(PYTEST_ARGS)
 
 env: $(STAMP)
 

@@ -27,6 +27,9 @@ LIKE_MIN_RATING = 4
 
 # Types and allowed values of every feature: pipeline/schema/schema.pbtxt.
 
+# 1995-01-01 UTC: no MovieLens rating is older (100K's start in 1997, 1M's in 2000).
+EARLIEST_RATING_TIME = 788_918_400
+
 # Age buckets, as MovieLens 1M defines them and TFDS applies to 100K's exact ages.
 AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
 

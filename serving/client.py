@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from serving.contract import K
 from serving.contract import LIKE_PROBABILITY as OUTPUT_KEY
+from serving.contract import MAX_K
 from serving.contract import MOVIE_ID
 from serving.contract import MOVIE_IDS as MOVIE_IDS_KEY
 from serving.contract import PREDICT
@@ -54,8 +55,9 @@ class ServingError(Exception):
 
   `reason` says which: "unavailable" (server down or unreachable), "timeout",
   "not_found" (no such model or version), "bad_request" (the server rejected the
-  request, e.g. a missing feature, a wrong dtype or a missing signature; its
-  message is included), "bad_response" (an answer of unexpected shape) or
+  request, e.g. a missing feature, a wrong dtype or a missing signature, and its
+  message is included; or the client did before sending: a k outside 1 to MAX_K,
+  a value that JSON or a tensor cannot hold), "bad_response" (an answer of unexpected shape) or
   "server_error" (anything else the server reported).
   """
 
@@ -103,7 +105,7 @@ def grpc_predict_request(model: str, rows: Sequence[Row]):
     try:
       request.inputs[key].CopyFrom(_tensor_proto(values))
     except (TypeError, ValueError) as e:
-      raise ValueError(f"feature {key!r}: no tensor of {values!r}: {e}") from e
+      raise ValueError(f"feature {key!r}: no tensor of {repr(values)[:200]}: {e}") from e
   return request
 
 
@@ -191,8 +193,19 @@ class ServingClient:
     return probabilities
 
   def recommend(self, user_id: str, k: int) -> List[Tuple[str, float]]:
-    """The model's top `k` movies for `user_id`: (movie_id, score), best first."""
-    movie_ids, scores = self._recommend(user_id, int(k))
+    """The model's top `k` movies for `user_id`: (movie_id, score), best first.
+
+    A `user_id` that is not a string, or a `k` that is not a whole number from 1
+    to `MAX_K`, is a "bad_request" ServingError before anything is sent (as the
+    server would answer; a k past int32 could not even be sent over gRPC).
+    """
+    if not isinstance(user_id, str):
+      raise self._error(f"bad request: {USER_ID} must be a string, got {user_id!r}",
+                        "bad_request")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+      raise self._error(f"bad request: k must be between 1 and {MAX_K}, got {k!r}",
+                        "bad_request")
+    movie_ids, scores = self._recommend(user_id, k)
     if len(movie_ids) != len(scores):
       raise self._error(f"{len(movie_ids)} {MOVIE_IDS_KEY} but {len(scores)} {SCORES_KEY}",
                         "bad_response")
@@ -254,8 +267,13 @@ class RestClient(ServingClient):
     return movie_ids, scores
 
   def _post(self, body: Dict[str, Any]) -> Any:
+    try:
+      data = json.dumps(body, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:  # bytes, NaN, objects: not JSON
+      raise self._error(f"bad request: the inputs cannot be sent as JSON ({e})",
+                        "bad_request") from e
     request = urllib.request.Request(
-        self.predict_url, data=json.dumps(body).encode("utf-8"), method="POST",
+        self.predict_url, data=data, method="POST",
         headers={"Content-Type": "application/json"})
     try:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -330,7 +348,11 @@ class GrpcClient(ServingClient):
     self._channel.close()
 
   def _predict(self, rows):
-    response = self._call(grpc_predict_request(self.model, rows))
+    try:
+      request = grpc_predict_request(self.model, rows)
+    except ValueError as e:  # values no tensor can hold, e.g. None
+      raise self._error(f"bad request: {e}", "bad_request") from e
+    response = self._call(request)
     if OUTPUT_KEY not in response.outputs:
       raise self._bad_response(f'no output "{OUTPUT_KEY}"', sorted(response.outputs))
     probabilities = self._tf.make_ndarray(response.outputs[OUTPUT_KEY])

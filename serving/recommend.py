@@ -113,6 +113,22 @@ def unseen_id_features(tf_transform_output: tft.TFTransformOutput) -> Dict[str, 
   return {k: v.numpy()[0] for k, v in transformed.items() if k != features.LABEL}
 
 
+def same_length(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The inputs, checked first to hold one value per example each.
+
+  Without the check, a batch of one user and three movies would broadcast into
+  three answers, and other mismatches fail deep inside the model with "Incompatible
+  shapes". The failure is an InvalidArgument error (HTTP 400) naming both inputs.
+  """
+  (first, reference), *others = sorted(inputs.items())
+  checks = [tf.debugging.assert_equal(
+      tf.size(value), tf.size(reference),
+      message=f"{key} and {first} must have the same length (one value per example)")
+            for key, value in others]
+  with tf.control_dependencies(checks):
+    return {key: tf.identity(value) for key, value in inputs.items()}
+
+
 def _lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
   """id -> vocabulary index; unknown ids -> len(ids), the out-of-vocabulary row."""
   return tf.lookup.StaticHashTable(
@@ -178,6 +194,8 @@ class Recommender(tf.Module):
                                 tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
   def predict(self, user_id: tf.Tensor, movie_id: tf.Tensor) -> tf.Tensor:
     """Like probability of each (user, movie), [batch]; side features from the tables."""
+    checked = same_length({contract.USER_ID: user_id, contract.MOVIE_ID: movie_id})
+    user_id, movie_id = checked[contract.USER_ID], checked[contract.MOVIE_ID]
     user_index = self.user_lookup.lookup(user_id)
     movie_index = self.movie_lookup.lookup(movie_id)
     inputs = {k: tf.gather(t, user_index) for k, t in self.user_features.items()}
@@ -195,8 +213,13 @@ class Recommender(tf.Module):
   def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The k best movies (ids and like probabilities) for each user, best first."""
     largest = min(contract.MAX_K, self.num_movies)
-    tf.debugging.assert_greater_equal(k, 1, message=f"k must be between 1 and {largest}")
-    tf.debugging.assert_less_equal(k, largest, message=f"k must be between 1 and {largest}")
+    message = f"k must be between 1 and {largest}"
+    # Ahead of everything that uses k: top_k would otherwise fail first on a
+    # negative or huge k, with its own message ("Need k >= 0, got -1").
+    with tf.control_dependencies([
+        tf.debugging.assert_greater_equal(k, 1, message=message),
+        tf.debugging.assert_less_equal(k, largest, message=message)]):
+      k = tf.identity(k)
     user_index = self.user_lookup.lookup(user_id)
     known = user_index < self.num_users
     user_index = tf.where(known, user_index, 0)  # scored, then replaced below

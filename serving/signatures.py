@@ -57,7 +57,7 @@ def make_serving_signatures(
   @tf.function(input_signature=[raw_inputs])
   def predict_raw(inputs):
     raw_features = {}
-    for key, value in inputs.items():
+    for key, value in recommend.same_length(inputs).items():
       if key == features.MOVIE_GENRES:
         raw_features[key] = tf.strings.split(value, GENRE_SEPARATOR).to_sparse()
       else:

@@ -44,3 +44,36 @@ def transformed_1m(synthetic_1m):
   from tests import transform_fixture  # pylint: disable=g-import-not-at-top
   table = parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"])
   return transform_fixture.run_transform(transform_fixture.rows_from_table(table))
+
+
+def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> None:
+  """The project's model, trained for a few eager steps, exported as the Trainer does."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from models import cf, deepfm, features, training  # pylint: disable=g-import-not-at-top
+  from models import hparams as hp  # pylint: disable=g-import-not-at-top
+  build = {"cf": cf.build, "deepfm": deepfm.build}[model_name]
+  raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES}
+  hparams = hp.preset(model_name, "best")
+  tf.keras.utils.set_random_seed(0)
+  with training.precision_policy(training.uses_bfloat16(hparams)):
+    model = build(training.vocabulary_sizes(transformed.output), hparams)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  inputs = {k: tf.constant(v[:2048]) for k, v in transformed.columns.items()
+            if k != features.LABEL}
+  labels = tf.constant(transformed.columns[features.LABEL][:2048])
+  # 30 eager steps spread the probabilities over ~0.1-0.9; `fit` would first spend
+  # ~15 s compiling its train function on these machines.
+  for _ in range(30):
+    model.train_step((inputs, labels))
+  training.export(model, transformed.output, raw_keys[model_name], export_dir,
+                  train_examples=transformed.columns)
+
+
+@pytest.fixture(scope="session")
+def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
+  """A TF Serving model base path: <base>/cf/1 and <base>/deepfm/1, the project's two
+  models trained briefly on the synthetic 1M release, with every signature."""
+  base = tmp_path_factory.mktemp("exported")
+  for model_name in ("cf", "deepfm"):
+    _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
+  return base

@@ -8,6 +8,7 @@ TF_SERVING_URL to also run the last test against a real `tensorflow_model_server
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -18,10 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import cf
 from models import features
-from models import hparams as hp
-from models import training
 from serving import client as serving_client
 from serving import signatures
 from tests import tf_serving_double
@@ -38,23 +36,6 @@ def _raw_rows(transformed, rows):
   """Raw CF features of some examples, as a client sends them: ids as strings."""
   return [{key: row[key][0].decode() for key in features.CF_RAW_FEATURES}
           for row in transformed.raw[rows]]
-
-
-def _export_cf(transformed, export_dir):
-  """The project's CF model, trained for a few steps, exported with its signatures."""
-  hparams = hp.preset("cf", "best")
-  tf.keras.utils.set_random_seed(0)
-  model = cf.build(training.vocabulary_sizes(transformed.output), hparams)
-  model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-  inputs = {k: tf.constant(v[:2048]) for k, v in transformed.columns.items()
-            if k != features.LABEL}
-  labels = tf.constant(transformed.columns[features.LABEL][:2048])
-  # 30 eager steps spread the probabilities over ~0.1-0.9; `fit` would first spend
-  # ~15 s compiling its train function on these machines.
-  for _ in range(30):
-    model.train_step((inputs, labels))
-  training.export(model, transformed.output, features.CF_RAW_FEATURES, export_dir,
-                  train_examples=transformed.columns)
 
 
 class _ToyRecommender(tf.Module):
@@ -83,10 +64,10 @@ class _ToyRecommender(tf.Module):
 
 
 @pytest.fixture(scope="module")
-def model_base(transformed_1m, tmp_path_factory):
+def model_base(exported_models, tmp_path_factory):
   """A TF Serving model base path: <base>/cf/1 (the project's CF model) and the toy."""
   base = tmp_path_factory.mktemp("serving")
-  _export_cf(transformed_1m, str(base / CF_MODEL / "1"))
+  shutil.copytree(exported_models / CF_MODEL, base / CF_MODEL)
   toy = _ToyRecommender()
   tf.saved_model.save(toy, str(base / TOY_MODEL / "1"), signatures={
       "recommend": toy.recommend, "predict_raw": toy.predict_raw})

@@ -178,8 +178,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         beam.metrics.MetricsFilter().with_namespace(_COUNTER_NAMESPACE))["counters"]:
       counts[split_names[int(counter.key.metric.name.split("_")[1])]] += counter.committed
     if sum(counts.values()) == 0:
-      raise parsing.MovieLensDataError(
-          f"{shards[0].path}: no ratings found (the file holds only blank lines)")
+      raise parsing.no_rows_error(shards[0].path, "ratings")
 
     examples.span = 0
     examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)

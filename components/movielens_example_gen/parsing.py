@@ -13,6 +13,7 @@ shard at a time with NumPy and Arrow.
 """
 import dataclasses
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -78,9 +79,32 @@ _GENRE_FLAGS_100K = (
 _U_ITEM_FIELDS = 5 + len(_GENRE_FLAGS_100K)
 
 
+# Only ASCII whitespace is trimmed from a line's ends: ISO-8859-1 text can end in
+# characters Python counts as whitespace (0x85, 0xA0), and they are data.
+_BLANK = " \t\r\n\f\v"
+_UTF8_BOM = "\ufeff"
+# Numbers as MovieLens writes them: ASCII digits. Python's int() and float() also
+# take "3_0", " 3" and other scripts' digits ("\u0663"), which are not data here.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?")
+_SHOWN_CHARS = 60  # of a bad value in an error message (a field may be megabytes)
+
+
+def _shown(value: str) -> str:
+  """A value for an error message: quoted, and cut if long."""
+  if len(value) <= _SHOWN_CHARS:
+    return repr(value)
+  return f"{value[:_SHOWN_CHARS]!r}... ({len(value):,} characters)"
+
+
 def _fail(path: str, line: Optional[int], message: str) -> MovieLensDataError:
   where = f"{path}, line {line}" if line is not None else path
   return MovieLensDataError(f"{where}: {message}")
+
+
+def no_rows_error(path: str, what: str) -> MovieLensDataError:
+  """The error for a file that holds only blank lines."""
+  return _fail(path, None, f"no {what} found (the file holds only blank lines)")
 
 
 def read_bytes(path: str) -> bytes:
@@ -102,12 +126,28 @@ def decode_text(data: bytes) -> str:
 
   The releases are ISO-8859-1 (ml-1m's movies.dat has 'é' as the byte 0xE9), which
   is what TFDS decodes. A copy someone re-saved as UTF-8 is valid UTF-8 and is
-  decoded as such, so "Amélie" is read right from either.
+  decoded as such (a byte-order mark at the start is dropped), so "Amélie" is read
+  right from either. A file that is neither (lines of both, e.g. two files pasted
+  together) is decoded line by line: UTF-8 where a line is valid UTF-8, else
+  ISO-8859-1. An ISO-8859-1 line is valid UTF-8 only if it has sequences like
+  "Ã©", which no title has.
   """
   try:
-    return data.decode("utf-8")
+    text = data.decode("utf-8")
   except UnicodeDecodeError:
-    return data.decode("iso-8859-1")
+    text = "\n".join(_decode_line(line) for line in data.split(b"\n"))
+  return text[1:] if text.startswith(_UTF8_BOM) else text
+
+
+def _decode_line(line: bytes) -> str:
+  try:
+    return line.decode("utf-8")
+  except UnicodeDecodeError:
+    return line.decode("iso-8859-1")
+
+
+def _nul_error(path: str, number: int) -> MovieLensDataError:
+  return _fail(path, number, "contains a NUL byte; the file is corrupt")
 
 
 def _table_lines(path: str, separator: str, num_fields: int
@@ -116,16 +156,18 @@ def _table_lines(path: str, separator: str, num_fields: int
   text = decode_text(read_bytes(path))
   rows = []
   for number, line in enumerate(text.split("\n"), start=1):
-    line = line.strip()
+    line = line.strip(_BLANK)
     if not line:
       continue
     if "\x00" in line:
-      raise _fail(path, number, "contains a NUL byte; the file is corrupt")
+      raise _nul_error(path, number)
     fields = line.split(separator)
     if len(fields) != num_fields:
       raise _fail(path, number, f"expected {num_fields} fields separated by "
                   f"{separator!r}, found {len(fields)}: {line[:80]!r}")
     rows.append((number, fields))
+  if not rows:
+    raise no_rows_error(path, "rows")
   return rows
 
 
@@ -134,21 +176,22 @@ def _check_unique_id(path: str, number: int, item_id: str, seen: Dict[str, int],
   if not item_id:
     raise _fail(path, number, f"empty {what} id")
   if item_id in seen:
-    raise _fail(path, number, f"{what} id {item_id!r} already defined on line "
+    raise _fail(path, number, f"{what} id {_shown(item_id)} already defined on line "
                 f"{seen[item_id]}")
   seen[item_id] = number
 
 
 def _parse_int(path: str, number: int, value: str, field: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise _fail(path, number, f"{field} {value!r} is not a whole number") from None
+  if not _WHOLE_NUMBER.fullmatch(value):
+    raise _fail(path, number, f"{field} {_shown(value)} is not a whole number")
+  if len(value) > 18:  # int() refuses 4,300 digits and more
+    raise _fail(path, number, f"{field} {_shown(value)} is far too large")
+  return int(value)
 
 
 def _gender(path: str, number: int, value: str) -> int:
   if value not in ("M", "F"):
-    raise _fail(path, number, f"gender {value!r} is neither 'M' nor 'F'")
+    raise _fail(path, number, f"gender {_shown(value)} is neither 'M' nor 'F'")
   return int(value == "M")
 
 
@@ -180,17 +223,20 @@ def read_movies(folder: str, layout: Layout) -> MovieTable:
   if layout.name == "1m":
     for number, (movie_id, title, genre_text) in _table_lines(path, "::", 3):
       _check_unique_id(path, number, movie_id, seen, "movie")
+      names = genre_text.split("|")
+      if not all(names):
+        raise _fail(path, number, f"genres {_shown(genre_text)}: a genre name is "
+                    "empty (expected names separated by '|', e.g. 'Action|Comedy')")
       ids.append(movie_id)
       titles.append(title)
-      genres.append(["Children" if g == "Children's" else g
-                     for g in genre_text.split("|")])
+      genres.append(["Children" if g == "Children's" else g for g in names])
   else:
     for number, fields in _table_lines(path, "|", _U_ITEM_FIELDS):
       _check_unique_id(path, number, fields[0], seen, "movie")
       flags = fields[5:]
       if any(flag not in ("0", "1") for flag in flags):
         raise _fail(path, number, "genre flags (fields 6 to 24) must be 0 or 1, "
-                    f"found {'|'.join(flags)!r}")
+                    f"found {_shown('|'.join(flags))}")
       ids.append(fields[0])
       titles.append(fields[1])
       genres.append([g for g, flag in zip(_GENRE_FLAGS_100K, flags) if flag == "1"])
@@ -220,7 +266,7 @@ def read_users(folder: str, layout: Layout) -> UserTable:
       user_id, gender, age_text, occupation_code, zip_code = fields
       age_bucket = _parse_int(path, number, age_text, "age")
       if age_bucket not in features.AGE_BUCKETS:
-        raise _fail(path, number, f"age {age_text!r} is not one of MovieLens 1M's "
+        raise _fail(path, number, f"age {_shown(age_text)} is not one of MovieLens 1M's "
                     f"age groups {features.AGE_BUCKETS}")
       code = _parse_int(path, number, occupation_code, "occupation")
       if not 0 <= code < len(_OCCUPATIONS_1M):
@@ -236,7 +282,7 @@ def read_users(folder: str, layout: Layout) -> UserTable:
         raise _fail(path, number, f"age {raw_age} is not a plausible age")
       age_bucket = _age_bucket(raw_age)
       if occupation_text not in _OCCUPATIONS_100K:
-        raise _fail(path, number, f"occupation {occupation_text!r} is not one of "
+        raise _fail(path, number, f"occupation {_shown(occupation_text)} is not one of "
                     "MovieLens 100K's (u.occupation)")
       occupation_label = _OCCUPATIONS_100K[occupation_text]
       cols[features.RAW_USER_AGE].append(float(raw_age))
@@ -287,18 +333,29 @@ def read_shard_bytes(shard: RatingsShard) -> bytes:
 
 def _numbers(path: str, line_numbers: np.ndarray, values: Sequence[str],
              dtype, field: str) -> np.ndarray:
-  """Converts a column of strings to numbers; on failure names the first bad line."""
+  """Converts a column of strings to numbers; on failure names the first bad line.
+
+  Values must be ASCII digits (with a sign, and for floats a decimal point), as
+  MovieLens writes them. Floats may also be "nan" or "inf": the caller's range
+  check names those.
+  """
+  whole = dtype == np.int64
+  kind = "whole number" if whole else "number"
   try:
-    return np.array(values, dtype=dtype)
+    numbers = np.array(values, dtype=dtype)
+    if not set("".join(values)) - set("-0123456789" if whole else "-.0123456789"):
+      return numbers  # converted, and only digits, signs and points: as written
   except (ValueError, OverflowError):
-    for number, value in zip(line_numbers, values):
-      try:
-        np.array([value], dtype=dtype)
-      except (ValueError, OverflowError):
-        kind = "whole number" if dtype == np.int64 else "number"
-        raise _fail(path, int(number), f"{field} {value!r} is not a {kind}"
-                    ) from None
-    raise
+    numbers = None
+  for number, value in zip(line_numbers, values):
+    try:
+      converted = np.array([value], dtype=dtype)[0]
+    except (ValueError, OverflowError):
+      converted = None
+    as_written = (_WHOLE_NUMBER if whole else _NUMBER).fullmatch(value)
+    if converted is None or not (as_written or (not whole and not np.isfinite(converted))):
+      raise _fail(path, int(number), f"{field} {_shown(value)} is not a {kind}")
+  return numbers
 
 
 def _lookup(path: str, line_numbers: np.ndarray, ids: Sequence[str],
@@ -307,7 +364,7 @@ def _lookup(path: str, line_numbers: np.ndarray, ids: Sequence[str],
   unknown = np.flatnonzero(positions < 0)
   if len(unknown):
     i = unknown[0]
-    raise _fail(path, int(line_numbers[i]), f"{what} id {ids[i]!r} is not in "
+    raise _fail(path, int(line_numbers[i]), f"{what} id {_shown(ids[i])} is not in "
                 f"{table_file} ({len(unknown)} rating(s) of this shard have "
                 f"unknown {what}s)")
   return positions
@@ -336,11 +393,14 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
   Returns None for a shard of blank lines only.
   """
   path = shard.path
-  lines = decode_text(data).split("\n")
+  text = decode_text(data)
+  lines = text.split("\n")
+  if "\x00" in text:
+    raise _nul_error(path, shard.first_line + text.count("\n", 0, text.index("\x00")))
   line_numbers = np.arange(shard.first_line, shard.first_line + len(lines))
   rows, kept = [], []
   for i, line in enumerate(lines):
-    line = line.strip()
+    line = line.strip(_BLANK)
     if line:
       rows.append(line.split(layout.ratings_separator))
       kept.append(i)
@@ -361,12 +421,21 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
   if len(out_of_range):
     i = out_of_range[0]
     raise _fail(path, int(line_numbers[i]),
-                f"rating {rating_text[i]!r} is outside 1 to 5")
+                f"rating {_shown(rating_text[i])} is outside 1 to 5")
   timestamps = _numbers(path, line_numbers, timestamp_text, np.int64, "timestamp")
   negative = np.flatnonzero(timestamps < 0)
   if len(negative):
     raise _fail(path, int(line_numbers[negative[0]]), "timestamp "
-                f"{timestamp_text[negative[0]]!r} is negative")
+                f"{_shown(timestamp_text[negative[0]])} is negative")
+  # A timestamp cut short (a file cut mid-line) reads as a time in the 1970s.
+  too_early = np.flatnonzero(timestamps < features.EARLIEST_RATING_TIME)
+  if len(too_early):
+    i = too_early[0]
+    day = np.datetime64(int(timestamps[i]), "s").astype("datetime64[D]")
+    earliest = np.datetime64(features.EARLIEST_RATING_TIME, "s").astype("datetime64[D]")
+    raise _fail(path, int(line_numbers[i]), f"timestamp {_shown(timestamp_text[i])} "
+                f"({day}) is before {earliest}, older than any MovieLens rating: is "
+                "the line cut short?")
   user_rows = pa.array(_lookup(path, line_numbers, user_ids, users.index, "user",
                                layout.users_file))
   movie_rows = pa.array(_lookup(path, line_numbers, movie_ids, movies.index,
@@ -422,7 +491,10 @@ def read_release(folder: str, layout: Layout,
                  lines_per_shard: int = 100_000) -> pa.Table:
   """Parses a whole release in this process, e.g. to inspect it in a notebook."""
   users, movies = read_users(folder, layout), read_movies(folder, layout)
+  path = os.path.join(folder, layout.ratings_file)
   batches = [parse_ratings(shard, read_shard_bytes(shard), layout, users, movies)
-             for shard in plan_ratings_shards(
-                 os.path.join(folder, layout.ratings_file), lines_per_shard)]
-  return pa.Table.from_batches([b.batch for b in batches if b is not None])
+             for shard in plan_ratings_shards(path, lines_per_shard)]
+  batches = [b.batch for b in batches if b is not None]
+  if not batches:
+    raise no_rows_error(path, "ratings")
+  return pa.Table.from_batches(batches)
