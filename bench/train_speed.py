@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 import time
 
 import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -58,8 +59,9 @@ def exact_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
 def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: int) -> dict:
   model = training.build_seeded(_BUILDERS[model_name], tf_transform_output, hparams, seed)
   started = time.perf_counter()
-  history = training.train(model, model_name, hparams, splits["train"], splits["eval"],
-                           f"/tmp/train_speed_logs/{model_name}", seed)
+  with tempfile.TemporaryDirectory() as log_dir:
+    history = training.train(model, model_name, hparams, splits["train"], splits["eval"],
+                             log_dir, seed)
   fit_seconds = time.perf_counter() - started
   result = {"model": model_name, "hparams": hp.to_config(hparams),
             "epochs": len(history["auc"]), "fit_seconds": round(fit_seconds, 1),
@@ -89,10 +91,11 @@ def main() -> None:
   tf_transform_output = tft.TFTransformOutput(_latest(f"{transform_dir}/transform_graph/*"))
   examples_dir = _latest(f"{transform_dir}/transformed_examples/*")
   splits = {s: load_split(examples_dir, s, tf_transform_output) for s in features.SPLIT_NAMES}
+  num_ratings = sum(len(split[features.LABEL]) for split in splits.values())
   results = []
   for model_name in args.models.split(","):
-    hparams = hp.from_config(model_name, {**hp.to_config(hp.preset(model_name, args.preset)),
-                                          **json.loads(args.set)})
+    preset = hp.preset(model_name, args.preset, num_ratings)
+    hparams = hp.from_config(model_name, {**hp.to_config(preset), **json.loads(args.set)})
     results.append(measure(model_name, hparams, splits, tf_transform_output, args.seed))
     print(json.dumps(results[-1]), flush=True)
   if args.output:

@@ -159,7 +159,8 @@ class PipelineConfig:
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""
-    preset = hparams_lib.preset(model, self.presets[model])
+    preset = hparams_lib.preset(model, self.presets[model],
+                                features.DATASET_RATINGS[self.dataset])
     return dataclasses.replace(preset, **self.overrides.get(model, {}))
 
   @property

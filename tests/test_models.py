@@ -129,6 +129,23 @@ def test_seed_presets_use_no_id_statistics_and_no_rating_target(model_name):
   assert not seed.use_id_statistics and not seed.rating_loss_weight
 
 
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_best_presets_train_in_larger_batches_at_1m_scale_and_seed_presets_do_not(
+    model_name):
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  at_100k = configs.PipelineConfig(dataset="100k").hparams(model_name)
+  at_1m = configs.PipelineConfig(dataset="1m").hparams(model_name)
+  assert at_100k == hp.preset(model_name, "best")
+  assert at_1m.batch_size == hp.LARGE_DATA_OVERRIDES[model_name]["batch_size"] > \
+      at_100k.batch_size
+  assert at_1m.epochs < at_100k.epochs
+  seed_config = configs.PipelineConfig(dataset="1m", presets={"cf": "seed", "deepfm": "seed"})
+  assert seed_config.hparams(model_name) == hp.preset(model_name, "seed")
+  # A setting the user gives wins over the scale's.
+  chosen = configs.PipelineConfig(dataset="1m", overrides={model_name: {"batch_size": 512}})
+  assert chosen.hparams(model_name).batch_size == 512
+
+
 def test_rating_head_is_the_weighted_squared_error_of_an_affine_rating():
   head = training.RatingHead(0.5)
   logits = tf.constant([[0.0], [1.0]])
