@@ -75,8 +75,12 @@ lock: | $(UV)
 	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.10 \
 		--python-platform x86_64-manylinux2014
 
-# Benchmarks; results as JSON under bench/results/.
-bench: bench-serving
+# The whole pipeline at MovieLens-1M scale (bench/results.json: time per component,
+# peak memory, training speed, AUC), then the serving speed of the models it pushed.
+BENCH_DIR := runs/bench-1m
+bench: $(STAMP)
+	$(VENV)/bin/python bench/pipeline_1m.py --work-dir $(BENCH_DIR) --output bench/results.json
+	$(VENV)/bin/python bench/serving_speed.py $(BENCH_DIR)/run --output bench/results/serving_speed_1m.json
 
 # In-process serving speed of a finished run's pushed models: predictions/s at
 # batch 1, 100 and 10,000, and recommend(k=10) latency.
