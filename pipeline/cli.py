@@ -12,7 +12,8 @@ from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
 _KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
-                 "RunFolderError", "ServingError", "BadRequest")
+                 "RunFolderError", "ServingError", "BadRequest", "RunLockedError",
+                 "PreflightError")
 
 
 class BadRequest(Exception):
@@ -55,8 +56,13 @@ def _run(args: argparse.Namespace) -> int:
       presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
       overrides=_overrides(args.set),
       auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
-      serving_dir=args.serving_dir)
-  summary = local_runner.run(config)
+      serving_dir=args.serving_dir, min_free_gb=args.min_free_gb)
+  try:
+    summary = local_runner.run(config)
+  except KeyboardInterrupt:
+    print("\ninterrupted: run the same command again to resume from the completed "
+          "stages", file=sys.stderr)
+    return 130
   print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
   print(summary.table())
   if summary.report_path:
@@ -169,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="and if it is at most this below the latest blessed model's")
   run.add_argument("--serving-dir", help="where blessed models are pushed for TF "
                    "Serving (default <output-dir>/serving)")
+  run.add_argument("--min-free-gb", type=float, help="free disk space (GB) the run "
+                   f"needs before it starts (default by dataset: {configs.MIN_FREE_GB})")
   run.set_defaults(handler=_run)
 
   report = commands.add_parser(

@@ -11,6 +11,13 @@ SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "schema", "schema.pbtxt")
 DEFAULT_OUTPUT_ROOT = "runs"
 DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
+# Free space a run needs in its output folder before it starts, in GB. Measured on
+# ml-100k: a first run writes ~20 MB under the output folder, and TFX builds a
+# ~42 MB package in /tmp per Beam step (~170 MB a run, never deleted). 1M has ten
+# times the ratings and examples are stored several times (raw, transformed,
+# statistics, evaluation), and each rerun with changed inputs adds a full set. The
+# minimum leaves room for that and for the machine; override with --min-free-gb.
+MIN_FREE_GB = {"100k": 0.5, "1m": 2.0}
 
 
 def default_beam_args() -> List[str]:
@@ -61,6 +68,7 @@ class PipelineConfig:
   auc_floor: float = DEFAULT_AUC_FLOOR
   max_auc_drop: float = DEFAULT_MAX_AUC_DROP
   serving_dir: Optional[str] = None  # default <output_dir>/serving
+  min_free_gb: Optional[float] = None  # default MIN_FREE_GB[dataset]
 
   def __post_init__(self):
     if self.dataset not in features.DATASETS:
@@ -74,6 +82,8 @@ class PipelineConfig:
     if self.serving_dir is None:
       self.serving_dir = os.path.join(self.output_dir, "serving")
     self.serving_dir = os.path.abspath(os.path.expanduser(self.serving_dir))
+    if self.min_free_gb is None:
+      self.min_free_gb = MIN_FREE_GB[self.dataset]
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""

@@ -2,10 +2,19 @@
 
 The console shows one line per stage and its time; TFX's and Beam's own logs go
 to `<output_dir>/logs/run-<time>.log`.
+
+Before any component runs: the output and serving folders must be writable and
+the disk must have the configured free space (`preflight`), and the run takes the
+output folder's lock (`run_lock`), so two runs never share an ML Metadata store.
+A run that was killed leaves its current execution RUNNING in ML Metadata, with
+nothing of it published; the next run marks such executions CANCELED, deletes
+their unpublished output folders, and reuses every completed component from the
+cache.
 """
 import contextlib
 import dataclasses
 import datetime
+import glob
 import json
 import logging
 import os
@@ -14,6 +23,7 @@ import time
 import warnings
 from typing import Dict, Iterator, List, Optional
 
+from absl import logging as absl_logging
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
@@ -22,12 +32,15 @@ from components import model_report
 from components import progress
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
+from pipeline import preflight
+from pipeline import run_lock
 from pipeline import run_store
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
            metadata_store_pb2.Execution.CACHED: "cached",
            metadata_store_pb2.Execution.FAILED: "failed",
-           metadata_store_pb2.Execution.RUNNING: "running"}
+           metadata_store_pb2.Execution.RUNNING: "running",
+           metadata_store_pb2.Execution.CANCELED: "canceled"}
 
 
 class _StageProgress(logging.Handler):
@@ -84,9 +97,12 @@ def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
   root.addHandler(file_handler)
   root.addHandler(stage_progress)
   root.setLevel(logging.INFO)
-  absl_logger = logging.getLogger("absl")
-  saved_absl_level = absl_logger.level
-  absl_logger.setLevel(logging.INFO)
+  # Through absl's verbosity flag, not the absl logger's level: TensorFlow's
+  # SavedModel export sets the flag to FATAL and back to its old value, which
+  # would otherwise drop TFX's INFO records (and the progress lines) after the
+  # first Trainer.
+  saved_verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
   try:
     yield
   finally:
@@ -94,7 +110,7 @@ def _logs_to_file(log_path: str, node_ids: List[str]) -> Iterator[None]:
     root.removeHandler(stage_progress)
     file_handler.close()
     root.setLevel(saved_level)
-    absl_logger.setLevel(saved_absl_level)
+    absl_logging.set_verbosity(saved_verbosity)
     for handler, level in saved_handler_levels:
       handler.setLevel(level)
       handler.removeFilter(_not_noise)
@@ -172,10 +188,59 @@ def publish_report(config: configs.PipelineConfig) -> Optional[str]:
   return os.path.join(target, model_report.METRICS_FILE)
 
 
+def cancel_interrupted_executions(config: configs.PipelineConfig) -> List[str]:
+  """Marks executions a killed run left RUNNING as CANCELED; returns their node ids.
+
+  Only called while holding the run lock, so no live run owns them. TFX never
+  reuses them (each run has its own pipeline_run context) and never published
+  their outputs, whose folders (`<pipeline_root>/<node>/<key>/<execution id>`) are
+  deleted here: half-written data nothing refers to.
+  """
+  if not os.path.exists(config.metadata_path):
+    return []
+  interrupted = []
+  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
+  with metadata.Metadata(connection) as m:
+    store = m.store
+    for execution in store.get_executions():
+      if execution.last_known_state not in (metadata_store_pb2.Execution.NEW,
+                                            metadata_store_pb2.Execution.RUNNING):
+        continue
+      node_ids = [c.name.split(".", 1)[-1]
+                  for c in store.get_contexts_by_execution(execution.id)
+                  if c.type == "node"]
+      execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+      store.put_executions([execution])
+      for node_id in node_ids:
+        node_dir = os.path.join(config.pipeline_root, node_id)
+        for folder in (glob.glob(os.path.join(node_dir, "*", str(execution.id)))
+                       + glob.glob(os.path.join(node_dir, ".system", "*",
+                                                str(execution.id)))):
+          shutil.rmtree(folder, ignore_errors=True)
+      interrupted.extend(node_ids)
+  return interrupted
+
+
 def run(config: configs.PipelineConfig) -> RunSummary:
-  """Runs the pipeline end to end and returns what ML Metadata recorded."""
+  """Runs the pipeline end to end and returns what ML Metadata recorded.
+
+  Raises PreflightError (before anything runs) for an unusable folder or a full
+  disk, and RunLockedError while another run uses the output folder.
+  """
+  preflight.ensure_writable_folder(config.output_dir, "output folder")
+  with run_lock.hold(config.output_dir):
+    preflight.ensure_free_space(config.output_dir, config.min_free_gb)
+    preflight.ensure_writable_folder(config.serving_dir, "serving folder")
+    return _run_locked(config)
+
+
+def _run_locked(config: configs.PipelineConfig) -> RunSummary:
   tfx_pipeline = pipeline_dsl.create_pipeline(config)
   node_ids = [c.id for c in tfx_pipeline.components]
+  interrupted = cancel_interrupted_executions(config)
+  if interrupted:
+    progress.report("run", "an earlier run was interrupted in "
+                    f"{', '.join(interrupted)}; resuming from its completed stages")
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   log_path = os.path.join(config.output_dir, "logs", f"run-{stamp}.log")
   progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
@@ -184,7 +249,12 @@ def run(config: configs.PipelineConfig) -> RunSummary:
     # TFMA divides by zero for empty slices and thresholds; the numbers are NaN by design.
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="tensorflow_model_analysis")
-    tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+    try:
+      tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+    except KeyboardInterrupt:
+      # Ctrl-C: record the stopped execution as CANCELED at once, then stop.
+      cancel_interrupted_executions(config)
+      raise
   summary = summarize_run(config)
   summary.log_path = log_path
   summary.report_path = publish_report(config)
