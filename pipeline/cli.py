@@ -14,7 +14,8 @@ from pipeline import configs
 
 # Known errors get one clear line; anything else is a bug and keeps its traceback.
 _KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
-                 "RunFolderError", "ServingError", "BadRequest")
+                 "RunFolderError", "ServingError", "BadRequest", "RunLockedError",
+                 "PreflightError")
 
 
 class BadRequest(Exception):
@@ -70,8 +71,14 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
 def _run(args: argparse.Namespace) -> int:
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   config = _pipeline_config(args, output_dir=args.output_dir or None,
-                            pipeline_root=args.pipeline_root)
-  summary = local_runner.run(config)
+                            pipeline_root=args.pipeline_root,
+                            min_free_gb=args.min_free_gb)
+  try:
+    summary = local_runner.run(config)
+  except KeyboardInterrupt:
+    print("\ninterrupted: run the same command again to resume from the completed "
+          "stages", file=sys.stderr)
+    return 130
   print(f"\nRun {summary.run_id} finished. Output: {summary.output_dir}")
   print(summary.table())
   if summary.report_path:
@@ -220,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--pipeline-root", help="component outputs (default "
                    "<output-dir>/tfx); a bucket, gs://..., when Beam runs on Dataflow")
   _add_pipeline_arguments(run)
+  run.add_argument("--min-free-gb", type=float, help="free disk space (GB) the run "
+                   f"needs before it starts (default by dataset: {configs.MIN_FREE_GB})")
   run.set_defaults(handler=_run)
 
   compile_ = commands.add_parser(

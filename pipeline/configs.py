@@ -21,6 +21,13 @@ BEAM_RUNNERS = (DIRECT_RUNNER, "DataflowRunner", "FlinkRunner", "SparkRunner")
 # Orchestrators `recsys compile --target` writes a spec for; Vertex AI Pipelines
 # runs the kubeflow-v2 spec as it is.
 COMPILE_TARGETS = ("kubeflow-v2",)
+# Free space a run needs in its output folder before it starts, in GB. Measured on
+# ml-100k: a first run writes ~20 MB under the output folder (its temporary files
+# included). 1M has ten times the ratings and examples are stored several times
+# (raw, transformed, statistics, evaluation), and each rerun with changed inputs
+# adds a full set. The minimum leaves room for that and for the machine; override
+# with --min-free-gb.
+MIN_FREE_GB = {"100k": 0.5, "1m": 2.0}
 
 
 def available_cores() -> int:
@@ -138,6 +145,7 @@ class PipelineConfig:
   distribution: str = hparams_lib.NO_DISTRIBUTION
   # The fixed schema, as the machine that runs ImportSchemaGen sees it.
   schema_file: str = SCHEMA_FILE
+  min_free_gb: Optional[float] = None  # default MIN_FREE_GB[dataset]
 
   def __post_init__(self):
     if self.dataset not in features.DATASETS:
@@ -158,6 +166,8 @@ class PipelineConfig:
     if self.pipeline_root is None:
       self.pipeline_root = os.path.join(self.output_dir, "tfx")
     self.pipeline_root = _absolute(self.pipeline_root)
+    if self.min_free_gb is None:
+      self.min_free_gb = MIN_FREE_GB[self.dataset]
 
   def hparams(self, model: str):
     """The hyperparameters of `model` ("cf" or "deepfm") for this run."""

@@ -2,10 +2,19 @@
 
 The console shows one line per stage and its time; TFX's and Beam's own logs go
 to `<output_dir>/logs/run-<time>.log`.
+
+Before any component runs: the output and serving folders must be writable and
+the disk must have the configured free space (`preflight`), and the run takes the
+output folder's lock (`run_lock`), so two runs never share an ML Metadata store.
+A run that was killed leaves its current execution RUNNING in ML Metadata, with
+nothing of it published; the next run marks such executions CANCELED, deletes
+their unpublished output folders, and reuses every completed component from the
+cache.
 """
 import contextlib
 import dataclasses
 import datetime
+import glob
 import json
 import logging
 import os
@@ -15,6 +24,7 @@ import time
 import warnings
 from typing import Callable, Dict, Iterator, List, Optional
 
+from absl import logging as absl_logging
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.dsl.io import fileio
@@ -25,12 +35,15 @@ from components import model_report
 from components import progress
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
+from pipeline import preflight
+from pipeline import run_lock
 from pipeline import run_store
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
            metadata_store_pb2.Execution.CACHED: "cached",
            metadata_store_pb2.Execution.FAILED: "failed",
-           metadata_store_pb2.Execution.RUNNING: "running"}
+           metadata_store_pb2.Execution.RUNNING: "running",
+           metadata_store_pb2.Execution.CANCELED: "canceled"}
 
 
 class _StageProgress:
@@ -111,12 +124,14 @@ def _logs_to_file(log_path: str) -> Iterator[Callable[[], None]]:
   file_handler.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s: %(message)s"))
   root.addHandler(file_handler)
-  absl_logger = logging.getLogger("absl")
-  saved_absl_level = absl_logger.level
+  # Through absl's verbosity flag, not the absl logger's level: TensorFlow's
+  # SavedModel export sets the flag to FATAL and back, and Transform's flag parsing
+  # resets it, which would drop TFX's INFO records from the log file.
+  saved_verbosity = absl_logging.get_verbosity()
 
   def log_info():
     root.setLevel(logging.INFO)
-    absl_logger.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
 
   log_info()
   try:
@@ -125,7 +140,7 @@ def _logs_to_file(log_path: str) -> Iterator[Callable[[], None]]:
     root.removeHandler(file_handler)
     file_handler.close()
     root.setLevel(saved_level)
-    absl_logger.setLevel(saved_absl_level)
+    absl_logging.set_verbosity(saved_verbosity)
     for handler, level in saved_handler_levels:
       handler.setLevel(level)
       handler.removeFilter(_not_noise)
@@ -255,10 +270,59 @@ def _download_folder(uri: str, target: str, skip: str) -> None:
       fileio.copy(f"{folder.rstrip('/')}/{name}", os.path.join(target, relative, name))
 
 
+def cancel_interrupted_executions(config: configs.PipelineConfig) -> List[str]:
+  """Marks executions a killed run left RUNNING as CANCELED; returns their node ids.
+
+  Only called while holding the run lock, so no live run owns them. TFX never
+  reuses them (each run has its own pipeline_run context) and never published
+  their outputs, whose folders (`<pipeline_root>/<node>/<key>/<execution id>`) are
+  deleted here: half-written data nothing refers to.
+  """
+  if not os.path.exists(config.metadata_path):
+    return []
+  interrupted = []
+  connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
+  with metadata.Metadata(connection) as m:
+    store = m.store
+    for execution in store.get_executions():
+      if execution.last_known_state not in (metadata_store_pb2.Execution.NEW,
+                                            metadata_store_pb2.Execution.RUNNING):
+        continue
+      node_ids = [c.name.split(".", 1)[-1]
+                  for c in store.get_contexts_by_execution(execution.id)
+                  if c.type == "node"]
+      execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+      store.put_executions([execution])
+      for node_id in node_ids:
+        node_dir = os.path.join(config.pipeline_root, node_id)
+        for folder in (glob.glob(os.path.join(node_dir, "*", str(execution.id)))
+                       + glob.glob(os.path.join(node_dir, ".system", "*",
+                                                str(execution.id)))):
+          shutil.rmtree(folder, ignore_errors=True)
+      interrupted.extend(node_ids)
+  return interrupted
+
+
 def run(config: configs.PipelineConfig) -> RunSummary:
-  """Runs the pipeline end to end and returns what ML Metadata recorded."""
+  """Runs the pipeline end to end and returns what ML Metadata recorded.
+
+  Raises PreflightError (before anything runs) for an unusable folder or a full
+  disk, and RunLockedError while another run uses the output folder.
+  """
+  preflight.ensure_writable_folder(config.output_dir, "output folder")
+  with run_lock.hold(config.output_dir):
+    preflight.ensure_free_space(config.output_dir, config.min_free_gb)
+    preflight.ensure_writable_folder(config.serving_dir, "serving folder")
+    return _run_locked(config)
+
+
+def _run_locked(config: configs.PipelineConfig) -> RunSummary:
   tfx_pipeline = pipeline_dsl.create_pipeline(config)
   node_ids = [c.id for c in tfx_pipeline.components]
+  interrupted = cancel_interrupted_executions(config)
+  if interrupted:
+    progress.report("run", "an earlier run was interrupted in "
+                    f"{', '.join(interrupted)}; resuming from its completed stages")
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   log_path = os.path.join(config.output_dir, "logs", f"run-{stamp}.log")
   progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
@@ -270,7 +334,12 @@ def run(config: configs.PipelineConfig) -> RunSummary:
     # TFMA divides by zero for empty slices and thresholds; the numbers are NaN by design.
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="tensorflow_model_analysis")
-    tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+    try:
+      tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+    except KeyboardInterrupt:
+      # Ctrl-C: record the stopped execution as CANCELED at once, then stop.
+      cancel_interrupted_executions(config)
+      raise
   summary = summarize_run(config)
   summary.log_path = log_path
   summary.report_path = publish_report(config)
