@@ -1,6 +1,11 @@
-"""Shared fixtures: synthetic MovieLens releases and the real files when present."""
+"""Shared fixtures: synthetic MovieLens releases, the real files when present, and
+one finished end-to-end run that several test modules read."""
+import contextlib
+import io
+import json
 import os
 import pathlib
+import shutil
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,3 +82,52 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
   for model_name in ("cf", "deepfm"):
     _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
   return base
+
+
+# End-to-end runs: one Beam worker thread (reproducible, light on 2 cores), a few
+# epochs, and a blessing floor the planted signal of a small synthetic set passes
+# (its test AUC is ~0.7-0.85).
+E2E_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}}
+E2E_AUC_FLOOR = 0.6
+# The synthetic release of `finished_run`; write_release gives the same files each time.
+E2E_RELEASE = {"layout": "1m", "num_users": 300, "num_movies": 400,
+               "num_ratings": 20_000, "seed": 11}
+_FIRST_REPORT = "first-report"
+# What `finished_run` printed to the console (progress lines), by output folder.
+RUN_CONSOLE = {}
+
+
+def pipeline_config(data_dir, output_dir, dataset="1m", overrides=None):
+  """The settings of an end-to-end test run."""
+  from pipeline import configs  # pylint: disable=g-import-not-at-top
+  return configs.PipelineConfig(dataset=dataset, data_dir=str(data_dir),
+                                output_dir=str(output_dir), beam_args=E2E_BEAM_ARGS,
+                                overrides=overrides or {})
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+  """One full run on synthetic data, shared by the end-to-end modules.
+
+  Tests read it; test_pipeline's last one reruns it and edits its data. Its first
+  report is kept aside (`first_report`) for tests that compare against it.
+  """
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("synthetic-run")
+  release = synthetic.write_release(str(root / "data"), **E2E_RELEASE)
+  config = pipeline_config(root / "data", root / "run", overrides=FEW_EPOCHS)
+  config.auc_floor = E2E_AUC_FLOOR
+  console = io.StringIO()
+  with contextlib.redirect_stderr(console):
+    summary = local_runner.run(config)
+  RUN_CONSOLE[config.output_dir] = console.getvalue()
+  shutil.copytree(os.path.dirname(summary.report_path), root / _FIRST_REPORT)
+  return release, config, summary
+
+
+def first_report(finished_run_value) -> dict:
+  """metrics.json of `finished_run` as its first run wrote it (later reruns replace it)."""
+  _, config, _ = finished_run_value
+  folder = pathlib.Path(config.output_dir).parent / _FIRST_REPORT
+  return json.loads((folder / "metrics.json").read_text())

@@ -1,7 +1,5 @@
 """End to end: the real TFX components under LocalDagRunner with SQLite ML Metadata."""
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -28,7 +26,6 @@ from components import pusher
 from components.anomalies_gate import DataValidationError
 from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
-from components.movielens_example_gen import synthetic
 from models import features
 from models import training
 from pipeline import cli
@@ -36,20 +33,10 @@ from pipeline import configs
 from pipeline import evaluation
 from pipeline import local_runner
 from pipeline import run_store
-from tests.conftest import REAL_100K, REPO, requires
+from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, pipeline_config,
+                            requires)
 
 pytestmark = pytest.mark.e2e
-
-_TEST_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
-
-_FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}}
-
-
-def _config(data_dir, output_dir, dataset="1m", overrides=None) -> configs.PipelineConfig:
-  return configs.PipelineConfig(dataset=dataset, data_dir=str(data_dir),
-                                output_dir=str(output_dir), beam_args=_TEST_BEAM_ARGS,
-                                overrides=overrides or {})
 
 
 def _store(config):
@@ -102,43 +89,22 @@ _NODES = ["ImportSchemaGen", "LatestBlessed.cf", "LatestBlessed.deepfm",
           "MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "AnomaliesGate",
           "Transform", "Trainer.cf", "Trainer.deepfm", "Evaluator.cf",
           "Evaluator.deepfm", "ModelReport", "Pusher.cf", "Pusher.deepfm"]
-# The planted signal of a small synthetic set gives test AUC ~0.75-0.85; bless above 0.6.
-_TEST_AUC_FLOOR = 0.6
 
 
 def _pushed_versions(config, model):
   return pusher.pushed_versions(config.serving_model_dir(model))
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  """One full run on synthetic data; the tests after it read it, the last one reruns it."""
-  root = tmp_path_factory.mktemp("synthetic-run")
-  release = synthetic.write_release(str(root / "data"), "1m", num_users=300,
-                                    num_movies=400, num_ratings=20_000, seed=11)
-  config = _config(root / "data", root / "run", overrides=_FEW_EPOCHS)
-  config.auc_floor = _TEST_AUC_FLOOR
-  console = io.StringIO()
-  with contextlib.redirect_stderr(console):
-    summary = local_runner.run(config)
-  _CONSOLE[config.output_dir] = console.getvalue()
-  return release, config, summary
-
-
-# What a finished run printed to the console, by output folder.
-_CONSOLE = {}
-
-
 def test_the_console_shows_every_stage_start_and_end(finished_run):
   _, config, _ = finished_run
-  lines = _CONSOLE[config.output_dir].splitlines()
+  lines = RUN_CONSOLE[config.output_dir].splitlines()
   for position, node_id in enumerate(_NODES, 1):
     stage = f"stage {position}/{len(_NODES)}: {node_id}"
     assert any(line.endswith(f"{stage} running") for line in lines), stage
     assert any(re.search(rf"{re.escape(stage)} done in \d+\.\d s$", line)
                for line in lines), stage
   # And from inside the Trainers, each model's epochs.
-  for model, epochs in _FEW_EPOCHS.items():
+  for model, epochs in FEW_EPOCHS.items():
     assert any(f"train {model}: epoch 1/{epochs['epochs']}: " in line for line in lines)
 
 
@@ -163,7 +129,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert result["example_count"] == summary.split_counts["test"]
     assert result["blessed"] is True
     assert result["blessing_reason"].startswith(f"auc {result['auc']:.4f} >= floor 0.6")
-    assert result["epochs"] == _FEW_EPOCHS[model]["epochs"]
+    assert result["epochs"] == FEW_EPOCHS[model]["epochs"]
     # Slices: every user group and genre, with counts that add up.
     assert set(result["slices"]) == set(evaluation.SLICE_FEATURES)
     assert sum(s["example_count"] for s in result["slices"][features.USER_GENDER].values()
@@ -172,7 +138,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert sum(s["example_count"] for s in result["slices"][features.MOVIE_GENRES].values()
                ) > result["example_count"]  # a movie counts in each of its genres
     history = json.loads((pathlib.Path(_model_run(config, model)) / "history.json").read_text())
-    assert len(history["val_auc"]) == _FEW_EPOCHS[model]["epochs"]
+    assert len(history["val_auc"]) == FEW_EPOCHS[model]["epochs"]
     assert list(pathlib.Path(_model_run(config, model)).rglob("events.out.tfevents.*"))
     versions = _pushed_versions(config, model)
     assert len(versions) == 1 and versions[0].isdigit()
@@ -433,7 +399,7 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run):
 
 @requires(REAL_100K)
 def test_real_100k_ingestion(tmp_path):
-  config = _config(REAL_100K, tmp_path / "run", dataset="100k")
+  config = pipeline_config(REAL_100K, tmp_path / "run", dataset="100k")
   summary = local_runner.run(config)
   assert set(_states(summary).values()) == {"done"}
   report = model_report.load(os.path.dirname(summary.report_path))["models"]
@@ -466,7 +432,7 @@ def test_anomaly_stops_the_run_naming_the_feature(synthetic_1m, tmp_path):
   lines = movies.read_bytes().split(b"\n")
   lines[0] = lines[0].rsplit(b"::", 1)[0] + b"::Cyberpunk"  # not a MovieLens genre
   movies.write_bytes(b"\n".join(lines))
-  config = _config(data, tmp_path / "run")
+  config = pipeline_config(data, tmp_path / "run")
   with pytest.raises(DataValidationError) as error:
     local_runner.run(config)
   message = str(error.value)
@@ -483,7 +449,7 @@ def test_malformed_data_fails_ingestion_and_registers_nothing(synthetic_1m, tmp_
   lines = ratings.read_text().splitlines()
   lines[4999] = "1::2::11::978300760"
   ratings.write_text("\n".join(lines) + "\n")
-  config = _config(data, tmp_path / "run")
+  config = pipeline_config(data, tmp_path / "run")
   with pytest.raises(MovieLensDataError, match=(
       f"^{ratings}, line 5000: rating '11' is outside 1 to 5$")):
     local_runner.run(config)
