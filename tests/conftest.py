@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,6 +97,8 @@ E2E_RELEASE = {"layout": "1m", "num_users": 300, "num_movies": 400,
 _FIRST_REPORT = "first-report"
 # What `finished_run` printed to the console (progress lines), by output folder.
 RUN_CONSOLE = {}
+# What it left in the temporary folder, by output folder.
+RUN_TEMPORARY_FILES = {}
 
 
 def pipeline_config(data_dir, output_dir, dataset="1m", overrides=None):
@@ -119,9 +122,12 @@ def finished_run(tmp_path_factory):
   config = pipeline_config(root / "data", root / "run", overrides=FEW_EPOCHS)
   config.auc_floor = E2E_AUC_FLOOR
   console = io.StringIO()
+  temporary_before = set(os.listdir(tempfile.gettempdir()))
   with contextlib.redirect_stderr(console):
     summary = local_runner.run(config)
   RUN_CONSOLE[config.output_dir] = console.getvalue()
+  RUN_TEMPORARY_FILES[config.output_dir] = sorted(
+      set(os.listdir(tempfile.gettempdir())) - temporary_before)
   shutil.copytree(os.path.dirname(summary.report_path), root / _FIRST_REPORT)
   return release, config, summary
 

@@ -33,8 +33,8 @@ from pipeline import configs
 from pipeline import evaluation
 from pipeline import local_runner
 from pipeline import run_store
-from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, pipeline_config,
-                            requires)
+from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, RUN_TEMPORARY_FILES,
+                            pipeline_config, requires)
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,9 @@ def test_the_console_shows_every_stage_start_and_end(finished_run):
 
 def test_a_run_leaves_no_temporary_files(finished_run):
   _, config, _ = finished_run
+  # TFX's Beam packaging and TensorFlow's AutoGraph files went to <output>/.tmp.
   assert not os.path.exists(os.path.join(config.output_dir, ".tmp"))
+  assert RUN_TEMPORARY_FILES[config.output_dir] == []
 
 
 def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
