@@ -123,7 +123,9 @@ def test_spec_carries_the_run_settings(spec):
   for model in ("cf", "deepfm"):
     custom_config = json.loads(_parameter(spec, f"Trainer.{model}", "custom_config"))
     assert custom_config == {
-        "hparams": json.loads(json.dumps(hparams.to_config(hparams.preset(model, "best")))),
+        # The compiled run is MovieLens-1M's: the best presets at its scale.
+        "hparams": json.loads(json.dumps(hparams.to_config(
+            hparams.preset(model, "best", features.DATASET_RATINGS["1m"])))),
         "seed": 7, "distribution": "mirrored"}
     assert _parameter(spec, f"Trainer.{model}", "run_fn") == f"models.{model}.run_fn"
     eval_config = json.loads(_parameter(spec, f"Evaluator.{model}", "eval_config"))
