@@ -50,8 +50,8 @@ class _StageProgress:
   """Prints a line when each component starts and ends, and how long it took.
 
   Wraps TFX's component launcher for the duration of a run instead of watching
-  its log lines: once Transform parses absl flags, TFX's INFO records are no longer
-  emitted at all, and the progress went silent after stage 8.
+  its log lines: TensorFlow's SavedModel export and absl flag parsing reset absl's
+  verbosity mid-run, TFX's INFO records then stopped, and with them the progress.
   """
 
   def __init__(self, node_ids: List[str], before_each: Callable[[], None]):
@@ -109,8 +109,8 @@ def _not_noise(record: logging.LogRecord) -> bool:
 def _logs_to_file(log_path: str) -> Iterator[Callable[[], None]]:
   """Sends INFO logs to `log_path`, keeps the console to warnings and progress.
 
-  Yields a function that re-applies the INFO level, which absl flag parsing in
-  Transform resets to WARNING.
+  Yields a function that re-applies the INFO level (see _StageProgress), called
+  before each component.
   """
   root = logging.getLogger()
   saved_level = root.level
