@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +132,7 @@ def collect(output_dir: str) -> dict:
         "epochs": len(speeds),
         "train_examples": history["train_examples"],
         # The first epoch includes tracing; the median of the rest is the steady speed.
-        "train_examples_per_second": round(sorted(speeds[1:] or speeds)[len(speeds[1:] or speeds) // 2]),
+        "train_examples_per_second": round(float(np.median(speeds[1:] or speeds))),
     }
   return {"components": {c.node_id: round(c.seconds, 1) for c in summary.components},
           "split_counts": summary.split_counts, "models": models}

@@ -11,6 +11,8 @@ from models import hparams as hparams_lib
 # installed, e.g. inside the Kubeflow container image (see Dockerfile).
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
                            "schema.pbtxt")
+# This repository's root, where setup.py is (the package is installed editable).
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT_ROOT = "runs"
 DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
@@ -45,8 +47,7 @@ def available_cores() -> int:
 # against 37 s, TFMA over 30,000 test examples 85 s against 67 s; on 100K ratings
 # 2-3x slower.
 MULTI_PROCESSING_MIN_RATINGS = 2_000_000
-_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "setup.py")
+_SETUP_FILE = os.path.join(PROJECT_DIR, "setup.py")
 
 
 def default_beam_args(num_ratings: int = 0) -> List[str]:

@@ -18,12 +18,11 @@ from pipeline import pipeline as pipeline_dsl
 
 # Where the Dockerfile puts this project inside the image (its WORKDIR).
 IMAGE_PROJECT_DIR = "/opt/recsys"
-_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
 
 
 def in_image(path: str) -> str:
   """A file of this project as the steps running in the image see it; others as given."""
-  relative = os.path.relpath(path, _PROJECT_DIR)
+  relative = os.path.relpath(path, configs.PROJECT_DIR)
   return path if relative.startswith("..") else os.path.join(IMAGE_PROJECT_DIR, relative)
 
 

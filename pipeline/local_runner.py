@@ -224,9 +224,7 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
     components = []
     for execution in sorted(store.get_executions_by_context(latest.id),
                             key=lambda e: e.create_time_since_epoch):
-      node_ids = [c.name.split(".", 1)[-1]
-                  for c in store.get_contexts_by_execution(execution.id)
-                  if c.type == "node"]
+      node_ids = run_store.execution_node_ids(store, execution.id)
       seconds = (execution.last_update_time_since_epoch
                  - execution.create_time_since_epoch) / 1000
       components.append(ComponentRun(
@@ -288,9 +286,7 @@ def cancel_interrupted_executions(config: configs.PipelineConfig) -> List[str]:
       if execution.last_known_state not in (metadata_store_pb2.Execution.NEW,
                                             metadata_store_pb2.Execution.RUNNING):
         continue
-      node_ids = [c.name.split(".", 1)[-1]
-                  for c in store.get_contexts_by_execution(execution.id)
-                  if c.type == "node"]
+      node_ids = run_store.execution_node_ids(store, execution.id)
       execution.last_known_state = metadata_store_pb2.Execution.CANCELED
       store.put_executions([execution])
       for node_id in node_ids:

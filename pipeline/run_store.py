@@ -4,13 +4,24 @@
 latest live artifact of a type that a given component produced.
 """
 import os
-from typing import Optional
+from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
 
 METADATA_FILE = "metadata.sqlite"
+
+
+def node_id(context: metadata_store_pb2.Context) -> str:
+  """The pipeline node of an ML Metadata "node" context, named "<pipeline>.<node id>"."""
+  return context.name.split(".", 1)[-1]
+
+
+def execution_node_ids(store, execution_id: int) -> List[str]:
+  """The pipeline nodes an execution ran for (one, for LocalDagRunner's)."""
+  return [node_id(c) for c in store.get_contexts_by_execution(execution_id)
+          if c.type == "node"]
 
 
 class RunFolderError(Exception):
@@ -41,7 +52,7 @@ class RunStore:
                      if a.state == metadata_store_pb2.Artifact.LIVE]
         if producer is not None:
           node_contexts = [c for c in store.get_contexts_by_type("node")
-                           if c.name.split(".", 1)[-1] == producer]
+                           if node_id(c) == producer]
           made_there = {a.id for c in node_contexts
                         for a in store.get_artifacts_by_context(c.id)}
           artifacts = [a for a in artifacts if a.id in made_there]
