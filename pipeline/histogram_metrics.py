@@ -1,0 +1,140 @@
+"""TFMA metrics read off the calibration histogram that AUC builds anyway.
+
+TFMA runs one Python combiner per distinct computation for every example of
+every slice, and at MovieLens-1M scale that loop was most of an Evaluator's
+time: a profile of 100,000 test examples over 5 slicings spent 57% of it in
+5 combiners. AUC, AUC-PR and the ROC and calibration plots share one
+10,000-bucket calibration histogram; the metrics here derive from that same
+histogram instead of running combiners of their own:
+
+- `HistogramMeans`: example count, mean label, mean prediction and calibration,
+  exact, from the histogram's per-bucket sums;
+- `DecisionMetrics`: binary accuracy, precision, recall and the confusion matrix
+  at a decision threshold, from TFMA's own histogram-based confusion matrices.
+  Buckets are 1e-4 wide, so a prediction less than 1e-4 above the threshold
+  counts as below it (TFMA's AUC has the same resolution).
+
+Names and values are those of TFMA's ExampleCount, MeanLabel, MeanPrediction,
+Calibration, BinaryAccuracy, Precision, Recall and ConfusionMatrixAtThresholds,
+so readers of the evaluation (TFMA, TensorBoard, the report) see no difference.
+"""
+from typing import Any, Dict, Optional
+
+from tensorflow_model_analysis.metrics import binary_confusion_matrices
+from tensorflow_model_analysis.metrics import calibration_histogram
+from tensorflow_model_analysis.metrics import metric_types
+from tensorflow_model_analysis.metrics import metric_util
+from tensorflow_model_analysis.proto import config_pb2
+
+EXAMPLE_COUNT = "example_count"
+MEAN_LABEL = "mean_label"
+MEAN_PREDICTION = "mean_prediction"
+CALIBRATION = "calibration"
+BINARY_ACCURACY = "binary_accuracy"
+PRECISION = "precision"
+RECALL = "recall"
+CONFUSION_MATRIX = "confusion_matrix_at_thresholds"
+
+_NAN = float("nan")
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+  return numerator / denominator if denominator else _NAN
+
+
+def _keys(names, model_name: str, output_name: str,
+          sub_key: Optional[metric_types.SubKey],
+          example_weighted: bool) -> Dict[str, metric_types.MetricKey]:
+  return {name: metric_types.MetricKey(name=name, model_name=model_name,
+                                       output_name=output_name, sub_key=sub_key,
+                                       example_weighted=example_weighted)
+          for name in names}
+
+
+class HistogramMeans(metric_types.Metric):
+  """Example count, mean label, mean prediction and calibration of a slice."""
+
+  def __init__(self, name: str = "histogram_means"):
+    super().__init__(metric_util.merge_per_key_computations(_means), name=name)
+
+
+metric_types.register_metric(HistogramMeans)
+
+
+def _means(name: str = "histogram_means",
+           eval_config: Optional[config_pb2.EvalConfig] = None,
+           model_name: str = "",
+           output_name: str = "",
+           sub_key: Optional[metric_types.SubKey] = None,
+           aggregation_type: Optional[metric_types.AggregationType] = None,
+           class_weights: Optional[Dict[int, float]] = None,
+           example_weighted: bool = False) -> metric_types.MetricComputations:
+  del name  # the metrics keep TFMA's names
+  computations = calibration_histogram.calibration_histogram(
+      eval_config=eval_config, model_name=model_name, output_name=output_name,
+      sub_key=sub_key, aggregation_type=aggregation_type,
+      class_weights=class_weights, example_weighted=example_weighted)
+  histogram_key = computations[-1].keys[-1]
+  keys = _keys((EXAMPLE_COUNT, MEAN_LABEL, MEAN_PREDICTION, CALIBRATION),
+               model_name, output_name, sub_key, example_weighted)
+
+  def result(metrics: Dict[metric_types.MetricKey, Any]
+             ) -> Dict[metric_types.MetricKey, float]:
+    buckets = metrics[histogram_key]
+    examples = sum(b.weighted_examples for b in buckets)
+    labels = sum(b.weighted_labels for b in buckets)
+    predictions = sum(b.weighted_predictions for b in buckets)
+    return {keys[EXAMPLE_COUNT]: examples,
+            keys[MEAN_LABEL]: _ratio(labels, examples),
+            keys[MEAN_PREDICTION]: _ratio(predictions, examples),
+            keys[CALIBRATION]: _ratio(predictions, labels)}
+
+  computations.append(metric_types.DerivedMetricComputation(
+      keys=list(keys.values()), result=result))
+  return computations
+
+
+class DecisionMetrics(metric_types.Metric):
+  """Accuracy, precision, recall and the confusion matrix at one threshold."""
+
+  def __init__(self, threshold: float = 0.5, name: str = "decision_metrics"):
+    super().__init__(metric_util.merge_per_key_computations(_decision_metrics),
+                     threshold=threshold, name=name)
+
+
+metric_types.register_metric(DecisionMetrics)
+
+
+def _decision_metrics(threshold: float,
+                      name: str = "decision_metrics",
+                      eval_config: Optional[config_pb2.EvalConfig] = None,
+                      model_name: str = "",
+                      output_name: str = "",
+                      sub_key: Optional[metric_types.SubKey] = None,
+                      aggregation_type: Optional[metric_types.AggregationType] = None,
+                      class_weights: Optional[Dict[int, float]] = None,
+                      example_weighted: bool = False
+                      ) -> metric_types.MetricComputations:
+  del name
+  computations = binary_confusion_matrices.binary_confusion_matrices(
+      thresholds=[threshold], use_histogram=True, eval_config=eval_config,
+      model_name=model_name, output_name=output_name, sub_key=sub_key,
+      aggregation_type=aggregation_type, class_weights=class_weights,
+      example_weighted=example_weighted)
+  matrices_key = computations[-1].keys[-1]
+  keys = _keys((BINARY_ACCURACY, PRECISION, RECALL, CONFUSION_MATRIX),
+               model_name, output_name, sub_key, example_weighted)
+
+  def result(metrics: Dict[metric_types.MetricKey, Any]
+             ) -> Dict[metric_types.MetricKey, Any]:
+    matrices = metrics[matrices_key]
+    tp, tn = matrices.tp[0], matrices.tn[0]
+    fp, fn = matrices.fp[0], matrices.fn[0]
+    return {keys[BINARY_ACCURACY]: _ratio(tp + tn, tp + tn + fp + fn),
+            keys[PRECISION]: _ratio(tp, tp + fp),
+            keys[RECALL]: _ratio(tp, tp + fn),
+            keys[CONFUSION_MATRIX]: matrices}
+
+  computations.append(metric_types.DerivedMetricComputation(
+      keys=list(keys.values()), result=result))
+  return computations
