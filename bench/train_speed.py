@@ -40,11 +40,8 @@ def _latest(pattern: str) -> str:
 
 
 def load_split(examples_dir: str, split: str, tf_transform_output) -> dict:
-  spec = tf_transform_output.transformed_feature_spec()
-  files = glob.glob(os.path.join(examples_dir, f"Split-{split}", "*"))
-  return training.to_columns(
-      tf.data.TFRecordDataset(files, compression_type="GZIP").batch(65_536).map(
-          lambda x: tf.io.parse_example(x, spec)))
+  return training.load_examples([os.path.join(examples_dir, f"Split-{split}", "*")],
+                                tf_transform_output)
 
 
 def exact_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:

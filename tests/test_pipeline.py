@@ -179,6 +179,31 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   assert zip_feature.type == schema_pb2.BYTES
 
 
+def test_trainers_read_what_tfx_data_accessor_reads(finished_run):
+  """The Trainers' batch parser gives TFX's own reader's arrays, dtypes and order."""
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+  _, config, summary = finished_run
+  graph = max(_live_artifacts(config, "TransformGraph"), key=lambda a: a.id)
+  transformed = max((a for a in _live_artifacts(config, "Examples")
+                     if "split_counts" not in a.custom_properties), key=lambda a: a.id)
+  tf_transform_output = tft.TFTransformOutput(graph.uri)
+  pattern = os.path.join(transformed.uri, "Split-eval", "*")
+  ours = training.load_examples([pattern], tf_transform_output)
+  theirs = training.to_columns(tfxio.TFExampleRecord(
+      pattern, schema=tf_transform_output.transformed_metadata.schema,
+      telemetry_descriptors=["test"]).TensorFlowDataset(
+          tfxio.TensorFlowDatasetOptions(batch_size=1000, num_epochs=1, shuffle=False)))
+  assert sorted(ours) == sorted(theirs)
+  assert len(ours[features.LABEL]) == summary.split_counts["eval"]
+  for key, column in theirs.items():
+    assert ours[key].dtype == column.dtype, key
+    np.testing.assert_array_equal(ours[key], column, err_msg=key)
+  with pytest.raises(ValueError, match="no transformed examples match"):
+    training.load_examples([os.path.join(transformed.uri, "Split-nothing", "*")],
+                           tf_transform_output)
+
+
 def test_report_command_reads_the_stored_run(finished_run, tmp_path, capsys):
   _, config, summary = finished_run
   assert cli.main(["report", config.output_dir]) == 0
