@@ -167,3 +167,17 @@ def test_id_statistics_change_the_prediction(model_name, transformed_1m):
   rate = features.transformed_name(features.ID_STATISTICS[1][1])
   changed = {**inputs, rate: 1 - inputs[rate]}
   assert not np.allclose(model(inputs).numpy(), model(changed).numpy())
+
+
+def test_training_batches_cover_every_row_once_per_epoch_in_a_new_order():
+  examples = {features.LABEL: np.arange(10, dtype=np.int64) % 2,
+              features.transformed_name(features.USER_ID): np.arange(10, dtype=np.int64)}
+  dataset = training.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
+  epochs = [np.concatenate([batch[features.transformed_name(features.USER_ID)].numpy()
+                            for batch, _ in dataset]) for _ in range(2)]
+  for rows in epochs:
+    assert sorted(rows) == list(range(10))
+  assert list(epochs[0]) != list(epochs[1])
+  # Autotuning made deleting an epoch's iterator wait for its model thread (up to
+  # a minute at the end of a long `fit`).
+  assert dataset.options().autotune.enabled is False
