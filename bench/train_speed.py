@@ -20,7 +20,6 @@ import time
 import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import cf

@@ -17,7 +17,7 @@ AUC = "auc"  # the metric the blessing and the report lead with
 # Raw features the metrics are sliced by; a movie with several genres counts in each.
 SLICE_FEATURES = (features.USER_GENDER, features.AGE_BUCKET,
                   features.OCCUPATION_LABEL, features.MOVIE_GENRES)
-DECISION_THRESHOLD = 0.5  # a like probability at or above this predicts a like
+DECISION_THRESHOLD = 0.5  # a like probability above this predicts a like
 
 # Metric names as TFMA writes them, in the order reports show them.
 REPORTED_METRICS = (AUC, "auc_precision_recall", hm.BINARY_ACCURACY, hm.PRECISION,
