@@ -179,8 +179,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
   assert not _serving_folders(config, "cf")
 
   # 2. Rerun (the dead run's lock went with it): upstream from the cache, Transform
-  #    again. SIGINT (Ctrl-C) during the CF Trainer.
-  second = start_run(args, tmp_path / "run-2.log")
+  #    again. SIGINT (Ctrl-C) during the CF Trainer, which trains long enough here
+  #    for the signal to land in `fit` (6 epochs of the small set take about a
+  #    second once the first is traced); the canceled Trainer is never reused.
+  second = start_run(args + ["--set", "cf.epochs=2000", "--set", "cf.early_stopping_patience=0"],
+                     tmp_path / "run-2.log")
   second.wait_for(r"an earlier run was interrupted in Transform; resuming")
   second.wait_for(r"train cf: epoch 1/")
   assert second.kill(signal.SIGINT) == 130
