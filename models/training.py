@@ -26,7 +26,6 @@ from serving import recommend
 from serving import signatures
 
 
-
 def _leave_tf_keras_to_tensorflow() -> None:
   """Stops AutoGraph from rewriting tf-keras' own code on every trace.
 

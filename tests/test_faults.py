@@ -39,6 +39,10 @@ def _cli_run_args(data_dir, output_dir):
   return args
 
 
+def _sigint_as_from_a_terminal() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Run:
   """A `recsys run` process; its console lines are collected as they come."""
 
@@ -46,7 +50,10 @@ class _Run:
     self.popen = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", *args], cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        # As from a terminal: a shell starts background jobs (a CI script run
+        # with `&`) with SIGINT ignored, and the run would inherit that.
+        preexec_fn=_sigint_as_from_a_terminal)
     self.lines = []
     self._reader = threading.Thread(target=self._read, args=(log_path,), daemon=True)
     self._reader.start()
