@@ -18,7 +18,7 @@ Names and values are those of TFMA's ExampleCount, MeanLabel, MeanPrediction,
 Calibration, BinaryAccuracy, Precision, Recall and ConfusionMatrixAtThresholds,
 so readers of the evaluation (TFMA, TensorBoard, the report) see no difference.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from tensorflow_model_analysis.metrics import binary_confusion_matrices
 from tensorflow_model_analysis.metrics import calibration_histogram
@@ -42,13 +42,25 @@ def _ratio(numerator: float, denominator: float) -> float:
   return numerator / denominator if denominator else _NAN
 
 
-def _keys(names, model_name: str, output_name: str,
-          sub_key: Optional[metric_types.SubKey],
-          example_weighted: bool) -> Dict[str, metric_types.MetricKey]:
-  return {name: metric_types.MetricKey(name=name, model_name=model_name,
+def _derive(computations: metric_types.MetricComputations, names,
+            values: Callable[[Any], Dict[str, Any]], model_name: str,
+            output_name: str, sub_key: Optional[metric_types.SubKey],
+            example_weighted: bool) -> metric_types.MetricComputations:
+  """Appends the metrics `names`, computed by `values` from the last computation's result."""
+  input_key = computations[-1].keys[-1]
+  keys = {name: metric_types.MetricKey(name=name, model_name=model_name,
                                        output_name=output_name, sub_key=sub_key,
                                        example_weighted=example_weighted)
           for name in names}
+
+  def result(metrics: Dict[metric_types.MetricKey, Any]
+             ) -> Dict[metric_types.MetricKey, Any]:
+    computed = values(metrics[input_key])
+    return {key: computed[name] for name, key in keys.items()}
+
+  computations.append(metric_types.DerivedMetricComputation(
+      keys=list(keys.values()), result=result))
+  return computations
 
 
 class HistogramMeans(metric_types.Metric):
@@ -74,24 +86,18 @@ def _means(name: str = "histogram_means",
       eval_config=eval_config, model_name=model_name, output_name=output_name,
       sub_key=sub_key, aggregation_type=aggregation_type,
       class_weights=class_weights, example_weighted=example_weighted)
-  histogram_key = computations[-1].keys[-1]
-  keys = _keys((EXAMPLE_COUNT, MEAN_LABEL, MEAN_PREDICTION, CALIBRATION),
-               model_name, output_name, sub_key, example_weighted)
 
-  def result(metrics: Dict[metric_types.MetricKey, Any]
-             ) -> Dict[metric_types.MetricKey, float]:
-    buckets = metrics[histogram_key]
+  def means(buckets) -> Dict[str, float]:
     examples = sum(b.weighted_examples for b in buckets)
     labels = sum(b.weighted_labels for b in buckets)
     predictions = sum(b.weighted_predictions for b in buckets)
-    return {keys[EXAMPLE_COUNT]: examples,
-            keys[MEAN_LABEL]: _ratio(labels, examples),
-            keys[MEAN_PREDICTION]: _ratio(predictions, examples),
-            keys[CALIBRATION]: _ratio(predictions, labels)}
+    return {EXAMPLE_COUNT: examples,
+            MEAN_LABEL: _ratio(labels, examples),
+            MEAN_PREDICTION: _ratio(predictions, examples),
+            CALIBRATION: _ratio(predictions, labels)}
 
-  computations.append(metric_types.DerivedMetricComputation(
-      keys=list(keys.values()), result=result))
-  return computations
+  return _derive(computations, (EXAMPLE_COUNT, MEAN_LABEL, MEAN_PREDICTION, CALIBRATION),
+                 means, model_name, output_name, sub_key, example_weighted)
 
 
 class DecisionMetrics(metric_types.Metric):
@@ -121,20 +127,14 @@ def _decision_metrics(threshold: float,
       model_name=model_name, output_name=output_name, sub_key=sub_key,
       aggregation_type=aggregation_type, class_weights=class_weights,
       example_weighted=example_weighted)
-  matrices_key = computations[-1].keys[-1]
-  keys = _keys((BINARY_ACCURACY, PRECISION, RECALL, CONFUSION_MATRIX),
-               model_name, output_name, sub_key, example_weighted)
 
-  def result(metrics: Dict[metric_types.MetricKey, Any]
-             ) -> Dict[metric_types.MetricKey, Any]:
-    matrices = metrics[matrices_key]
+  def at_threshold(matrices) -> Dict[str, Any]:
     tp, tn = matrices.tp[0], matrices.tn[0]
     fp, fn = matrices.fp[0], matrices.fn[0]
-    return {keys[BINARY_ACCURACY]: _ratio(tp + tn, tp + tn + fp + fn),
-            keys[PRECISION]: _ratio(tp, tp + fp),
-            keys[RECALL]: _ratio(tp, tp + fn),
-            keys[CONFUSION_MATRIX]: matrices}
+    return {BINARY_ACCURACY: _ratio(tp + tn, tp + tn + fp + fn),
+            PRECISION: _ratio(tp, tp + fp),
+            RECALL: _ratio(tp, tp + fn),
+            CONFUSION_MATRIX: matrices}
 
-  computations.append(metric_types.DerivedMetricComputation(
-      keys=list(keys.values()), result=result))
-  return computations
+  return _derive(computations, (BINARY_ACCURACY, PRECISION, RECALL, CONFUSION_MATRIX),
+                 at_threshold, model_name, output_name, sub_key, example_weighted)
