@@ -1,4 +1,4 @@
-"""Training speed and quality of both models on a finished run's Transform output.
+"""Training speed and quality of both models on a finished run's examples and Transform graph.
 
 Trains each model (its `seed` or `best` preset) exactly as its Trainer does and
 writes JSON: training examples per second (epochs 2..N, training only, no
@@ -83,9 +83,10 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=42)
   parser.add_argument("--output", help="JSON file to write (default: print only)")
   args = parser.parse_args()
-  transform_dir = os.path.join(args.run_dir, "tfx", "Transform")
-  tf_transform_output = tft.TFTransformOutput(_latest(f"{transform_dir}/transform_graph/*"))
-  examples_dir = _latest(f"{transform_dir}/transformed_examples/*")
+  tfx_dir = os.path.join(args.run_dir, "tfx")
+  tf_transform_output = tft.TFTransformOutput(
+      _latest(f"{tfx_dir}/Transform/transform_graph/*"))
+  examples_dir = _latest(f"{tfx_dir}/MovieLensExampleGen/examples/*")
   splits = {s: load_split(examples_dir, s, tf_transform_output) for s in features.SPLIT_NAMES}
   num_ratings = sum(len(split[features.LABEL]) for split in splits.values())
   results = []

@@ -52,9 +52,7 @@ def _live_artifacts(config, type_name):
 
 def _latest_examples(config):
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
-  ingested = [a for a in _live_artifacts(config, "Examples")
-              if "split_counts" in a.custom_properties]  # not Transform's output
-  mlmd_artifact = max(ingested, key=lambda a: a.id)
+  mlmd_artifact = max(_live_artifacts(config, "Examples"), key=lambda a: a.id)
   examples = standard_artifacts.Examples()
   examples.set_mlmd_artifact(mlmd_artifact)
   return examples
@@ -180,27 +178,33 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
 
 
 def test_trainers_read_what_tfx_data_accessor_reads(finished_run):
-  """The Trainers' batch parser gives TFX's own reader's arrays, dtypes and order."""
+  """The Trainers' batch parser and Transform graph give what TFX's own reader and
+  the graph give, with the same dtypes and order, from ExampleGen's raw examples."""
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
   _, config, summary = finished_run
   graph = max(_live_artifacts(config, "TransformGraph"), key=lambda a: a.id)
-  transformed = max((a for a in _live_artifacts(config, "Examples")
-                     if "split_counts" not in a.custom_properties), key=lambda a: a.id)
+  # Transform writes no transformed copy of the examples; ExampleGen's are the only ones.
+  assert all("split_counts" in a.custom_properties
+             for a in _live_artifacts(config, "Examples"))
+  examples_dir = _latest_examples(config).uri
   tf_transform_output = tft.TFTransformOutput(graph.uri)
-  pattern = os.path.join(transformed.uri, "Split-eval", "*")
+  pattern = os.path.join(examples_dir, "Split-eval", "*")
   ours = training.load_examples([pattern], tf_transform_output)
+  transform = tf_transform_output.transform_features_layer()
   theirs = training.to_columns(tfxio.TFExampleRecord(
-      pattern, schema=tf_transform_output.transformed_metadata.schema,
+      pattern, schema=tf_transform_output.raw_metadata.schema,
       telemetry_descriptors=["test"]).TensorFlowDataset(
-          tfxio.TensorFlowDatasetOptions(batch_size=1000, num_epochs=1, shuffle=False)))
-  assert sorted(ours) == sorted(theirs)
+          tfxio.TensorFlowDatasetOptions(batch_size=1000, num_epochs=1, shuffle=False))
+      .map(transform))
+  assert sorted(ours) == sorted(theirs) == sorted(
+      tf_transform_output.transformed_feature_spec())
   assert len(ours[features.LABEL]) == summary.split_counts["eval"]
   for key, column in theirs.items():
     assert ours[key].dtype == column.dtype, key
     np.testing.assert_array_equal(ours[key], column, err_msg=key)
-  with pytest.raises(ValueError, match="no transformed examples match"):
-    training.load_examples([os.path.join(transformed.uri, "Split-nothing", "*")],
+  with pytest.raises(ValueError, match="no examples match"):
+    training.load_examples([os.path.join(examples_dir, "Split-nothing", "*")],
                            tf_transform_output)
 
 

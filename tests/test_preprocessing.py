@@ -6,6 +6,7 @@ from tfx.utils import proto_utils
 
 from models import features
 from models import preprocessing
+from models import training
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
 
@@ -66,7 +67,22 @@ def test_vocabularies_are_computed_on_train_only(tmp_path):
   splits = tfx.proto.SplitsConfig()
   proto_utils.json_to_proto(transform.exec_properties["splits_config"], splits)
   assert list(splits.analyze) == ["train"]
-  assert list(splits.transform) == ["train", "eval", "test"]
+  # The Trainers apply the graph to every split themselves (test below).
+  assert not splits.transform
+  assert transform.outputs.get("transformed_examples") is None
+
+
+def test_trainers_apply_the_graph_as_tf_transform_on_beam_does(transformed_1m, tmp_path):
+  """models.training.load_examples, on the raw tf.Examples of the rows that
+  tf.Transform analyzed and transformed on Beam, gives Beam's values, row for row."""
+  path = str(tmp_path / "examples.gz")
+  with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+    for serialized in transformed_1m.serialized:
+      writer.write(serialized)
+  ours = training.load_examples([path], transformed_1m.output)
+  assert sorted(ours) == sorted(transformed_1m.columns)
+  for key, beams in transformed_1m.columns.items():
+    np.testing.assert_allclose(ours[key], beams, rtol=1e-6, err_msg=key)
 
 
 def _raw_batch(rows):
