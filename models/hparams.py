@@ -86,17 +86,23 @@ _CLASSES = {"cf": CFHparams, "deepfm": DeepFMHparams}
 
 # From this many ratings on (MovieLens-1M), the `best` presets train with 4x larger
 # batches at a higher learning rate for fewer epochs, so that each Trainer stays
-# near 90 s on 2 cores. Measured on the synthetic 1M-scale release of
-# bench/pipeline_1m.py (eval AUC, bench/train_speed.py):
+# well under 90 s on 2 cores, and DeepFM's L2 penalties (on the whole weight
+# tables, so a prior whose weight against the mean loss should fall as the data
+# grows) are 10x weaker for 10x the ratings. Measured on the synthetic 1M-scale
+# release of bench/pipeline_1m.py (eval / test AUC, bench/train_speed.py):
 # - CF: batch 1024, Adam 1e-3: 0.8413 after 25 epochs (~5 s each); batch 4096,
 #   3e-3: 0.8405 after 12 epochs (~3-6 s each under load); batch 8192, 8e-3: 0.8350.
-# - DeepFM: batch 1024, 3e-3: 0.8176 after 38 epochs (~8 s each); batch 4096, 6e-3:
-#   0.7969 after 12 epochs (~4 s each), still rising.
+# - DeepFM, batch 4096, Adam 6e-3 (~4 s an epoch): L2 1e-4 (the 100K preset's)
+#   0.8129 / 0.8135 after 20 epochs, still rising (Adam 1e-2: 0.7926; batch 8192,
+#   1e-2: 0.7987; init 0.01, 17 epochs: 0.8073); L2 on embeddings only 1e-5, 17
+#   epochs: 0.8502 / 0.8496, 12 epochs: 0.8483 / 0.8479 (2.5e-5: 0.8462 / 0.8464);
+#   L2 1e-5 on embeddings and DNN, 12 epochs: 0.8547 / 0.8560 (3e-6: 0.8522 / 0.8531).
 # The `seed` presets stay the reference study's at every size.
 LARGE_DATA_MIN_RATINGS = 500_000
 LARGE_DATA_OVERRIDES = {
     "cf": {"batch_size": 4096, "learning_rate": 3e-3, "epochs": 12},
-    "deepfm": {"batch_size": 4096, "learning_rate": 6e-3, "epochs": 20},
+    "deepfm": {"batch_size": 4096, "learning_rate": 6e-3, "epochs": 12,
+               "l2_embedding": 1e-5, "l2_dnn": 1e-5},
 }
 
 

@@ -139,6 +139,9 @@ def test_best_presets_train_in_larger_batches_at_1m_scale_and_seed_presets_do_no
   assert at_1m.batch_size == hp.LARGE_DATA_OVERRIDES[model_name]["batch_size"] > \
       at_100k.batch_size
   assert at_1m.epochs < at_100k.epochs
+  if model_name == "deepfm":  # 10x the ratings, a 10x weaker prior
+    assert at_1m.l2_embedding == at_100k.l2_embedding / 10
+    assert at_1m.l2_dnn == at_100k.l2_dnn / 10
   seed_config = configs.PipelineConfig(dataset="1m", presets={"cf": "seed", "deepfm": "seed"})
   assert seed_config.hparams(model_name) == hp.preset(model_name, "seed")
   # A setting the user gives wins over the scale's.
