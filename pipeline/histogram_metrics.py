@@ -17,8 +17,13 @@ histogram instead of running combiners of their own:
 Names and values are those of TFMA's ExampleCount, MeanLabel, MeanPrediction,
 Calibration, BinaryAccuracy, Precision, Recall and ConfusionMatrixAtThresholds,
 so readers of the evaluation (TFMA, TensorBoard, the report) see no difference.
+
+Importing this module also gives that one histogram combiner a fast path for a
+binary label and one prediction per example (`_add_binary_input`).
 """
 from typing import Any, Callable, Dict, Optional
+
+import numpy as np
 
 from tensorflow_model_analysis.metrics import binary_confusion_matrices
 from tensorflow_model_analysis.metrics import calibration_histogram
@@ -138,3 +143,50 @@ def _decision_metrics(threshold: float,
 
   return _derive(computations, (BINARY_ACCURACY, PRECISION, RECALL, CONFUSION_MATRIX),
                  at_threshold, model_name, output_name, sub_key, example_weighted)
+
+
+# TFMA's own per-example step of the calibration histogram, for every input the
+# fast path below does not take.
+_generic_add_input = calibration_histogram._CalibrationHistogramCombiner.add_input  # pylint: disable=protected-access
+
+
+def _single_number(value: Any, model_name: str) -> Optional[float]:
+  """A label or prediction as a float, if it is one number (per model); else None."""
+  if isinstance(value, dict):  # keyed by model name when TFMA compares two models
+    value = value.get(model_name)
+  if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
+    return float(value.item())
+  return None
+
+
+def _add_binary_input(self, accumulator, element):
+  """The calibration histogram's add_input, fast for a 0/1 label and one prediction.
+
+  With the Evaluator's 5 slicings, TFMA calls this for every example about 6
+  times, and its generic path (metric_util.to_label_prediction_example_weight:
+  multi-class, top-k, class weights, fractional labels split into two weighted
+  rows) was a quarter of an Evaluator's time at MovieLens-1M scale. For an
+  unweighted example with a label of exactly 0 or 1 those rows add up to one:
+  (label, prediction, weight 1) in the prediction's bucket, the same sums. Any
+  other input takes TFMA's own path.
+  """
+  if (self._prediction_based_bucketing and not self._example_weighted  # pylint: disable=protected-access
+      and self._aggregation_type is None and self._class_weights is None  # pylint: disable=protected-access
+      and self._key.sub_key is None and not self._key.output_name):  # pylint: disable=protected-access
+    label = _single_number(element.label, self._key.model_name)  # pylint: disable=protected-access
+    prediction = _single_number(element.prediction, self._key.model_name)  # pylint: disable=protected-access
+    if prediction is not None and label in (0.0, 1.0):
+      bucket_index = self._bucket_index(prediction)  # pylint: disable=protected-access
+      bucket = accumulator.get(bucket_index)
+      if bucket is None:
+        accumulator[bucket_index] = calibration_histogram.Bucket(
+            bucket_index, label, prediction, 1.0)
+      else:
+        bucket.weighted_labels += label
+        bucket.weighted_predictions += prediction
+        bucket.weighted_examples += 1.0
+      return accumulator
+  return _generic_add_input(self, accumulator, element)
+
+
+calibration_histogram._CalibrationHistogramCombiner.add_input = _add_binary_input  # pylint: disable=protected-access

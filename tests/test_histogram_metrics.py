@@ -102,3 +102,48 @@ def test_the_evaluator_config_runs_one_combiner_per_model_and_slice():
   assert "_calibration_histogram" in combiners[0].keys[0].name
   derived = {key.name for c in computations for key in c.keys}
   assert set(evaluation.REPORTED_METRICS) <= derived
+
+
+def _histogram_combiner(model_name: str = ""):
+  from tensorflow_model_analysis.metrics import calibration_histogram  # pylint: disable=g-import-not-at-top
+  return calibration_histogram.calibration_histogram(
+      model_name=model_name, example_weighted=False)[0].combiner
+
+
+def _inputs(label, prediction, example_weight=None):
+  from tensorflow_model_analysis.metrics import metric_types  # pylint: disable=g-import-not-at-top
+  return metric_types.StandardMetricInputs(labels=label, predictions=prediction,
+                                           example_weights=example_weight)
+
+
+def _histogram(combiner, add_input, elements):
+  accumulator = combiner.create_accumulator()
+  for element in elements:
+    accumulator = add_input(combiner, accumulator, element)
+  return {index: (b.weighted_labels, b.weighted_predictions, b.weighted_examples)
+          for index, b in sorted(accumulator.items())}
+
+
+@pytest.mark.parametrize("model_name,wrap", [
+    ("", lambda value: value),
+    ("candidate", lambda value: {"candidate": value, "baseline": value * 0.5})])
+def test_fast_histogram_path_adds_what_tfma_generic_path_adds(model_name, wrap):
+  """The fast path for 0/1 labels, and TFMA's own for anything else (a fractional
+  label, several predictions), give the same buckets as TFMA's generic path alone."""
+  rng = np.random.default_rng(3)
+  elements = [_inputs(np.array([label]), wrap(np.array([prediction], np.float32)))
+              for label, prediction in zip(rng.integers(0, 2, 500), rng.uniform(0, 1, 500))]
+  elements += [_inputs(np.array([0.25]), wrap(np.array([0.7], np.float32))),
+               _inputs(np.array([1]), wrap(np.array([0.2, 0.9], np.float32))),
+               _inputs(np.array([1.0]), wrap(np.array([1.0], np.float32)))]
+  combiner = _histogram_combiner(model_name)
+  fast = _histogram(combiner, hm._add_binary_input, elements)  # pylint: disable=protected-access
+  generic = _histogram(combiner, hm._generic_add_input, elements)  # pylint: disable=protected-access
+  assert fast == generic
+  assert sum(examples for _, _, examples in fast.values()) == len(elements) + 1
+
+
+def test_the_fast_path_is_what_tfma_runs_once_the_module_is_loaded():
+  from tensorflow_model_analysis.metrics import calibration_histogram  # pylint: disable=g-import-not-at-top
+  assert (calibration_histogram._CalibrationHistogramCombiner.add_input  # pylint: disable=protected-access
+          is hm._add_binary_input)  # pylint: disable=protected-access
