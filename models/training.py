@@ -2,8 +2,9 @@
 
 Each split's raw examples go through the Transform graph once, into memory (a
 few dozen MB at MovieLens-1M), and every epoch is fed from there, shuffled, so no
-epoch re-parses tf.Examples. TensorBoard logs go to the Trainer's model_run_dir. The model is built
-and trained inside the tf.distribute strategy the run chose (`distribution`).
+epoch re-parses tf.Examples. TensorBoard logs go to the Trainer's model_run_dir.
+The model is built and trained inside the tf.distribute strategy the run chose
+(`distribution`).
 """
 import contextlib
 import functools

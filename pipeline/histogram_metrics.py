@@ -147,7 +147,8 @@ def _decision_metrics(threshold: float,
 
 # TFMA's own per-example step of the calibration histogram, for every input the
 # fast path below does not take.
-_generic_add_input = calibration_histogram._CalibrationHistogramCombiner.add_input  # pylint: disable=protected-access
+# pylint: disable=protected-access
+_generic_add_input = calibration_histogram._CalibrationHistogramCombiner.add_input
 
 
 def _single_number(value: Any, model_name: str) -> Optional[float]:
@@ -170,13 +171,14 @@ def _add_binary_input(self, accumulator, element):
   (label, prediction, weight 1) in the prediction's bucket, the same sums. Any
   other input takes TFMA's own path.
   """
-  if (self._prediction_based_bucketing and not self._example_weighted  # pylint: disable=protected-access
-      and self._aggregation_type is None and self._class_weights is None  # pylint: disable=protected-access
-      and self._key.sub_key is None and not self._key.output_name):  # pylint: disable=protected-access
-    label = _single_number(element.label, self._key.model_name)  # pylint: disable=protected-access
-    prediction = _single_number(element.prediction, self._key.model_name)  # pylint: disable=protected-access
+  key = self._key
+  if (self._prediction_based_bucketing and not self._example_weighted
+      and self._aggregation_type is None and self._class_weights is None
+      and key.sub_key is None and not key.output_name):
+    label = _single_number(element.label, key.model_name)
+    prediction = _single_number(element.prediction, key.model_name)
     if prediction is not None and label in (0.0, 1.0):
-      bucket_index = self._bucket_index(prediction)  # pylint: disable=protected-access
+      bucket_index = self._bucket_index(prediction)
       bucket = accumulator.get(bucket_index)
       if bucket is None:
         accumulator[bucket_index] = calibration_histogram.Bucket(
@@ -189,4 +191,5 @@ def _add_binary_input(self, accumulator, element):
   return _generic_add_input(self, accumulator, element)
 
 
-calibration_histogram._CalibrationHistogramCombiner.add_input = _add_binary_input  # pylint: disable=protected-access
+calibration_histogram._CalibrationHistogramCombiner.add_input = _add_binary_input
+# pylint: enable=protected-access
