@@ -165,8 +165,14 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
   #    the first during Transform.
   first = start_run(args, tmp_path / "run-1.log")
   first.wait_for(r"stage \d+/\d+: MovieLensExampleGen running")
-  second = start_run(args, tmp_path / "run-concurrent.log")
-  assert second.finish(timeout=300) == 1
+  # Paused (SIGSTOP) while the second run starts and is refused, so that the first
+  # is still before Transform afterwards however long the second takes to start.
+  first.popen.send_signal(signal.SIGSTOP)
+  try:
+    second = start_run(args, tmp_path / "run-concurrent.log")
+    assert second.finish(timeout=300) == 1
+  finally:
+    first.popen.send_signal(signal.SIGCONT)
   assert re.search(rf"^error: {re.escape(str(tmp_path / 'run'))} is in use by another run "
                    rf"\(pid {first.popen.pid}, started [-0-9T:+]+\); wait for it to finish",
                    second.output, re.MULTILINE), second.output[-2000:]
