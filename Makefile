@@ -89,7 +89,7 @@ bench-serving: $(STAMP)
 	$(VENV)/bin/python bench/serving_speed.py $(RUN_DIR) --output bench/results/serving_speed.json
 
 # Training speed and AUC of both presets of both models, on a finished run's
-# Transform output (e.g. make bench-train DATASET=100k).
+# examples and Transform graph (e.g. make bench-train DATASET=100k).
 bench-train: $(STAMP)
 	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json
