@@ -83,10 +83,11 @@ def id_statistics(key: str, ids: tf.Tensor, labels: tf.Tensor,
 def preprocessing_fn(inputs):
   """tf.Transform's entry point: raw feature dict -> transformed feature dict."""
   outputs = {}
-  for key in features.VOCAB_FEATURES:
+  raw_ids = {key: _as_strings(tf.squeeze(inputs[key], axis=1))
+             for key in features.VOCAB_FEATURES}
+  for key, ids in raw_ids.items():
     outputs[features.transformed_name(key)] = tft.compute_and_apply_vocabulary(
-        _as_strings(tf.squeeze(inputs[key], axis=1)),
-        num_oov_buckets=features.NUM_OOV_BUCKETS,
+        ids, num_oov_buckets=features.NUM_OOV_BUCKETS,
         vocab_filename=vocabulary_name(key))
   outputs[features.transformed_name(features.MOVIE_DECADE)] = (
       tft.compute_and_apply_vocabulary(
@@ -103,8 +104,7 @@ def preprocessing_fn(inputs):
     outputs[features.LABEL] = labels
     global_like_rate = tft.mean(labels)
     for key, rate_key, count_key in features.ID_STATISTICS:
-      rate, count = id_statistics(key, _as_strings(tf.squeeze(inputs[key], axis=1)),
-                                  labels, global_like_rate)
+      rate, count = id_statistics(key, raw_ids[key], labels, global_like_rate)
       outputs[features.transformed_name(rate_key)] = rate
       outputs[features.transformed_name(count_key)] = count
   if features.USER_RATING in inputs:  # a training target only, never a model input

@@ -110,10 +110,9 @@ def _histogram_combiner(model_name: str = ""):
       model_name=model_name, example_weighted=False)[0].combiner
 
 
-def _inputs(label, prediction, example_weight=None):
+def _inputs(label, prediction):
   from tensorflow_model_analysis.metrics import metric_types  # pylint: disable=g-import-not-at-top
-  return metric_types.StandardMetricInputs(labels=label, predictions=prediction,
-                                           example_weights=example_weight)
+  return metric_types.StandardMetricInputs(labels=label, predictions=prediction)
 
 
 def _histogram(combiner, add_input, elements):
