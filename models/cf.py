@@ -12,7 +12,7 @@ USER = features.transformed_name(features.USER_ID)
 MOVIE = features.transformed_name(features.MOVIE_ID)
 
 
-class CollaborativeFiltering(tfrs.Model):
+class CollaborativeFiltering(training.ChunkedTrainStep, tfrs.Model):
   """Ranking model: the probability that a user likes a movie, from their embeddings.
 
   With `scoring="cosine"` (the reference study's model) the probability is

@@ -68,7 +68,7 @@ def _dnn(units: Sequence[int], dropout: float, l2: float) -> tf.keras.Sequential
   return tf.keras.Sequential(layers, name="dnn")
 
 
-class DeepFM(tfrs.Model):
+class DeepFM(training_lib.ChunkedTrainStep, tfrs.Model):
   """Ranking model: P(like) = sigmoid(linear + FM + DNN) over user, movie and their side features.
 
   The FM's first-order term has its own one-dimensional embeddings; the FM's

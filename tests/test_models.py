@@ -181,9 +181,42 @@ def test_training_batches_cover_every_row_once_per_epoch_in_a_new_order():
   for rows in epochs:
     assert sorted(rows) == list(range(10))
   assert list(epochs[0]) != list(epochs[1])
+  # Drawn from the seed: a new dataset with the same seed repeats the epochs.
+  again = training.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
+  assert list(np.concatenate([batch[features.transformed_name(features.USER_ID)].numpy()
+                              for batch, _ in again])) == list(epochs[0])
   # Autotuning made deleting an epoch's iterator wait for its model thread (up to
   # a minute at the end of a long `fit`).
   assert dataset.options().autotune.enabled is False
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_a_chunked_step_makes_the_updates_of_its_batches_one_by_one(model_name,
+                                                                  transformed_1m):
+  columns = {k: v[:1000] for k, v in transformed_1m.columns.items()}
+  in_order = dict(shuffle=False, seed=0)
+  module, _ = MODELS[model_name]
+  # In float32 (bfloat16 rounding differs between the two graphs), to float rounding.
+  hparams = _small(model_name)
+  if model_name == "deepfm":
+    hparams = dataclasses.replace(hparams, mixed_precision="off")
+
+  def build():
+    tf.keras.utils.set_random_seed(0)
+    return module.build(training.vocabulary_sizes(transformed_1m.output), hparams)
+
+  one_by_one = build()
+  one_by_one.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  one_by_one.fit(training.make_dataset(columns, 64, **in_order), verbose=0)
+  chunked = build()
+  chunked.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  chunked.train_batch_size = 64
+  # 1000 rows: chunks of 256 rows, the last one (232 rows) ending in a part batch.
+  chunked.fit(training.make_dataset(columns, 256, **in_order), verbose=0)
+  assert one_by_one.optimizer.iterations.numpy() == 16
+  assert chunked.optimizer.iterations.numpy() == 16
+  for expected, actual in zip(one_by_one.trainable_variables, chunked.trainable_variables):
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_autograph_leaves_tf_keras_code_alone_but_converts_our_layers():
