@@ -196,7 +196,7 @@ def test_a_chunked_step_makes_the_updates_of_its_batches_one_by_one(model_name,
   columns = {k: v[:1000] for k, v in transformed_1m.columns.items()}
   in_order = dict(shuffle=False, seed=0)
   module, _ = MODELS[model_name]
-  # In float32 (bfloat16 rounding differs between the two graphs), to float rounding.
+  # Equal up to float rounding, in float32: bfloat16 rounds differently in the two graphs.
   hparams = _small(model_name)
   if model_name == "deepfm":
     hparams = dataclasses.replace(hparams, mixed_precision="off")
