@@ -95,17 +95,17 @@ bench-train: $(STAMP)
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset best --output bench/results/train_speed_best.json
 
-# DeepCTR's DeepFM (the reference) at batch 1024 on real MovieLens-100K, in its own venv.
+# DeepCTR's DeepFM (the reference, in its own venv) against ours at batch 1024 on real
+# MovieLens-100K: interleaved runs, on a finished run (make run DATASET=100k ...).
 DEEPCTR_VENV := .tools/deepctr
 MOVIELENS_100K ?= ../shared/data/movielens/ml-100k
-bench-deepctr: | $(UV)
+bench-deepctr: $(STAMP) | $(UV)
+	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
 	test -x $(DEEPCTR_VENV)/bin/python || { $(UV) venv --python $(PYTHON_VERSION) $(DEEPCTR_VENV) && \
 	  $(UV) pip install --python $(DEEPCTR_VENV)/bin/python tensorflow==2.10.1 "numpy<1.24" \
 	    deepctr==0.9.3 scikit-learn pandas; }
-	mkdir -p bench/results
-	TF_CPP_MIN_LOG_LEVEL=2 $(DEEPCTR_VENV)/bin/python bench/deepctr_speed.py $(MOVIELENS_100K) 1024 \
-	  | tail -1 > bench/results/deepctr_speed_1024.json
-	cat bench/results/deepctr_speed_1024.json
+	$(VENV)/bin/python bench/deepfm_vs_deepctr.py $(RUN_DIR) --movielens-dir $(MOVIELENS_100K) \
+	  --deepctr-python $(DEEPCTR_VENV)/bin/python --output bench/results/deepfm_vs_deepctr.json
 
 clean:
 	rm -rf $(VENV) .tools
