@@ -88,10 +88,13 @@ bench-serving: $(STAMP)
 	@test -d $(RUN_DIR)/serving || { echo "no pushed models in $(RUN_DIR)/serving: make run first"; exit 1; }
 	$(VENV)/bin/python bench/serving_speed.py $(RUN_DIR) --output bench/results/serving_speed.json
 
+# Stops a benchmark's recipe unless RUN_DIR holds a finished run to read.
+NEED_FINISHED_RUN = @test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
+
 # Training speed and AUC of both presets of both models, on a finished run's
 # examples and Transform graph (e.g. make bench-train DATASET=100k).
 bench-train: $(STAMP)
-	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
+	$(NEED_FINISHED_RUN)
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json
 	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset best --output bench/results/train_speed_best.json
 
@@ -100,7 +103,7 @@ bench-train: $(STAMP)
 DEEPCTR_VENV := .tools/deepctr
 MOVIELENS_100K ?= ../shared/data/movielens/ml-100k
 bench-deepctr: $(STAMP) | $(UV)
-	@test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
+	$(NEED_FINISHED_RUN)
 	test -x $(DEEPCTR_VENV)/bin/python || { $(UV) venv --python $(PYTHON_VERSION) $(DEEPCTR_VENV) && \
 	  $(UV) pip install --python $(DEEPCTR_VENV)/bin/python tensorflow==2.10.1 "numpy<1.24" \
 	    deepctr==0.9.3 scikit-learn pandas; }

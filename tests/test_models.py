@@ -19,10 +19,10 @@ def _small(model_name, preset="best"):
   return dataclasses.replace(hp.preset(model_name, preset), epochs=2)
 
 
-def _build(model_name, transformed, preset="best"):
+def _build(model_name, transformed, preset="best", **overrides):
   module, _ = MODELS[model_name]
   tf.keras.utils.set_random_seed(0)
-  hparams = _small(model_name, preset)
+  hparams = dataclasses.replace(_small(model_name, preset), **overrides)
   with training.precision_policy(training.uses_bfloat16(hparams)):
     return module.build(training.vocabulary_sizes(transformed.output), hparams)
 
@@ -195,20 +195,12 @@ def test_a_chunked_step_makes_the_updates_of_its_batches_one_by_one(model_name,
                                                                   transformed_1m):
   columns = {k: v[:1000] for k, v in transformed_1m.columns.items()}
   in_order = dict(shuffle=False, seed=0)
-  module, _ = MODELS[model_name]
   # Equal up to float rounding, in float32: bfloat16 rounds differently in the two graphs.
-  hparams = _small(model_name)
-  if model_name == "deepfm":
-    hparams = dataclasses.replace(hparams, mixed_precision="off")
-
-  def build():
-    tf.keras.utils.set_random_seed(0)
-    return module.build(training.vocabulary_sizes(transformed_1m.output), hparams)
-
-  one_by_one = build()
+  float32 = {"mixed_precision": "off"} if model_name == "deepfm" else {}
+  one_by_one = _build(model_name, transformed_1m, **float32)
   one_by_one.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   one_by_one.fit(training.make_dataset(columns, 64, **in_order), verbose=0)
-  chunked = build()
+  chunked = _build(model_name, transformed_1m, **float32)
   chunked.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   chunked.train_batch_size = 64
   # 1000 rows: chunks of 256 rows, the last one (232 rows) ending in a part batch.
