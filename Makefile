@@ -92,11 +92,13 @@ bench-serving: $(STAMP)
 NEED_FINISHED_RUN = @test -d $(RUN_DIR)/tfx/Transform || { echo "no finished run in $(RUN_DIR): make run DATASET=100k DATA_DIR=..."; exit 1; }
 
 # Training speed and AUC of both presets of both models, on a finished run's
-# examples and Transform graph (e.g. make bench-train DATASET=100k).
+# examples and Transform graph (e.g. make bench-train DATASET=100k), once per
+# training seed: AUC as the mean and range over SEEDS.
+SEEDS ?= 42,1,2,3,4
 bench-train: $(STAMP)
 	$(NEED_FINISHED_RUN)
-	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --output bench/results/train_speed_seed.json
-	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset best --output bench/results/train_speed_best.json
+	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset seed --seeds $(SEEDS) --output bench/results/train_speed_seed.json
+	$(VENV)/bin/python bench/train_speed.py $(RUN_DIR) --preset best --seeds $(SEEDS) --output bench/results/train_speed_best.json
 
 # DeepCTR's DeepFM (the reference, in its own venv) against ours at batch 1024 on real
 # MovieLens-100K: interleaved runs, on a finished run (make run DATASET=100k ...).
