@@ -14,6 +14,7 @@ from tensorflow_model_analysis.writers import eval_config_writer
 
 from models import training
 from pipeline import evaluation
+from pipeline import histogram_metrics as hm
 
 _CANDIDATE = ("", "candidate")  # TFMA names the models once a baseline exists
 _BASELINE = "baseline"
@@ -31,6 +32,20 @@ class ConfusionPoint:
   true_negatives: float
   false_negatives: float
 
+  @classmethod
+  def from_proto(cls, matrix) -> "ConfusionPoint":
+    return cls(matrix.threshold, matrix.true_positives, matrix.false_positives,
+               matrix.true_negatives, matrix.false_negatives)
+
+  def counts(self) -> Dict[str, int]:
+    """The four cells as whole numbers of examples (the Evaluator weighs none)."""
+    return {name: int(round(getattr(self, name))) for name in CONFUSION_CELLS}
+
+
+# The confusion matrix's cells, in the order reports show them.
+CONFUSION_CELLS = ("true_positives", "false_positives", "true_negatives",
+                   "false_negatives")
+
 
 @dataclasses.dataclass
 class ModelResults:
@@ -38,6 +53,7 @@ class ModelResults:
   metrics: Dict[str, float]  # overall, REPORTED_METRICS order
   slice_metrics: Dict[str, Dict[str, Dict[str, float]]]  # feature -> value -> auc, count
   curve: List[ConfusionPoint]  # overall, thresholds ascending
+  decision: Optional[ConfusionPoint]  # overall, at evaluation.DECISION_THRESHOLD
   blessed: bool
   reason: str
   baseline_auc: Optional[float]
@@ -64,6 +80,9 @@ class ModelResults:
             "blessed": self.blessed, "blessing_reason": self.reason,
             "baseline_auc": self.baseline_auc,
             "epochs": self.epochs,
+            "confusion_matrix": ({"threshold": self.decision.threshold,
+                                  **self.decision.counts()}
+                                 if self.decision else None),
             "slices": self.slice_metrics}
 
 
@@ -97,6 +116,16 @@ def _metric_values(metrics_for_slice, model_names) -> Dict[str, float]:
   return values
 
 
+def _decision_matrix(metrics_for_slice) -> Optional[ConfusionPoint]:
+  """The candidate's confusion matrix at the decision threshold, if TFMA wrote it."""
+  for entry in metrics_for_slice.metric_keys_and_values:
+    key = entry.key
+    if (key.name == hm.CONFUSION_MATRIX and key.model_name in _CANDIDATE
+        and not key.is_diff and entry.value.HasField("confusion_matrix_at_thresholds")):
+      return ConfusionPoint.from_proto(entry.value.confusion_matrix_at_thresholds.matrices[0])
+  return None
+
+
 def _auc_failure_reason(validation, auc_floor: float) -> str:
   reasons = []
   for per_slice in validation.metric_validations_per_slice:
@@ -127,13 +156,14 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
   plots_by_slice = _read(tfma.load_plots, evaluation_uri, "plots")
   validation = tfma.load_validation_result(evaluation_uri)
 
-  overall, baseline, slices, curve = {}, {}, {}, []
+  overall, baseline, slices, curve, decision = {}, {}, {}, [], None
   for metrics_for_slice in metrics_by_slice:
     name = _slice_name(metrics_for_slice.slice_key)
     values = _metric_values(metrics_for_slice, _CANDIDATE)
     if name is None:
       overall = values
       baseline = _metric_values(metrics_for_slice, (_BASELINE,))
+      decision = _decision_matrix(metrics_for_slice)
     elif evaluation.AUC in values:
       feature, value = name
       slices.setdefault(feature, {})[value] = {
@@ -147,9 +177,8 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
     for entry in plots_for_slice.plot_keys_and_values:
       if entry.key.model_name in _CANDIDATE and entry.value.HasField(
           "confusion_matrix_at_thresholds"):
-        curve = sorted((ConfusionPoint(m.threshold, m.true_positives, m.false_positives,
-                                       m.true_negatives, m.false_negatives)
-                        for m in entry.value.confusion_matrix_at_thresholds.matrices),
+        curve = sorted(map(ConfusionPoint.from_proto,
+                           entry.value.confusion_matrix_at_thresholds.matrices),
                        key=lambda p: p.threshold)
 
   auc = overall[evaluation.AUC]
@@ -174,7 +203,7 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
   return ModelResults(
       metrics=metrics,
       slice_metrics={f: dict(sorted(v.items())) for f, v in sorted(slices.items())},
-      curve=curve, blessed=blessed, reason=reason,
+      curve=curve, decision=decision, blessed=blessed, reason=reason,
       baseline_auc=round(baseline_auc, 4) if baseline_auc is not None else None,
       history=history, evaluation_uri=evaluation_uri, model_run_uri=model_run_uri)
 

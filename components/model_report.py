@@ -2,8 +2,8 @@
 
 Reads each Evaluator's TFMA output (metrics, plots, blessing) and each Trainer's
 history, and writes into its artifact:
-- metrics.json: per model, the overall test metrics (auc first), AUC per slice,
-  and whether it was blessed, with the reason;
+- metrics.json: per model, the overall test metrics (auc first), the confusion
+  matrix at 0.5, AUC per slice, and whether it was blessed, with the reason;
 - report.md: the side-by-side table, the reference study's numbers, AUC by slice;
 - roc.png, training_curves.png, auc_by_slice.png;
 - tensorboard/<model>/: the evaluation as TensorBoard scalars, PR curves and a
@@ -12,7 +12,7 @@ The run copies all but tensorboard/ to `<output_dir>/report/`.
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 from tfx import types
@@ -31,7 +31,7 @@ METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"
 TENSORBOARD_DIR = "tensorboard"
 # Bumped when metrics.json changes shape; `recsys report` refuses other versions.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MODEL_TITLES = {"cf": "CF (TFRS)", "deepfm": "DeepFM (Keras)"}
 # The study this project grew from: test AUC on MovieLens-1M, with its own splits.
 REFERENCE_AUC = {"cf": 0.81, "deepfm": 0.82}
@@ -57,11 +57,22 @@ def build_report(results: Dict[str, evaluation_results.ModelResults]) -> Dict:
           "models": {name: r.to_json() for name, r in results.items()}}
 
 
-def _cell(metric: str, value) -> str:
-  """A metric as the tables show it: counts with separators, the rest to 4 places."""
+def _cell(value) -> str:
+  """A value as the tables show it: counts with separators, the rest to 4 places."""
   if value is None:
     return "-"
-  return f"{value:,}" if metric == "example_count" else f"{value:.4f}"
+  return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def _rows(models: Dict, names: List[str]) -> List[Tuple[str, List[str]]]:
+  """(label, one cell per model): the reported metrics, then the confusion matrix."""
+  rows = [(metric, [_cell(models[n].get(metric)) for n in names])
+          for metric in evaluation.REPORTED_METRICS]
+  for cell in evaluation_results.CONFUSION_CELLS:
+    rows.append((f"{cell} @{evaluation.DECISION_THRESHOLD:g}",
+                 [_cell((models[n].get("confusion_matrix") or {}).get(cell))
+                  for n in names]))
+  return rows
 
 
 def comparison_table(report: Dict) -> str:
@@ -71,9 +82,8 @@ def comparison_table(report: Dict) -> str:
   width = max(14, *(len(MODEL_TITLES.get(n, n)) + 2 for n in names))
   lines = [f"{'test split':<22}" + "".join(f"{MODEL_TITLES.get(n, n):>{width}}"
                                            for n in names)]
-  for metric in evaluation.REPORTED_METRICS:
-    lines.append(f"{metric:<22}" + "".join(
-        f"{_cell(metric, models[n].get(metric)):>{width}}" for n in names))
+  for label, cells in _rows(models, names):
+    lines.append(f"{label:<22}" + "".join(f"{cell:>{width}}" for cell in cells))
   lines.append(f"{'blessed':<22}" + "".join(
       f"{'yes' if models[n]['blessed'] else 'NO':>{width}}" for n in names))
   lines.append(f"{'reference auc (1M)':<22}" + "".join(
@@ -89,10 +99,7 @@ def _markdown(report: Dict) -> str:
   names = list(models)
   header = "| | " + " | ".join(MODEL_TITLES.get(n, n) for n in names) + " |"
   rule = "|---|" + "---:|" * len(names)
-  rows = []
-  for metric in evaluation.REPORTED_METRICS:
-    rows.append(f"| {metric} | " + " | ".join(_cell(metric, models[n].get(metric))
-                                              for n in names) + " |")
+  rows = [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _rows(models, names)]
   rows.append("| blessed | " + " | ".join(
       "yes" if models[n]["blessed"] else "**no**" for n in names) + " |")
   rows.append("| reference study's test AUC, MovieLens-1M (not this data or split) | "

@@ -1,6 +1,7 @@
 """A model's evaluation as TensorBoard summaries, beside the Trainers' curves.
 
-Per model: every overall test metric as a scalar (`test/<metric>`), AUC and
+Per model: every overall test metric as a scalar (`test/<metric>`), the
+confusion matrix at the decision threshold (`test/true_positives@0.5`...), AUC and
 example count per slice (`test_slices/<feature>/<value>/auc`), the precision-
 recall curve from TFMA's confusion matrices, and a Fairness Indicators summary
 pointing the plugin at the Evaluator's output. Scalars are logged at the model's
@@ -46,6 +47,9 @@ def write(results, logdir: str, slice_label: Callable[[str, str], str]) -> None:
       tf.summary.scalar(f"test/{name}", value, step=step)
     tf.summary.scalar("test/blessed", float(results.blessed), step=step,
                       description=results.reason)
+    if results.decision is not None:
+      for cell, count in results.decision.counts().items():
+        tf.summary.scalar(f"test/{cell}@{evaluation.DECISION_THRESHOLD:g}", count, step=step)
     for feature, slices in results.slice_metrics.items():
       for value, metrics in slices.items():
         label = slice_label(feature, value).replace("=", "/")
