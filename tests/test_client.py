@@ -2,14 +2,17 @@
 
 The TF Serving binary cannot be installed on these machines, so the client talks
 to tests/tf_serving_double.py, an in-process stand-in that serves the same model
-base path layout over TF Serving's documented REST and gRPC APIs. Set
-TF_SERVING_URL to also run the last test against a real `tensorflow_model_server`.
+base path layout over TF Serving's documented REST and gRPC APIs. With
+`tensorflow_model_server` on PATH, or TF_SERVING_URL set, `test_real_tf_serving`
+also runs against the real server.
 """
 import contextlib
 import json
 import os
+import pathlib
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components import pusher
 from models import features
 from serving import client as serving_client
 from serving import signatures
@@ -333,21 +337,101 @@ def test_double_serves_the_highest_version_and_reports_status(model_base, tmp_pa
 
 # A real TF Serving, when there is one.
 
+_TF_SERVING_BINARY = shutil.which("tensorflow_model_server")
+_NO_TF_SERVING = (
+    "no real TF Serving: the tensorflow_model_server binary cannot be installed on "
+    "these machines. Put it on PATH (the test then serves the exported models itself) "
+    "or set TF_SERVING_URL (http://host:8501 or grpc://host:8500) to a server of a "
+    "run's models.config")
 
-@pytest.mark.skipif(not os.environ.get("TF_SERVING_URL"), reason=(
-    "the TF Serving binary cannot be installed on these machines; set TF_SERVING_URL "
-    "(e.g. http://host:8501 or grpc://host:8500) and TF_SERVING_MODEL (default cf) "
-    "to run this against a real tensorflow_model_server"))
-def test_real_tf_serving():
-  url = os.environ["TF_SERVING_URL"]
-  model = os.environ.get("TF_SERVING_MODEL", CF_MODEL)
-  with _client(url, model) as client:
-    probabilities = client.predict_batch([{"user_id": "1", "movie_id": "1193"},
-                                          {"user_id": "1", "movie_id": "661"}])
-    assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
-  with _client(url, "no_such_model") as client:
-    with pytest.raises(ServingError, match="not found"):
-      client.predict("1", "1193")
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _wait_until_available(rest_url, models, process, log_path, seconds=180):
+  """Polls TF Serving's model status API until every model has an AVAILABLE version."""
+  deadline = time.monotonic() + seconds
+  waiting = list(models)
+  while waiting:
+    if process.poll() is not None:
+      pytest.fail(f"tensorflow_model_server exited ({process.returncode}): "
+                  f"{pathlib.Path(log_path).read_text()[-3000:]}")
+    try:
+      with urllib.request.urlopen(f"{rest_url}/v1/models/{waiting[0]}", timeout=5) as r:
+        states = {v["state"] for v in json.load(r)["model_version_status"]}
+      if "AVAILABLE" in states:
+        waiting.pop(0)
+        continue
+    except (OSError, ValueError, KeyError):
+      pass  # not listening yet, or the model still loading
+    if time.monotonic() > deadline:
+      pytest.fail(f"{waiting} not AVAILABLE after {seconds} s: "
+                  f"{pathlib.Path(log_path).read_text()[-3000:]}")
+    time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def real_tf_serving(request, tmp_path_factory):
+  """(URLs, local models or None) of a real TF Serving.
+
+  TF_SERVING_URL's server, whose models this test cannot see; or, with the binary on
+  PATH, one started here on both exported models through a models.config as the
+  Pusher writes it, over REST and gRPC.
+  """
+  if os.environ.get("TF_SERVING_URL"):
+    yield [os.environ["TF_SERVING_URL"]], None
+    return
+  if _TF_SERVING_BINARY is None:
+    pytest.skip(_NO_TF_SERVING)
+  exported_models = request.getfixturevalue("exported_models")  # only when needed
+  base = tmp_path_factory.mktemp("tf-serving")
+  for model in ("cf", "deepfm"):
+    shutil.copytree(exported_models / model, base / model)
+  config = base / pusher.MODELS_CONFIG_FILE
+  config.write_text(pusher.models_config(str(base), base_dir=str(base)))
+  rest_port, grpc_port = _free_port(), _free_port()
+  log_path = base / "tensorflow_model_server.log"
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        [_TF_SERVING_BINARY, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+         f"--model_config_file={config}"], stdout=log, stderr=subprocess.STDOUT)
+  try:
+    rest_url = f"http://127.0.0.1:{rest_port}"
+    _wait_until_available(rest_url, ("cf", "deepfm"), process, log_path)
+    local = {model: tf.saved_model.load(str(base / model / "1"))
+             for model in ("cf", "deepfm")}
+    yield [rest_url, f"grpc://127.0.0.1:{grpc_port}"], local
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_real_tf_serving(real_tf_serving, transformed_1m):
+  urls, local = real_tf_serving
+  rows = _raw_rows(transformed_1m, slice(0, 32))
+  user = rows[0]["user_id"]
+  for url in urls:
+    for model in ("cf", "deepfm"):
+      with _client(url, model) as client:
+        probabilities = client.predict_batch(rows)
+        top = client.recommend(user, 10)
+      assert len(probabilities) == len(rows) and all(0 <= p <= 1 for p in probabilities)
+      assert len(top) == 10
+      if local is not None:  # the served answers are the SavedModel's own
+        signatures = local[model].signatures
+        expected = signatures["predict"](
+            user_id=tf.constant([r["user_id"] for r in rows]),
+            movie_id=tf.constant([r["movie_id"] for r in rows]))["like_probability"]
+        np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-6)
+        expected_top = signatures["recommend"](user_id=tf.constant([user]),
+                                               k=tf.constant(10))["movie_ids"].numpy()[0]
+        assert [movie for movie, _ in top] == [m.decode() for m in expected_top]
+    with _client(url, "no_such_model") as client:
+      with pytest.raises(ServingError, match="not found"):
+        client.predict("1", "1193")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
