@@ -8,6 +8,7 @@ import os
 from typing import List
 
 from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
@@ -37,8 +38,13 @@ def describe_anomalies(anomalies: standard_artifacts.ExampleAnomalies) -> List[s
 
 
 @component
-def AnomaliesGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]):
-  """Raises DataValidationError when any split has an anomaly; passes otherwise."""
+def AnomaliesGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+                  code_fingerprint: Parameter[str]):
+  """Raises DataValidationError when any split has an anomaly; passes otherwise.
+
+  `code_fingerprint` (pipeline.code_fingerprint) only keys the cache.
+  """
+  del code_fingerprint
   problems = describe_anomalies(anomalies)
   if problems:
     raise DataValidationError(

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tfx import types
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.annotations import OutputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
@@ -180,8 +181,14 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
                 deepfm_evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
                 deepfm_blessing: InputArtifact[standard_artifacts.ModelBlessing],
                 deepfm_model_run: InputArtifact[standard_artifacts.ModelRun],
-                report: OutputArtifact[ReportArtifact]):
-  """Writes the side-by-side report of both models' evaluations."""
+                report: OutputArtifact[ReportArtifact],
+                code_fingerprint: Parameter[str]):
+  """Writes the side-by-side report of both models' evaluations.
+
+  `code_fingerprint` (pipeline.code_fingerprint) only keys the cache, so a report
+  written by other code is never reused.
+  """
+  del code_fingerprint
   inputs = {"cf": (cf_evaluation, cf_blessing, cf_model_run),
             "deepfm": (deepfm_evaluation, deepfm_blessing, deepfm_model_run)}
   results = {

@@ -387,7 +387,8 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   """The body of both models' `run_fn`: read, train, log, export.
 
   `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
-  str}; the pipeline fills it from `models.hparams` and the run's settings.
+  str}; the pipeline fills it from `models.hparams` and the run's settings, and
+  adds "code_fingerprint", which only keys the cache.
   """
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])

@@ -6,9 +6,12 @@ would call it. It is blessed when its AUC clears a floor and, once a model of
 the same kind has been blessed before, when it is not worse than that model by
 more than a tolerance.
 """
+import json
+
 import tensorflow_model_analysis as tfma
 
 from models import features
+from pipeline import code_fingerprint
 from pipeline import histogram_metrics as hm
 from serving import contract
 
@@ -37,6 +40,9 @@ def _auc_threshold(auc_floor: float, max_auc_drop: float) -> tfma.MetricThreshol
 def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
   """The Evaluator's config: metrics, plots, slices and blessing thresholds."""
   metric = tfma.MetricConfig
+  # The metrics' code in their config, which is part of the Evaluator's cache key:
+  # edited metrics are computed again.
+  ours = {"code_fingerprint": code_fingerprint.of(hm.__name__)}
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name=contract.SERVING_DEFAULT,
                                   label_key=features.LABEL,
@@ -55,7 +61,8 @@ def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
           # Every metric above and below reads one calibration histogram per slice:
           # a combiner per metric made the Evaluator 2x slower (histogram_metrics).
           # Binary cross-entropy needs a combiner of its own, so it is left out.
-          metric(class_name="HistogramMeans", module=hm.__name__),
+          metric(class_name="HistogramMeans", module=hm.__name__,
+                 config=json.dumps(ours)),
           metric(class_name="DecisionMetrics", module=hm.__name__,
-                 config=f'{{"threshold": {DECISION_THRESHOLD}}}'),
+                 config=json.dumps({"threshold": DECISION_THRESHOLD, **ours})),
       ])])

@@ -71,7 +71,8 @@ def _derive(computations: metric_types.MetricComputations, names,
 class HistogramMeans(metric_types.Metric):
   """Example count, mean label, mean prediction and calibration of a slice."""
 
-  def __init__(self, name: str = "histogram_means"):
+  def __init__(self, name: str = "histogram_means", code_fingerprint: str = ""):
+    del code_fingerprint  # only keys the Evaluator's cache (pipeline.evaluation)
     super().__init__(metric_util.merge_per_key_computations(_means), name=name)
 
 
@@ -108,7 +109,9 @@ def _means(name: str = "histogram_means",
 class DecisionMetrics(metric_types.Metric):
   """Accuracy, precision, recall and the confusion matrix at one threshold."""
 
-  def __init__(self, threshold: float = 0.5, name: str = "decision_metrics"):
+  def __init__(self, threshold: float = 0.5, name: str = "decision_metrics",
+               code_fingerprint: str = ""):
+    del code_fingerprint  # only keys the Evaluator's cache (pipeline.evaluation)
     super().__init__(metric_util.merge_per_key_computations(_decision_metrics),
                      threshold=threshold, name=name)
 

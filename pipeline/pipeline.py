@@ -1,4 +1,5 @@
 """The TFX pipeline: read it top to bottom to read what a run does."""
+import os
 from typing import List
 
 from tfx import v1 as tfx
@@ -7,12 +8,40 @@ from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
 from components.anomalies_gate import AnomaliesGate
+from components.import_schema_gen import ImportSchemaGen
 from components.pusher import Pusher
 from components.model_report import ModelReport
 from components.movielens_example_gen import MovieLensExampleGen
 from models import hparams
+from pipeline import code_fingerprint
 from pipeline import configs
 from pipeline import evaluation
+
+# The project code each component runs. Its fingerprint is one of the component's
+# parameters, so editing that code reruns the component instead of reusing its
+# cached outputs (pipeline/code_fingerprint.py). The Evaluators' custom metrics
+# are fingerprinted in their eval config (pipeline/evaluation.py).
+CODE = {
+    "MovieLensExampleGen": ("components.movielens_example_gen", "models.features"),
+    "AnomaliesGate": ("components.anomalies_gate",),
+    "Transform": ("models.preprocessing", "models.features"),
+    "Trainer": ("models", "serving.contract", "serving.signatures", "serving.recommend"),
+    "ModelReport": ("components.model_report", "components.evaluation_results",
+                    "components.report_figures", "components.report_tensorboard",
+                    "pipeline.evaluation"),
+    "Pusher": ("components.pusher",),
+}
+
+
+def _code(component: str) -> str:
+  return code_fingerprint.of(*CODE[component])
+
+
+def _schema_fingerprint(config: configs.PipelineConfig) -> str:
+  # A compiled pipeline's schema_file is the container image's copy of this
+  # repository's file, which is not on this machine.
+  here = config.schema_file if os.path.isfile(config.schema_file) else configs.SCHEMA_FILE
+  return code_fingerprint.of_file(here)
 
 
 def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode]:
@@ -22,14 +51,15 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       dataset=config.dataset, data_dir=config.data_dir,
       download_dir=config.download_dir,
       source_fingerprint=configs.fingerprint_folder(config.data_dir),
-      seed=config.seed)
+      code_fingerprint=_code("MovieLensExampleGen"), seed=config.seed)
 
   # Feature statistics of every split (TFDV).
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"])
 
   # The fixed schema checked into the repo, not one inferred from the data.
-  schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
+  schema_gen = ImportSchemaGen(schema_file=config.schema_file,
+                               schema_fingerprint=_schema_fingerprint(config))
 
   # Every split's statistics checked against the schema.
   example_validator = tfx.components.ExampleValidator(
@@ -37,7 +67,8 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       schema=schema_gen.outputs["schema"])
 
   # Stops the run on any anomaly, naming the feature and the problem.
-  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
+                                 code_fingerprint=_code("AnomaliesGate"))
 
   # The Transform graph: vocabularies and per-id statistics of the train split
   # (tf.Transform on Beam). The Trainers apply it to the raw examples themselves
@@ -51,7 +82,9 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       preprocessing_fn="models.preprocessing.preprocessing_fn",
       splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
       materialize=False,
-      disable_statistics=True)
+      disable_statistics=True,
+      # preprocessing_fn does not read it; it keys the cache.
+      custom_config={"code_fingerprint": _code("Transform")})
   transform.add_upstream_node(anomalies_gate)
 
   # The two models, trained from the same examples through the same Transform graph.
@@ -70,7 +103,8 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       cf_model_run=trainers["cf"].outputs["model_run"],
       deepfm_evaluation=evaluators["deepfm"].outputs["evaluation"],
       deepfm_blessing=evaluators["deepfm"].outputs["blessing"],
-      deepfm_model_run=trainers["deepfm"].outputs["model_run"])
+      deepfm_model_run=trainers["deepfm"].outputs["model_run"],
+      code_fingerprint=_code("ModelReport"))
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           transform, *trainers.values(),
@@ -96,7 +130,8 @@ def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
       train_args=tfx.proto.TrainArgs(splits=["train"]),
       eval_args=tfx.proto.EvalArgs(splits=["eval"]),
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
-                     "seed": config.seed, "distribution": config.distribution},
+                     "seed": config.seed, "distribution": config.distribution,
+                     "code_fingerprint": _code("Trainer")},
   ).with_id(trainer_id(model))
 
 
@@ -130,6 +165,7 @@ def _evaluate_and_push(model: str, trainer, example_gen,
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=config.serving_model_dir(model))),
+      custom_config={"code_fingerprint": _code("Pusher")},
   ).with_id(pusher_id(model))
   return [latest_blessed, evaluator, pusher]
 

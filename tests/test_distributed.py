@@ -18,6 +18,7 @@ from models import features
 from models import hparams
 from models import training
 from pipeline import cli
+from pipeline import code_fingerprint
 from pipeline import configs
 from pipeline import evaluation
 from pipeline import kubeflow_v2_runner
@@ -126,7 +127,8 @@ def test_spec_carries_the_run_settings(spec):
         # The compiled run is MovieLens-1M's: the best presets at its scale.
         "hparams": json.loads(json.dumps(hparams.to_config(
             hparams.preset(model, "best", features.DATASET_RATINGS["1m"])))),
-        "seed": 7, "distribution": "mirrored"}
+        "seed": 7, "distribution": "mirrored",
+        "code_fingerprint": code_fingerprint.of(*pipeline_dsl.CODE["Trainer"])}
     assert _parameter(spec, f"Trainer.{model}", "run_fn") == f"models.{model}.run_fn"
     eval_config = json.loads(_parameter(spec, f"Evaluator.{model}", "eval_config"))
     [auc] = [metric for metric_spec in eval_config["metrics_specs"]

@@ -32,6 +32,7 @@ from pipeline import cli
 from pipeline import configs
 from pipeline import evaluation
 from pipeline import local_runner
+from pipeline import pipeline as pipeline_dsl
 from pipeline import run_store
 from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, RUN_TEMPORARY_FILES,
                             pipeline_config, requires)
@@ -393,7 +394,7 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
     board.wait(timeout=30)
 
 
-def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run):
+def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, monkeypatch):
   _, config, first = finished_run
   first_report = model_report.load(os.path.dirname(first.report_path))
   pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm")}
@@ -407,6 +408,16 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run):
   states = _states(local_runner.run(config))
   assert {state for node, state in states.items()
           if not node.startswith("LatestBlessed")} == {"cached"}
+  # Edited code reruns the component that runs it, and only that one: its code's
+  # fingerprint keys the cache. (One more module for ModelReport changes the
+  # fingerprint as an edit of its code would.)
+  with monkeypatch.context() as edited:
+    edited.setitem(pipeline_dsl.CODE, "ModelReport",
+                   pipeline_dsl.CODE["ModelReport"] + ("pipeline.configs",))
+    states = _states(local_runner.run(config))
+  assert {node: state for node, state in states.items()
+          if state != "cached" and not node.startswith("LatestBlessed")} == {
+              "ModelReport": "done"}
 
   # A model trained for one epoch is worse than the blessed one by more than the
   # allowed drop: not blessed, not pushed, and the report says why.

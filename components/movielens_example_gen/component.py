@@ -20,6 +20,7 @@ class MovieLensExampleGenSpec(types.ComponentSpec):
       "data_dir": ExecutionParameter(type=str, optional=True),
       "download_dir": ExecutionParameter(type=str, optional=True),
       "source_fingerprint": ExecutionParameter(type=str, optional=True),
+      "code_fingerprint": ExecutionParameter(type=str, optional=True),
       "output_config": ExecutionParameter(type=example_gen_pb2.Output),
       "seed": ExecutionParameter(type=int),
       "lines_per_shard": ExecutionParameter(type=int),
@@ -50,6 +51,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
   def __init__(self, dataset: str = features.DEFAULT_DATASET,
                data_dir: Optional[str] = None, download_dir: Optional[str] = None,
                source_fingerprint: Optional[str] = None,
+               code_fingerprint: Optional[str] = None,
                output_config: Optional[example_gen_pb2.Output] = None,
                seed: int = 42, lines_per_shard: int = 100_000):
     """Creates the component.
@@ -61,6 +63,8 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
       download_dir: where TFDS keeps downloads (default ~/tensorflow_datasets/downloads).
       source_fingerprint: changes whenever the files under `data_dir` change, so
         a rerun on edited files is not served from the cache.
+      code_fingerprint: the same for this component's code
+        (pipeline.code_fingerprint); the executor does not read it.
       output_config: the splits; default 80/10/10 train/eval/test.
       seed: seeds the split hash and the shuffle of the output.
       lines_per_shard: ratings per unit of parallel work.
@@ -70,7 +74,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                        f"got {dataset!r}")
     spec = MovieLensExampleGenSpec(
         dataset=dataset, data_dir=data_dir, download_dir=download_dir,
-        source_fingerprint=source_fingerprint,
+        source_fingerprint=source_fingerprint, code_fingerprint=code_fingerprint,
         output_config=output_config or default_output_config(), seed=seed,
         lines_per_shard=lines_per_shard,
         examples=types.Channel(type=standard_artifacts.Examples))
