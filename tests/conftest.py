@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -27,6 +28,24 @@ def requires(path: pathlib.Path):
   return pytest.mark.skipif(not path.is_dir(), reason=(
       f"real MovieLens files not found at {path} (set MOVIELENS_REAL_DATA); "
       "GroupLens forbids shipping them in the repo"))
+
+
+def free_port() -> int:
+  """A TCP port nothing listens on now (the OS's pick of a free one)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def cli_error(capsys, *argv: str) -> str:
+  """The one `error:` line `recsys ARGV` prints as it fails (exit 1, no traceback)."""
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  assert cli.main(list(argv)) == 1
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  return lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from models import features
 from serving import client as serving_client
 from serving import signatures
 from tests import tf_serving_double
+from tests.conftest import free_port
 
 ServingError = serving_client.ServingError
 PROTOCOLS = ["rest", "grpc"]
@@ -201,9 +202,7 @@ def test_recommend_returns_the_signatures_top_k(protocol, server, saved_models,
 
 @pytest.fixture
 def closed_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+  return free_port()
 
 
 @pytest.fixture
@@ -345,12 +344,6 @@ _NO_TF_SERVING = (
     "run's models.config")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _wait_until_available(rest_url, models, process, log_path, seconds=180):
   """Polls TF Serving's model status API until every model has an AVAILABLE version."""
   deadline = time.monotonic() + seconds
@@ -392,7 +385,7 @@ def real_tf_serving(request, tmp_path_factory):
     shutil.copytree(exported_models / model, base / model)
   config = base / pusher.MODELS_CONFIG_FILE
   config.write_text(pusher.models_config(str(base), base_dir=str(base)))
-  rest_port, grpc_port = _free_port(), _free_port()
+  rest_port, grpc_port = free_port(), free_port()
   log_path = base / "tensorflow_model_server.log"
   with open(log_path, "w") as log:
     process = subprocess.Popen(

@@ -5,7 +5,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pipeline import local_runner
 from pipeline import pipeline as pipeline_dsl
 from pipeline import run_store
 from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, RUN_TEMPORARY_FILES,
-                            pipeline_config, requires)
+                            cli_error, free_port, pipeline_config, requires)
 
 pytestmark = pytest.mark.e2e
 
@@ -235,8 +234,7 @@ def test_report_command_reads_the_stored_run(finished_run, tmp_path, capsys):
 
   # Bad run folders: one line naming the problem, no traceback.
   def error_of(run_dir):
-    assert cli.main(["report", str(run_dir)]) == 1
-    return capsys.readouterr().err.strip()
+    return cli_error(capsys, "report", str(run_dir))
 
   assert error_of(tmp_path / "nowhere") == f"error: {tmp_path / 'nowhere'}: no such folder"
   assert "is not a pipeline run folder: it has no metadata.sqlite" in error_of(tmp_path)
@@ -339,9 +337,7 @@ _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path):
   _, config, summary = finished_run
   report = model_report.load(os.path.dirname(summary.report_path))
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   board = subprocess.Popen(
       [sys.executable, "-m", "pipeline.cli", "tensorboard", config.output_dir,
        "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

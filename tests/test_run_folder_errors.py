@@ -11,17 +11,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from components import model_report
-from pipeline import cli
 from pipeline import run_store
-
-
-def _error_of(capsys, *argv) -> str:
-  assert cli.main(list(argv)) == 1
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err
-  lines = captured.err.strip().splitlines()
-  assert len(lines) == 1, captured.err
-  return lines[0]
+from tests.conftest import cli_error
 
 
 def _empty_run(folder: pathlib.Path) -> pathlib.Path:
@@ -35,19 +26,19 @@ def _empty_run(folder: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.parametrize("command", ["report", "tensorboard"])
 def test_folders_that_are_no_runs(command, tmp_path, capsys):
-  assert _error_of(capsys, command, str(tmp_path / "nowhere")) == (
+  assert cli_error(capsys, command, str(tmp_path / "nowhere")) == (
       f"error: {tmp_path / 'nowhere'}: no such folder")
-  assert _error_of(capsys, command, str(tmp_path)) == (
+  assert cli_error(capsys, command, str(tmp_path)) == (
       f"error: {tmp_path} is not a pipeline run folder: it has no metadata.sqlite "
       "(run `recsys run --output-dir` there first)")
 
 
 def test_a_run_that_stopped_before_its_report(tmp_path, capsys):
   run = _empty_run(tmp_path / "run")
-  assert _error_of(capsys, "report", str(run)) == (
+  assert cli_error(capsys, "report", str(run)) == (
       f"error: {run} has no evaluation report yet: the run did not get that far "
       f"(see {run / 'logs'})")
-  assert _error_of(capsys, "tensorboard", str(run)) == (
+  assert cli_error(capsys, "tensorboard", str(run)) == (
       f"error: {run} has no training logs of cf yet from Trainer.cf: the run did not "
       f"get that far (see {run / 'logs'})")
 
@@ -61,7 +52,7 @@ def test_a_report_whose_folder_was_deleted(tmp_path, capsys):
         name=model_report.ReportArtifact.TYPE_NAME))
     m.store.put_artifacts([metadata_store_pb2.Artifact(
         type_id=type_id, uri=str(gone), state=metadata_store_pb2.Artifact.LIVE)])
-  assert _error_of(capsys, "report", str(run)) == (
+  assert cli_error(capsys, "report", str(run)) == (
       f"error: evaluation report of {run} is registered at {gone}, which no longer "
       "exists")
 
@@ -70,7 +61,7 @@ def test_a_corrupt_metadata_store(tmp_path, capsys):
   run = tmp_path / "run"
   run.mkdir()
   (run / run_store.METADATA_FILE).write_bytes(b"not a database" * 100)
-  assert _error_of(capsys, "report", str(run)).startswith(
+  assert cli_error(capsys, "report", str(run)).startswith(
       f"error: cannot read {run / run_store.METADATA_FILE}: ")
 
 
@@ -78,7 +69,7 @@ def test_a_corrupt_metadata_store(tmp_path, capsys):
 def test_recommend_before_any_model_was_blessed(model, tmp_path, capsys):
   run = _empty_run(tmp_path / "run")
   (run / "serving" / model).mkdir(parents=True)  # a serving folder with no version
-  assert _error_of(capsys, "recommend", "--user", "42", "--model", model,
+  assert cli_error(capsys, "recommend", "--user", "42", "--model", model,
                    "--run-dir", str(run)) == (
       f"error: no pushed model in {run / 'serving' / model}: a model is pushed once "
       "its evaluation blesses it (see `recsys report`)")
