@@ -19,9 +19,14 @@ COPY requirements.lock ./
 RUN python -c "import sys; assert sys.version_info[:2] == (3, 10), sys.version" && \
     python -m pip install --no-cache-dir -r requirements.lock
 COPY setup.py ./
-COPY components/ components/
+COPY common/ common/
 COPY models/ models/
-COPY pipeline/ pipeline/
 COPY serving/ serving/
+COPY export/ export/
+COPY evaluation/ evaluation/
+COPY trainer/ trainer/
+COPY components/ components/
+COPY pipeline/ pipeline/
+COPY testing/ testing/
 RUN python -m pip install --no-cache-dir --no-deps -e . && \
-    python -c "import pipeline.pipeline, models.cf, models.deepfm"
+    python -c "import pipeline.pipeline, trainer.cf, trainer.deepfm"

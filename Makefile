@@ -17,13 +17,18 @@ PYTEST_ARGS ?=
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast fuzz env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
+.PHONY: run test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# Imports run down the layers of docs/architecture.md (.importlinter), and ruff is clean.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 # Chromium for the TensorBoard browser test: Debian's package where apt-get can
 # install it; elsewhere that test says it skipped and why.
@@ -35,12 +40,12 @@ browser:
 	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
 	  else echo "note: install Chromium (Debian: apt-get install chromium) to run the TensorBoard browser test"; fi; }
 
-# Unit tests only: everything but the end-to-end pipeline runs.
-test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+# Unit tests only: no pipeline runs, and no fixture that runs Beam or trains models.
+test-fast: $(STAMP) lint
+	$(VENV)/bin/python -m pytest tests -m "not e2e and not slow" $(PYTEST_ARGS)
 
 # The MovieLens parsers' fuzz tests at length: FUZZ_EXAMPLES examples per test
-# (make test runs a few dozen).
+# (make test runs up to FUZZ_CI_EXAMPLES, default 150, per test).
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \

@@ -10,8 +10,9 @@ setuptools.setup(
     version="0.1.0",
     description="A TFX pipeline that predicts whether a user will like a movie.",
     python_requires=">=3.10,<3.11",
-    packages=setuptools.find_packages(include=["pipeline*", "components*", "models*",
-                                               "serving*"]),
+    packages=setuptools.find_packages(include=[
+        "common*", "models*", "serving*", "export*", "evaluation*", "trainer*",
+        "components*", "pipeline*", "testing*"]),
     package_data={"pipeline": ["schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",

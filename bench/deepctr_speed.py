@@ -14,17 +14,27 @@ Prints the reference-style line, then one JSON line. The throughput is training 
 (first train batch to last train batch of each epoch), epochs 2..N, as bench/train_speed.py
 measures ours.
 """
-import sys, time, math, json
-import numpy as np, pandas as pd
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import pandas as pd
 import tensorflow as tf
+from deepctr.feature_column import SparseFeat
+from deepctr.feature_column import VarLenSparseFeat
+from deepctr.feature_column import get_feature_names
 from deepctr.models import DeepFM
-from deepctr.feature_column import SparseFeat, VarLenSparseFeat, get_feature_names
+from sklearn.metrics import accuracy_score
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
-from sklearn.metrics import roc_auc_score, accuracy_score
+
 try:
     # DeepCTR 0.9.3 builds tensorflow.python.keras models, so callbacks must come from the same Keras
-    from tensorflow.python.keras.callbacks import EarlyStopping, Callback
+    from tensorflow.python.keras.callbacks import Callback
+    from tensorflow.python.keras.callbacks import EarlyStopping
 except ImportError:
     EarlyStopping, Callback = tf.keras.callbacks.EarlyStopping, tf.keras.callbacks.Callback
 

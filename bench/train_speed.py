@@ -20,15 +20,19 @@ import sys
 import tempfile
 import time
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+# TFRS and our Keras code need Keras 2: set before TensorFlow loads.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
 import numpy as np
 import pandas as pd
 import tensorflow_transform as tft
 
 from models import cf
+from models import data
 from models import deepfm
 from models import features
 from models import hparams as hp
+from models import runtime
 from models import training
 
 _BUILDERS = {"cf": cf.build, "deepfm": deepfm.build}
@@ -42,7 +46,7 @@ def _latest(pattern: str) -> str:
 
 
 def load_split(examples_dir: str, split: str, tf_transform_output) -> dict:
-  return training.load_examples([os.path.join(examples_dir, f"Split-{split}", "*")],
+  return data.load_examples([os.path.join(examples_dir, f"Split-{split}", "*")],
                                 tf_transform_output)
 
 
@@ -68,12 +72,12 @@ def measure(model_name: str, hparams, splits: dict, tf_transform_output, seed: i
             "train_examples_per_second": round(float(np.median(
                 history["train_examples_per_second"][1:] or [0]))),
             "batch_size": hparams.batch_size,
-            "bfloat16": training.uses_bfloat16(hparams)}
+            "bfloat16": runtime.uses_bfloat16(hparams)}
   for split in ("eval", "test"):
-    data = splits[split]
-    probabilities = model.predict(training.make_dataset(data, 65_536, False, seed),
+    examples = splits[split]
+    probabilities = model.predict(data.make_dataset(examples, 65_536, False, seed),
                                   verbose=0).ravel()
-    result[f"{split}_auc"] = round(exact_auc(data[features.LABEL], probabilities), 4)
+    result[f"{split}_auc"] = round(exact_auc(examples[features.LABEL], probabilities), 4)
   return result
 
 

@@ -7,18 +7,20 @@ fails the run with a message naming each split, feature and problem.
 import os
 from typing import List
 
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
-from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from common import errors
 
 ANOMALIES_FILE = "SchemaDiff.pb"  # ExampleValidator's output file per split
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(errors.RecsysError, RuntimeError):
   """The examples do not match the schema; the message lists each anomaly."""
 
 
@@ -42,7 +44,7 @@ def AnomaliesGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
                   code_fingerprint: Parameter[str]):
   """Raises DataValidationError when any split has an anomaly; passes otherwise.
 
-  `code_fingerprint` (pipeline.code_fingerprint) only keys the cache.
+  `code_fingerprint` (common.code_fingerprint) only keys the cache.
   """
   del code_fingerprint
   problems = describe_anomalies(anomalies)

@@ -3,7 +3,7 @@
 TFX's ImportSchemaGen keys its cache on the file's path alone, so an edited
 schema (say, a genre added to its domain) would be served from the cache, and
 the data checks would go on using the old one. This one also takes the content's
-fingerprint (pipeline.code_fingerprint.of_file) as a parameter; its executor,
+fingerprint (common.code_fingerprint.of_file) as a parameter; its executor,
 TFX's, does not read it.
 """
 from tfx import types

@@ -22,11 +22,11 @@ from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from components import evaluation_results
 from components import report_figures
 from components import report_tensorboard
+from evaluation import results as evaluation_results
+from evaluation import tfma_config
 from models import features
-from pipeline import evaluation
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"
@@ -53,7 +53,7 @@ def slice_label(feature: str, value: str) -> str:
 def build_report(results: Dict[str, evaluation_results.ModelResults]) -> Dict:
   """The content of metrics.json."""
   return {"format_version": FORMAT_VERSION,
-          "split": evaluation.EVAL_SPLIT,
+          "split": tfma_config.EVAL_SPLIT,
           "reference_auc_movielens_1m": REFERENCE_AUC,
           "models": {name: r.to_json() for name, r in results.items()}}
 
@@ -68,9 +68,9 @@ def _cell(value) -> str:
 def _rows(models: Dict, names: List[str]) -> List[Tuple[str, List[str]]]:
   """(label, one cell per model): the reported metrics, then the confusion matrix."""
   rows = [(metric, [_cell(models[n].get(metric)) for n in names])
-          for metric in evaluation.REPORTED_METRICS]
+          for metric in tfma_config.REPORTED_METRICS]
   for cell in evaluation_results.CONFUSION_CELLS:
-    rows.append((f"{cell} @{evaluation.DECISION_THRESHOLD:g}",
+    rows.append((f"{cell} @{tfma_config.DECISION_THRESHOLD:g}",
                  [_cell((models[n].get("confusion_matrix") or {}).get(cell))
                   for n in names]))
   return rows
@@ -117,7 +117,7 @@ def _markdown(report: Dict) -> str:
     verdict = "blessed" if models[n]["blessed"] else "not blessed"
     lines.append(f"- **{MODEL_TITLES.get(n, n)}**: {verdict}: {models[n]['blessing_reason']}")
   lines += ["", "## AUC by slice", ""]
-  for feature in evaluation.SLICE_FEATURES:
+  for feature in tfma_config.SLICE_FEATURES:
     values = sorted({v for n in names for v in models[n]["slices"].get(feature, {})},
                     key=_natural)
     if not values:
@@ -138,7 +138,9 @@ def _markdown(report: Dict) -> str:
 
 
 def _natural(value: str):
-  return (0, float(value), "") if value.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, value)
+  if value.lstrip("-").replace(".", "", 1).isdigit():
+    return (0, float(value), "")
+  return (1, 0.0, value)
 
 
 def write(results: Dict[str, evaluation_results.ModelResults], folder: str) -> Dict:
@@ -185,7 +187,7 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
                 code_fingerprint: Parameter[str]):
   """Writes the side-by-side report of both models' evaluations.
 
-  `code_fingerprint` (pipeline.code_fingerprint) only keys the cache, so a report
+  `code_fingerprint` (common.code_fingerprint) only keys the cache, so a report
   written by other code is never reused.
   """
   del code_fingerprint

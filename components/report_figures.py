@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from pipeline import evaluation  # pylint: disable=g-import-not-at-top
+from evaluation import tfma_config  # pylint: disable=g-import-not-at-top
 
 ROC_FILE = "roc.png"
 TRAINING_FILE = "training_curves.png"
@@ -26,7 +26,7 @@ def roc_curves(results, path: str, titles: Dict[str, str]) -> None:
   figure, axes = plt.subplots(figsize=(5.5, 5))
   for name, r in results.items():
     fpr, tpr = r.roc
-    axes.plot(fpr, tpr, label=f"{titles.get(name, name)}: AUC {r.metrics[evaluation.AUC]:.4f}")
+    axes.plot(fpr, tpr, label=f"{titles.get(name, name)}: AUC {r.metrics[tfma_config.AUC]:.4f}")
   axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
   axes.set(xlabel="false positive rate", ylabel="true positive rate",
            title="ROC, test split", xlim=(0, 1), ylim=(0, 1))
@@ -58,21 +58,21 @@ def auc_by_slice(results, path: str, titles: Dict[str, str],
                  slice_label: Callable[[str, str], str]) -> None:
   """Test AUC per slice of every slicing feature, the models side by side."""
   names = list(results)
-  figure, axes = plt.subplots(len(evaluation.SLICE_FEATURES), 1,
-                              figsize=(9, 3.2 * len(evaluation.SLICE_FEATURES)))
-  for ax, feature in zip(axes, evaluation.SLICE_FEATURES):
+  figure, axes = plt.subplots(len(tfma_config.SLICE_FEATURES), 1,
+                              figsize=(9, 3.2 * len(tfma_config.SLICE_FEATURES)))
+  for ax, feature in zip(axes, tfma_config.SLICE_FEATURES):
     first = results[names[0]].slice_metrics.get(feature, {})
     values = [v for v, m in first.items() if m["example_count"] >= _MIN_SLICE_EXAMPLES]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
       slices = results[name].slice_metrics.get(feature, {})
       ax.bar([x + i * width for x in range(len(values))],
-             [slices.get(v, {}).get(evaluation.AUC, 0) for v in values],
+             [slices.get(v, {}).get(tfma_config.AUC, 0) for v in values],
              width=width, label=titles.get(name, name))
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(values))])
     ax.set_xticklabels([slice_label(feature, v).split("=", 1)[1] for v in values],
-                       rotation=45 if len(values) > 8 else 0, ha="right" if len(values) > 8 else "center",
-                       fontsize=8)
+                       rotation=45 if len(values) > 8 else 0,
+                       ha="right" if len(values) > 8 else "center", fontsize=8)
     ax.set(ylabel="AUC", title=f"test AUC by {feature} (slices of {_MIN_SLICE_EXAMPLES}+ ratings)",
            ylim=(0.5, 1))
     ax.legend(loc="lower right", fontsize=8)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from tensorboard_plugin_fairness_indicators import summary_v2 as fairness_summary
 
-from pipeline import evaluation
+from evaluation import tfma_config
 
 PR_CURVE_TAG = "test/pr_curve"
 
@@ -49,12 +49,12 @@ def write(results, logdir: str, slice_label: Callable[[str, str], str]) -> None:
                       description=results.reason)
     if results.decision is not None:
       for cell, count in results.decision.counts().items():
-        tf.summary.scalar(f"test/{cell}@{evaluation.DECISION_THRESHOLD:g}", count, step=step)
+        tf.summary.scalar(f"test/{cell}@{tfma_config.DECISION_THRESHOLD:g}", count, step=step)
     for feature, slices in results.slice_metrics.items():
       for value, metrics in slices.items():
         label = slice_label(feature, value).replace("=", "/")
-        tf.summary.scalar(f"test_slices/{label}/{evaluation.AUC}",
-                          metrics[evaluation.AUC], step=step)
+        tf.summary.scalar(f"test_slices/{label}/{tfma_config.AUC}",
+                          metrics[tfma_config.AUC], step=step)
     _pr_curve(results, step)
     fairness_summary.FairnessIndicators(results.evaluation_uri, step=step)
   writer.close()

@@ -6,13 +6,13 @@ import tensorflow_recommenders as tfrs
 
 from models import features
 from models import hparams as hp
-from models import training
+from models import layers
 
 USER = features.transformed_name(features.USER_ID)
 MOVIE = features.transformed_name(features.MOVIE_ID)
 
 
-class CollaborativeFiltering(training.ChunkedTrainStep, tfrs.Model):
+class CollaborativeFiltering(layers.ChunkedTrainStep, tfrs.Model):
   """Ranking model: the probability that a user likes a movie, from their embeddings.
 
   With `scoring="cosine"` (the reference study's model) the probability is
@@ -38,9 +38,9 @@ class CollaborativeFiltering(training.ChunkedTrainStep, tfrs.Model):
     if self.use_id_statistics:
       self.statistics_linear = tf.keras.layers.Dense(1, use_bias=False,
                                                      name="statistics_linear")
-    self.rating_head = (training.RatingHead(hparams.rating_loss_weight)
+    self.rating_head = (layers.RatingHead(hparams.rating_loss_weight)
                         if hparams.scoring == "dot" and hparams.rating_loss_weight else None)
-    self.task = training.ranking_task()
+    self.task = layers.ranking_task()
 
   def _score(self, inputs: Dict[str, tf.Tensor]):
     """(probabilities, logits (None for cosine scoring), user and movie embeddings)."""
@@ -55,7 +55,7 @@ class CollaborativeFiltering(training.ChunkedTrainStep, tfrs.Model):
       logits += (self.user_bias(inputs[USER]) + self.movie_bias(inputs[MOVIE])
                  + self.global_bias)
     if self.use_id_statistics:
-      logits += self.statistics_linear(training.id_statistics(inputs))
+      logits += self.statistics_linear(layers.id_statistics(inputs))
     return tf.sigmoid(logits), logits, user, movie
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
@@ -113,7 +113,3 @@ def build(vocabulary_sizes: Dict[str, int], hparams: hp.CFHparams) -> Collaborat
   return CollaborativeFiltering(vocabulary_sizes[features.USER_ID],
                                 vocabulary_sizes[features.MOVIE_ID], hparams)
 
-
-def run_fn(fn_args) -> None:
-  """TFX Trainer entry point."""
-  training.run(fn_args, "cf", build, features.CF_RAW_FEATURES)

@@ -7,7 +7,7 @@ import tensorflow_recommenders as tfrs
 
 from models import features
 from models import hparams as hp
-from models import training as training_lib
+from models import layers
 
 _GENRES = features.transformed_name(features.MOVIE_GENRES)
 _SINGLE_FIELDS = tuple(f for f in features.DEEPFM_FIELDS if f != features.MOVIE_GENRES)
@@ -17,9 +17,9 @@ class FieldEmbeddings(tf.keras.layers.Layer):
   """Embeds every field to [batch, fields, dim]; genres are mean-pooled into one field.
 
   All fields share one table, each field owning a block of rows, so a step does two
-  gathers instead of one per field (with bfloat16 compute: 198k against 182k
-  examples/s on 2 cores). The model is the same as with a table per field: L2
-  over one table is the sum of L2 over its blocks.
+  gathers instead of one per field, which trains faster (docs/performance.md). The
+  model is the same as with a table per field: L2 over one table is the sum of L2
+  over its blocks.
   """
 
   def __init__(self, vocabulary_sizes: Dict[str, int], dim: int, l2: float,
@@ -68,7 +68,7 @@ def _dnn(units: Sequence[int], dropout: float, l2: float) -> tf.keras.Sequential
   return tf.keras.Sequential(layers, name="dnn")
 
 
-class DeepFM(training_lib.ChunkedTrainStep, tfrs.Model):
+class DeepFM(layers.ChunkedTrainStep, tfrs.Model):
   """Ranking model: P(like) = sigmoid(linear + FM + DNN) over user, movie and their side features.
 
   The FM's first-order term has its own one-dimensional embeddings; the FM's
@@ -91,9 +91,9 @@ class DeepFM(training_lib.ChunkedTrainStep, tfrs.Model):
       self._autocast = False
       self.statistics_linear = tf.keras.layers.Dense(1, use_bias=False, dtype="float32",
                                                      name="statistics_linear")
-    self.rating_head = (training_lib.RatingHead(hparams.rating_loss_weight)
+    self.rating_head = (layers.RatingHead(hparams.rating_loss_weight)
                         if hparams.rating_loss_weight else None)
-    self.task = training_lib.ranking_task()
+    self.task = layers.ranking_task()
 
   def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     """Like probabilities, shape [batch, 1]."""
@@ -105,10 +105,10 @@ class DeepFM(training_lib.ChunkedTrainStep, tfrs.Model):
     deep_inputs = tf.keras.layers.Flatten()(fields)
     statistics_term = 0.0
     if self.use_id_statistics:
-      statistics = training_lib.id_statistics(inputs)
+      statistics = layers.id_statistics(inputs)
       statistics_term = self.statistics_linear(statistics)
-      # Zero columns keep the DNN's input width a multiple of 16: with 134 inputs
-      # its first bfloat16 matmul ran ~30% slower than with 144.
+      # Zero columns keep the DNN's input width a multiple of 16: bfloat16 matmuls
+      # of other widths ran markedly slower (docs/performance.md).
       padding = -(deep_inputs.shape[1] + statistics.shape[1]) % 16
       statistics = tf.pad(statistics, [[0, 0], [0, padding]])
       deep_inputs = tf.concat([deep_inputs, tf.cast(statistics, deep_inputs.dtype)], axis=1)
@@ -130,7 +130,3 @@ class DeepFM(training_lib.ChunkedTrainStep, tfrs.Model):
 def build(vocabulary_sizes: Dict[str, int], hparams: hp.DeepFMHparams) -> DeepFM:
   return DeepFM(vocabulary_sizes, hparams)
 
-
-def run_fn(fn_args) -> None:
-  """TFX Trainer entry point."""
-  training_lib.run(fn_args, "deepfm", build, features.DEEPFM_RAW_FEATURES)

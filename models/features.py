@@ -85,7 +85,7 @@ CF_RAW_FEATURES = (USER_ID, MOVIE_ID)
 DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)
 
 # Model inputs (transformed features) that describe the user, and the movie: what
-# serving looks up from the ids alone (serving/recommend.py).
+# serving looks up from the ids alone (export/recommend.py).
 USER_SIDE_INPUTS = tuple(transformed_name(f) for f in USER_FIELDS + (
     USER_LIKE_RATE, USER_RATING_COUNT))
 MOVIE_SIDE_INPUTS = tuple(transformed_name(f) for f in MOVIE_FIELDS + (

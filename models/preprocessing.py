@@ -71,7 +71,7 @@ def id_statistics(key: str, ids: tf.Tensor, labels: tf.Tensor,
 
   Counting raw ids keeps every analyzer in tf.Transform's first phase; counting
   vocabulary indices (tft.count_per_key) took a second pass over the train split,
-  50 of Transform's 89 s at MovieLens-1M scale, for the same numbers.
+  most of Transform's time, for the same numbers (docs/performance.md).
   """
   ratings = _count_per_id(ids, ids, f"{key}_ratings")
   liked = _count_per_id(ids, tf.boolean_mask(ids, labels > 0.5), f"{key}_likes")

@@ -8,17 +8,13 @@ import sys
 import warnings
 from typing import Any, Dict, List, Optional
 
+from common import errors
 from models import features
 from models import hparams
 from pipeline import configs
 
-# Known errors get one clear line; anything else is a bug and keeps its traceback.
-_KNOWN_ERRORS = ("MovieLensDataError", "DataValidationError", "EvaluationError",
-                 "RunFolderError", "ServingError", "BadRequest", "RunLockedError",
-                 "PreflightError")
 
-
-class BadRequest(Exception):
+class BadRequest(errors.RecsysError):
   """A request the model refused, e.g. k outside its allowed range."""
 
 
@@ -26,9 +22,15 @@ class UsageError(Exception):
   """Flags that do not go together; reported as argparse reports its own errors."""
 
 
-def _known_error(error: BaseException) -> Optional[BaseException]:
+def _known_error(error: BaseException) -> Optional[errors.RecsysError]:
+  """The RecsysError `error` is or was raised from, if any.
+
+  Known errors get one clear line; anything else is a bug and keeps its
+  traceback. TFX and Beam re-raise a component's error from their own, so the
+  whole chain is searched.
+  """
   while error is not None:
-    if type(error).__name__ in _KNOWN_ERRORS:
+    if isinstance(error, errors.RecsysError):
       return error
     error = error.__cause__ or error.__context__
   return None
@@ -69,12 +71,12 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
 
 
 def _run(args: argparse.Namespace) -> int:
-  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   config = _pipeline_config(args, output_dir=args.output_dir or None,
                             pipeline_root=args.pipeline_root,
                             min_free_gb=args.min_free_gb)
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   try:
-    summary = local_runner.run(config)
+    summary = local_runner.run(config, verbose=args.verbose)
   except KeyboardInterrupt:
     print("\ninterrupted: run the same command again to resume from the completed "
           "stages", file=sys.stderr)
@@ -150,6 +152,7 @@ def _recommend(args: argparse.Namespace) -> int:
     source = f"{args.model} on TF Serving at {args.server}"
   else:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from serving import contract  # pylint: disable=g-import-not-at-top
     serving_dir = args.serving_dir or os.path.join(run_dir, "serving")
     model_dir = _latest_version(os.path.join(serving_dir, args.model))
@@ -229,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_pipeline_arguments(run)
   run.add_argument("--min-free-gb", type=float, help="free disk space (GB) the run "
                    f"needs before it starts (default by dataset: {configs.MIN_FREE_GB})")
+  run.add_argument("--verbose", action="store_true", help="also show TFX's, Beam's and "
+                   "TensorFlow's warnings on the console (they always go to the run's log)")
   run.set_defaults(handler=_run)
 
   compile_ = commands.add_parser(
@@ -275,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  warnings.filterwarnings("ignore", category=FutureWarning)
   parser = build_parser()
   args = parser.parse_args(argv)
+  if not getattr(args, "verbose", False):
+    # Before TensorFlow is imported: its C++ logging (e.g. the CUDA plugins it
+    # cannot find on a CPU machine) says nothing a user can act on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
   try:
     return args.handler(args)
   except UsageError as e:

@@ -18,17 +18,16 @@ DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
 DIRECT_RUNNER = "DirectRunner"
 # Beam runners `recsys run --beam-runner` and `recsys compile --beam-runner` accept;
-# each takes its own flags through --beam-arg (README, "Scaling out").
+# each takes its own flags through --beam-arg (docs/scaling-out.md).
 BEAM_RUNNERS = (DIRECT_RUNNER, "DataflowRunner", "FlinkRunner", "SparkRunner")
 # Orchestrators `recsys compile --target` writes a spec for; Vertex AI Pipelines
 # runs the kubeflow-v2 spec as it is.
 COMPILE_TARGETS = ("kubeflow-v2",)
-# Free space a run needs in its output folder before it starts, in GB. Measured on
-# ml-100k: a first run writes ~20 MB under the output folder (its temporary files
-# included). 1M has ten times the ratings and examples are stored several times
-# (raw, transformed, statistics, evaluation), and each rerun with changed inputs
-# adds a full set. The minimum leaves room for that and for the machine; override
-# with --min-free-gb.
+# Free space a run needs in its output folder before it starts, in GB. What a
+# 100k run writes there (docs/reliability.md) grows with the data: 1M has ten times
+# the ratings, examples are stored several times (raw, transformed, statistics,
+# evaluation), and each rerun with changed inputs adds a full set. The minimum
+# leaves room for that and for the machine; override with --min-free-gb.
 MIN_FREE_GB = {"100k": 0.5, "1m": 2.0}
 
 
@@ -42,10 +41,8 @@ def available_cores() -> int:
 
 # From this many ratings on, the DirectRunner runs one worker process per core.
 # Below, one in-process worker: on 2 cores, worker processes cost more than they
-# gain (each imports TensorFlow, and examples are pickled across). Measured at 1M
-# ratings: MovieLensExampleGen 35 s against 19 s in-process, StatisticsGen 42 s
-# against 37 s, TFMA over 30,000 test examples 85 s against 67 s; on 100K ratings
-# 2-3x slower.
+# gain (each imports TensorFlow, and examples are pickled across), at 1M ratings
+# and more so at 100K (measurements: docs/performance.md).
 MULTI_PROCESSING_MIN_RATINGS = 2_000_000
 _SETUP_FILE = os.path.join(PROJECT_DIR, "setup.py")
 
@@ -54,8 +51,8 @@ def default_beam_args(num_ratings: int = 0) -> List[str]:
   """DirectRunner flags for a data set of `num_ratings` ratings.
 
   `--setup_file` names this project's setup.py: remote workers install the project
-  from it, and TFX then skips packaging itself into a 42 MB sdist for each Beam
-  step (2 s each), which the DirectRunner never reads.
+  from it, and TFX then skips packaging itself into an sdist for each Beam step
+  (seconds each, docs/performance.md), which the DirectRunner never reads.
   """
   if num_ratings >= MULTI_PROCESSING_MIN_RATINGS and available_cores() > 1:
     mode = ["--direct_running_mode=multi_processing",

@@ -7,34 +7,50 @@ from tfx.dsl.components.base import base_node
 from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
+from common import code_fingerprint
 from components.anomalies_gate import AnomaliesGate
 from components.import_schema_gen import ImportSchemaGen
-from components.pusher import Pusher
 from components.model_report import ModelReport
-from components.movielens_example_gen import MovieLensExampleGen
+from components.movielens_example_gen.component import MovieLensExampleGen
+from components.pusher import Pusher
+from evaluation import tfma_config
 from models import hparams
-from pipeline import code_fingerprint
 from pipeline import configs
-from pipeline import evaluation
 
-# The project code each component runs. Its fingerprint is one of the component's
-# parameters, so editing that code reruns the component instead of reusing its
-# cached outputs (pipeline/code_fingerprint.py). The Evaluators' custom metrics
-# are fingerprinted in their eval config (pipeline/evaluation.py).
-CODE = {
-    "MovieLensExampleGen": ("components.movielens_example_gen", "models.features"),
-    "AnomaliesGate": ("components.anomalies_gate",),
-    "Transform": ("models.preprocessing", "models.features"),
-    "Trainer": ("models", "serving.contract", "serving.signatures", "serving.recommend"),
-    "ModelReport": ("components.model_report", "components.evaluation_results",
-                    "components.report_figures", "components.report_tensorboard",
-                    "pipeline.evaluation"),
-    "Pusher": ("components.pusher",),
+# Model name -> its Trainer entry point.
+MODELS = {"cf": "trainer.cf.run_fn", "deepfm": "trainer.deepfm.run_fn"}
+PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
+
+
+def trainer_id(model: str) -> str:
+  return f"Trainer.{model}"
+
+
+def evaluator_id(model: str) -> str:
+  return f"Evaluator.{model}"
+
+
+def pusher_id(model: str) -> str:
+  return f"Pusher.{model}"
+
+
+# The module each of our components runs. The fingerprint of its code and of every
+# project module it imports is one of the component's parameters, so an edit
+# reruns exactly the components that import the edited code (common/code_fingerprint.py).
+# The Evaluators' custom metrics are fingerprinted in their eval config.
+ENTRY_MODULES = {
+    "MovieLensExampleGen": "components.movielens_example_gen.component",
+    "AnomaliesGate": "components.anomalies_gate",
+    "Transform": PREPROCESSING_FN.rpartition(".")[0],
+    **{trainer_id(model): run_fn.rpartition(".")[0] for model, run_fn in MODELS.items()},
+    "ModelReport": "components.model_report",
+    "Pusher": "components.pusher",
 }
 
 
-def _code(component: str) -> str:
-  return code_fingerprint.of(*CODE[component])
+def code_fingerprint_of(component: str) -> str:
+  """The fingerprint of the code `component` (a key of ENTRY_MODULES) runs."""
+  return code_fingerprint.of(ENTRY_MODULES[component])
 
 
 def _schema_fingerprint(config: configs.PipelineConfig) -> str:
@@ -51,7 +67,7 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       dataset=config.dataset, data_dir=config.data_dir,
       download_dir=config.download_dir,
       source_fingerprint=configs.fingerprint_folder(config.data_dir),
-      code_fingerprint=_code("MovieLensExampleGen"), seed=config.seed)
+      code_fingerprint=code_fingerprint_of("MovieLensExampleGen"), seed=config.seed)
 
   # Feature statistics of every split (TFDV).
   statistics_gen = tfx.components.StatisticsGen(
@@ -68,23 +84,23 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
 
   # Stops the run on any anomaly, naming the feature and the problem.
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
-                                 code_fingerprint=_code("AnomaliesGate"))
+                                 code_fingerprint=code_fingerprint_of("AnomaliesGate"))
 
   # The Transform graph: vocabularies and per-id statistics of the train split
   # (tf.Transform on Beam). The Trainers apply it to the raw examples themselves
-  # (models.training.load_examples) rather than reading a transformed copy of every
+  # (models.data.load_examples) rather than reading a transformed copy of every
   # split: at 1M ratings, transforming and writing that copy took Beam about 50 s,
   # applying the graph in TensorFlow 4 s. No statistics of its own: StatisticsGen
   # has described the raw data.
   transform = tfx.components.Transform(
       examples=example_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
-      preprocessing_fn="models.preprocessing.preprocessing_fn",
+      preprocessing_fn=PREPROCESSING_FN,
       splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
       materialize=False,
       disable_statistics=True,
       # preprocessing_fn does not read it; it keys the cache.
-      custom_config={"code_fingerprint": _code("Transform")})
+      custom_config={"code_fingerprint": code_fingerprint_of("Transform")})
   transform.add_upstream_node(anomalies_gate)
 
   # The two models, trained from the same examples through the same Transform graph.
@@ -104,19 +120,12 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       deepfm_evaluation=evaluators["deepfm"].outputs["evaluation"],
       deepfm_blessing=evaluators["deepfm"].outputs["blessing"],
       deepfm_model_run=trainers["deepfm"].outputs["model_run"],
-      code_fingerprint=_code("ModelReport"))
+      code_fingerprint=code_fingerprint_of("ModelReport"))
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           transform, *trainers.values(),
           *[node for nodes in judged.values() for node in nodes], model_report]
 
-
-# Model name -> its Trainer entry point.
-MODELS = {"cf": "models.cf.run_fn", "deepfm": "models.deepfm.run_fn"}
-
-
-def trainer_id(model: str) -> str:
-  return f"Trainer.{model}"
 
 
 def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
@@ -131,7 +140,7 @@ def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
       eval_args=tfx.proto.EvalArgs(splits=["eval"]),
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
                      "seed": config.seed, "distribution": config.distribution,
-                     "code_fingerprint": _code("Trainer")},
+                     "code_fingerprint": code_fingerprint_of(trainer_id(model))},
   ).with_id(trainer_id(model))
 
 
@@ -153,8 +162,8 @@ def _evaluate_and_push(model: str, trainer, example_gen,
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=latest_blessed.outputs["model"],
-      example_splits=[evaluation.EVAL_SPLIT],
-      eval_config=evaluation.eval_config(config.auc_floor, config.max_auc_drop),
+      example_splits=[tfma_config.EVAL_SPLIT],
+      eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(evaluator_id(model))
 
   # Runs for every model, but copies only a blessed one (and only once): a rejected
@@ -165,17 +174,9 @@ def _evaluate_and_push(model: str, trainer, example_gen,
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=config.serving_model_dir(model))),
-      custom_config={"code_fingerprint": _code("Pusher")},
+      custom_config={"code_fingerprint": code_fingerprint_of("Pusher")},
   ).with_id(pusher_id(model))
   return [latest_blessed, evaluator, pusher]
-
-
-def evaluator_id(model: str) -> str:
-  return f"Evaluator.{model}"
-
-
-def pusher_id(model: str) -> str:
-  return f"Pusher.{model}"
 
 
 def create_pipeline(config: configs.PipelineConfig,

@@ -7,10 +7,12 @@ is registered in ML Metadata.
 import os
 import shutil
 
+from common import errors
+
 _GB = 1024 ** 3
 
 
-class PreflightError(Exception):
+class PreflightError(errors.RecsysError):
   """The run cannot start: a folder it writes is unusable, or the disk is too full."""
 
 

@@ -15,10 +15,12 @@ import fcntl
 import os
 from typing import Iterator
 
+from common import errors
+
 LOCK_FILE = ".run.lock"
 
 
-class RunLockedError(Exception):
+class RunLockedError(errors.RecsysError):
   """Another run is using the output folder."""
 
 

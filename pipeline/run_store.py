@@ -10,6 +10,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
 
+from common import errors
+
 METADATA_FILE = "metadata.sqlite"
 
 
@@ -24,7 +26,7 @@ def execution_node_ids(store, execution_id: int) -> List[str]:
           if c.type == "node"]
 
 
-class RunFolderError(Exception):
+class RunFolderError(errors.RecsysError):
   """A folder that is not a run of this pipeline, or lacks what was asked for."""
 
 

@@ -1,4 +1,4 @@
-"""Serving: export signatures, TF Serving config, clients, recommendations."""
+"""The client side of serving: the served models' contract, REST and gRPC clients, titles."""
 import os
 
 # TFRS and our Keras code need Keras 2; the flag must be set before TensorFlow is

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from serving.contract import K
+from common import errors
 from serving.contract import LIKE_PROBABILITY as OUTPUT_KEY
 from serving.contract import MAX_K
 from serving.contract import MOVIE_ID
@@ -44,13 +44,14 @@ from serving.contract import PREDICT_RAW
 from serving.contract import RECOMMEND as RECOMMEND_SIGNATURE
 from serving.contract import SCORES as SCORES_KEY
 from serving.contract import USER_ID
+from serving.contract import K
 
 DEFAULT_TIMEOUT = 10.0  # seconds
 
 Row = Mapping[str, Any]
 
 
-class ServingError(Exception):
+class ServingError(errors.RecsysError):
   """Any failure to get an answer from TF Serving.
 
   `reason` says which: "unavailable" (server down or unreachable), "timeout",
@@ -137,9 +138,8 @@ def _tensor_proto(values: List[Any]):
 def _grpc_modules():
   """TensorFlow and the TF Serving protos, imported on first gRPC use."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import (  # pylint: disable=g-import-not-at-top
-      prediction_service_pb2_grpc)
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
   return tf, predict_pb2, prediction_service_pb2_grpc
 
 

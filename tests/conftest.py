@@ -7,14 +7,13 @@ import os
 import pathlib
 import shutil
 import socket
-import tempfile
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from components.movielens_example_gen import synthetic  # pylint: disable=g-import-not-at-top
+from testing import synthetic  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The real GroupLens files live beside the repo (never inside it: no redistribution).
@@ -22,6 +21,19 @@ REAL_DATA = pathlib.Path(os.environ.get("MOVIELENS_REAL_DATA",
                                         REPO.parent / "shared" / "data" / "movielens"))
 REAL_100K = REAL_DATA / "ml-100k"
 REAL_1M = REAL_DATA / "ml-1m"
+
+
+# Fixtures that run Beam (Transform, TFMA, whole pipelines) or train models. A test
+# that uses one, directly or through another fixture, is marked `slow`, and
+# `make test-fast` leaves it out.
+SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", "fans",
+                           "recommenders", "both_evaluations"})
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if SLOW_FIXTURES.intersection(item.fixturenames):
+      item.add_marker(pytest.mark.slow)
 
 
 def requires(path: pathlib.Path):
@@ -74,14 +86,20 @@ def transformed_1m(synthetic_1m):
 def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> None:
   """The project's model, trained for a few eager steps, exported as the Trainer does."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from models import cf, deepfm, features, training  # pylint: disable=g-import-not-at-top
+
+  from export import saved_model  # pylint: disable=g-import-not-at-top
+  from models import cf  # pylint: disable=g-import-not-at-top
+  from models import data  # pylint: disable=g-import-not-at-top
+  from models import deepfm  # pylint: disable=g-import-not-at-top
+  from models import features  # pylint: disable=g-import-not-at-top
   from models import hparams as hp  # pylint: disable=g-import-not-at-top
+  from models import runtime  # pylint: disable=g-import-not-at-top
   build = {"cf": cf.build, "deepfm": deepfm.build}[model_name]
   raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES}
   hparams = hp.preset(model_name, "best")
   tf.keras.utils.set_random_seed(0)
-  with training.precision_policy(training.uses_bfloat16(hparams)):
-    model = build(training.vocabulary_sizes(transformed.output), hparams)
+  with runtime.precision_policy(runtime.uses_bfloat16(hparams)):
+    model = build(data.vocabulary_sizes(transformed.output), hparams)
   model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   inputs = {k: tf.constant(v[:2048]) for k, v in transformed.columns.items()
             if k != features.LABEL}
@@ -90,7 +108,7 @@ def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> No
   # ~15 s compiling its train function on these machines.
   for _ in range(30):
     model.train_step((inputs, labels))
-  training.export(model, transformed.output, raw_keys[model_name], export_dir,
+  saved_model.export(model, transformed.output, raw_keys[model_name], export_dir,
                   train_examples=transformed.columns)
 
 
@@ -113,10 +131,9 @@ E2E_AUC_FLOOR = 0.6
 # The synthetic release of `finished_run`; write_release gives the same files each time.
 E2E_RELEASE = {"layout": "1m", "num_users": 300, "num_movies": 400,
                "num_ratings": 20_000, "seed": 11}
-_FIRST_REPORT = "first-report"
 # What `finished_run` printed to the console (progress lines), by output folder.
 RUN_CONSOLE = {}
-# What it left in the temporary folder, by output folder.
+# What it left in the private temporary folder it was handed, by output folder.
 RUN_TEMPORARY_FILES = {}
 
 
@@ -130,10 +147,11 @@ def pipeline_config(data_dir, output_dir, dataset="1m", overrides=None):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-  """One full run on synthetic data, shared by the end-to-end modules.
+  """One full run on synthetic data, shared by the end-to-end modules: read-only.
 
-  Tests read it; test_pipeline's last one reruns it and edits its data. Its first
-  report is kept aside (`first_report`) for tests that compare against it.
+  A test that reruns a pipeline copies it (`copy_of_finished_run`) or builds its
+  own. The run gets a private temporary folder, so that what it leaves there is
+  its own, whatever else the machine does meanwhile.
   """
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("synthetic-run")
@@ -141,18 +159,29 @@ def finished_run(tmp_path_factory):
   config = pipeline_config(root / "data", root / "run", overrides=FEW_EPOCHS)
   config.auc_floor = E2E_AUC_FLOOR
   console = io.StringIO()
-  temporary_before = set(os.listdir(tempfile.gettempdir()))
-  with contextlib.redirect_stderr(console):
+  private_tmp = root / "tmp"
+  private_tmp.mkdir()
+  with local_runner.temporary_folder(str(private_tmp)), contextlib.redirect_stderr(console):
     summary = local_runner.run(config)
   RUN_CONSOLE[config.output_dir] = console.getvalue()
-  RUN_TEMPORARY_FILES[config.output_dir] = sorted(
-      set(os.listdir(tempfile.gettempdir())) - temporary_before)
-  shutil.copytree(os.path.dirname(summary.report_path), root / _FIRST_REPORT)
+  RUN_TEMPORARY_FILES[config.output_dir] = sorted(os.listdir(private_tmp))
   return release, config, summary
 
 
-def first_report(finished_run_value) -> dict:
-  """metrics.json of `finished_run` as its first run wrote it (later reruns replace it)."""
+def copy_of_finished_run(finished_run_value, folder: pathlib.Path):
+  """`finished_run`'s run folder copied to `folder`, and its settings pointed there.
+
+  Its ML Metadata still names the original's artifacts, which a rerun reads and
+  reuses from the cache but never writes: new outputs go to the copy.
+  """
   _, config, _ = finished_run_value
-  folder = pathlib.Path(config.output_dir).parent / _FIRST_REPORT
-  return json.loads((folder / "metrics.json").read_text())
+  shutil.copytree(config.output_dir, folder)
+  copy = pipeline_config(config.data_dir, folder, overrides=FEW_EPOCHS)
+  copy.auc_floor = config.auc_floor
+  return copy
+
+
+def first_report(finished_run_value) -> dict:
+  """metrics.json of `finished_run`."""
+  _, config, _ = finished_run_value
+  return json.loads((pathlib.Path(config.output_dir) / "report" / "metrics.json").read_text())

@@ -23,9 +23,9 @@ import pytest
 import tensorflow as tf
 
 from components import pusher
+from export import signatures
 from models import features
 from serving import client as serving_client
-from serving import signatures
 from tests import tf_serving_double
 from tests.conftest import free_port
 

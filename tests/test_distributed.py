@@ -2,25 +2,26 @@
 import json
 import re
 
-from google.protobuf import json_format
-from kfp.client import client as kfp_client
-from kfp.pipeline_spec import pipeline_spec_pb2
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import json_format
+from kfp.client import client as kfp_client
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.dsl.compiler import compiler
 from tfx.dsl.components.base import executor_spec
 from tfx.proto.orchestration import executable_spec_pb2
 from tfx.proto.orchestration import pipeline_pb2
 
+from common import code_fingerprint
+from evaluation import tfma_config
 from models import cf
 from models import features
 from models import hparams
+from models import runtime
 from models import training
 from pipeline import cli
-from pipeline import code_fingerprint
 from pipeline import configs
-from pipeline import evaluation
 from pipeline import kubeflow_v2_runner
 from pipeline import pipeline as pipeline_dsl
 from tests.conftest import REPO
@@ -128,8 +129,8 @@ def test_spec_carries_the_run_settings(spec):
         "hparams": json.loads(json.dumps(hparams.to_config(
             hparams.preset(model, "best", features.DATASET_RATINGS["1m"])))),
         "seed": 7, "distribution": "mirrored",
-        "code_fingerprint": code_fingerprint.of(*pipeline_dsl.CODE["Trainer"])}
-    assert _parameter(spec, f"Trainer.{model}", "run_fn") == f"models.{model}.run_fn"
+        "code_fingerprint": pipeline_dsl.code_fingerprint_of(pipeline_dsl.trainer_id(model))}
+    assert _parameter(spec, f"Trainer.{model}", "run_fn") == f"trainer.{model}.run_fn"
     eval_config = json.loads(_parameter(spec, f"Evaluator.{model}", "eval_config"))
     [auc] = [metric for metric_spec in eval_config["metrics_specs"]
              for metric in metric_spec["metrics"] if metric["class_name"] == "AUC"]
@@ -139,7 +140,7 @@ def test_spec_carries_the_run_settings(spec):
         -configs.DEFAULT_MAX_AUC_DROP)
     destination = json.loads(_parameter(spec, f"Pusher.{model}", "push_destination"))
     assert destination["filesystem"]["base_directory"] == f"{ROOT}/serving/{model}"
-  assert evaluation.EVAL_SPLIT in _parameter(spec, "Evaluator.cf", "example_splits")
+  assert tfma_config.EVAL_SPLIT in _parameter(spec, "Evaluator.cf", "example_splits")
   assert _parameter(spec, "MovieLensExampleGen", "data_dir") == DATA_DIR
   assert spec["runtimeConfig"]["gcsOutputDirectory"] == ROOT
   assert spec["displayName"] == "movielens-1m"
@@ -154,7 +155,8 @@ def test_schema_file_is_where_the_image_keeps_it(spec):
   assert schema_file == f"{kubeflow_v2_runner.IMAGE_PROJECT_DIR}/pipeline/schema/schema.pbtxt"
   dockerfile = (REPO / "Dockerfile").read_text()
   assert re.search(rf"^WORKDIR {kubeflow_v2_runner.IMAGE_PROJECT_DIR}$", dockerfile, re.M)
-  assert re.search(r"^COPY pipeline/ pipeline/$", dockerfile, re.M)
+  for package in code_fingerprint.PROJECT_PACKAGES:  # every package of the project
+    assert re.search(rf"^COPY {package}/ {package}/$", dockerfile, re.M), package
   assert re.search(r"^FROM tensorflow/tfx:1\.16\.0$", dockerfile, re.M)
 
 
@@ -243,11 +245,11 @@ def test_compile_rejects_bad_flags(tmp_path, capsys):
 
 
 def test_distribution_names_their_strategies():
-  assert isinstance(training.distribution_strategy("mirrored"),
+  assert isinstance(runtime.distribution_strategy("mirrored"),
                     tf.distribute.MirroredStrategy)
-  assert training.distribution_strategy("none") is tf.distribute.get_strategy()
+  assert runtime.distribution_strategy("none") is tf.distribute.get_strategy()
   with pytest.raises(ValueError, match="none, mirrored, multi_worker_mirrored"):
-    training.distribution_strategy("parameter_server")
+    runtime.distribution_strategy("parameter_server")
   with pytest.raises(ValueError, match="distribution must be one of"):
     configs.PipelineConfig(distribution="tpu")
 
@@ -262,7 +264,7 @@ def test_training_under_mirrored_strategy(tmp_path):
             features.transformed_name(features.MOVIE_ID): rng.integers(0, 30, rows),
             features.LABEL: rng.integers(0, 2, rows).astype(np.float32)}
 
-  strategy = training.distribution_strategy("mirrored")
+  strategy = runtime.distribution_strategy("mirrored")
   small = hparams.CFHparams(embedding_dim=8, batch_size=rows, epochs=1,
                             learning_rate=0.01)
   sizes = {features.USER_ID: 20, features.MOVIE_ID: 30}

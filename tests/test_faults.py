@@ -21,12 +21,16 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from components import pusher
-from components.movielens_example_gen import synthetic
 from pipeline import cli
-from pipeline import local_runner
 from pipeline import run_lock
-from tests.conftest import (E2E_AUC_FLOOR, E2E_RELEASE, FEW_EPOCHS, REPO, first_report,
-                            pipeline_config)
+from pipeline import run_state
+from testing import synthetic
+from tests.conftest import E2E_AUC_FLOOR
+from tests.conftest import E2E_RELEASE
+from tests.conftest import FEW_EPOCHS
+from tests.conftest import REPO
+from tests.conftest import first_report
+from tests.conftest import pipeline_config
 
 
 def _cli_run_args(data_dir, output_dir):
@@ -71,9 +75,22 @@ class _Run:
 
   def wait_for(self, pattern, timeout=300):
     """The first console line matching `pattern`; fails if the run ends first."""
+    return self._wait(pattern, lambda: list(self.lines), timeout)
+
+  def wait_for_log(self, pattern, timeout=300):
+    """The first line of the run's log file (named on its console) matching `pattern`."""
+    log_file = pathlib.Path(re.search(r"logs in (\S+)$", self.wait_for(r"logs in \S+$"),
+                                      re.MULTILINE).group(1))
+
+    def lines():
+      return log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+
+    return self._wait(pattern, lines, timeout)
+
+  def _wait(self, pattern, lines, timeout):
     deadline = time.monotonic() + timeout
     while True:
-      for line in list(self.lines):
+      for line in lines():
         if re.search(pattern, line):
           return line
       if self.popen.poll() is not None and not self._reader.is_alive():
@@ -95,7 +112,7 @@ class _Run:
 
 def _states(config):
   """Node id -> state of the latest run, as ML Metadata recorded it."""
-  return {c.node_id: c.state for c in local_runner.summarize_run(config).components}
+  return {c.node_id: c.state for c in run_state.summarize_run(config).components}
 
 
 def _published_by(config, node_id):
@@ -178,7 +195,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
                    second.output, re.MULTILINE), second.output[-2000:]
   assert "Traceback" not in second.output
   first.wait_for(r"stage \d+/\d+: Transform running")
-  time.sleep(3)  # into its Beam pipeline
+  # tf.Transform's executor logs this as it starts analysing the train split.
+  first.wait_for_log(r"Not using the in-place Transform")
   assert "Transform done" not in first.output, "Transform ended before the kill"
   assert first.kill(signal.SIGKILL) == -signal.SIGKILL
   states = _states(config)
@@ -218,11 +236,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
   third.wait_for(r"Pusher\.cf running")
   serving_cf = pathlib.Path(config.serving_model_dir("cf"))
   deadline = time.monotonic() + 60
-  while not any(name.startswith(pusher.TEMPORARY_PREFIX)
+  # Until the copy into the temporary folder has begun: some files in, the FIFO not.
+  while not any(name.startswith(pusher.TEMPORARY_PREFIX) and any((serving_cf / name).iterdir())
                 for name in _serving_folders(config, "cf")):
     assert time.monotonic() < deadline, third.output[-2000:]
     time.sleep(0.2)
-  time.sleep(1)
   assert third.kill(signal.SIGKILL) == -signal.SIGKILL
   assert _states(config)["Pusher.cf"] == "running"
   left = _serving_folders(config, "cf")
@@ -235,6 +253,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
   #    temporary folder is gone, and the result is the uninterrupted run's.
   fourth = start_run(args, tmp_path / "run-4.log")
   assert fourth.finish() == 0, fourth.output[-3000:]
+  # Until the run's summary, the console is our progress lines only: TFX's, Beam's
+  # and TensorFlow's logs and warnings, Python's and C++'s, went to the log file.
+  during_the_run = fourth.output.split("\nRun ", 1)[0].splitlines()
+  assert during_the_run and all(re.match(r"\[recsys \d\d:\d\d:\d\d\] ", line)
+                                for line in during_the_run), fourth.output[-3000:]
   assert "an earlier run was interrupted in Pusher.cf; resuming" in fourth.output
   states = _states(config)
   for node in _UPSTREAM + ["Transform", "Trainer.cf", "Trainer.deepfm"]:

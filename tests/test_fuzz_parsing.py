@@ -14,7 +14,7 @@ line in either encoding), then possibly damaged. The properties:
   (and the line, when a line is at fault), in bounded time.
 
 `HYPOTHESIS_PROFILE=fuzz` (what `make fuzz` sets) runs `FUZZ_EXAMPLES` examples
-per test (default 5,000) instead of the suite's few dozen.
+per test (default 5,000) instead of the suite's FUZZ_CI_EXAMPLES (default 150).
 """
 import contextlib
 import dataclasses
@@ -25,8 +25,8 @@ import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import hypothesis
-from hypothesis import strategies as st
 import pytest
+from hypothesis import strategies as st
 
 from components.movielens_example_gen import parsing
 from models import features

@@ -12,8 +12,8 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.evaluators import metrics_plots_and_validations_evaluator
 from tensorflow_model_analysis.metrics import metric_specs
 
-from pipeline import evaluation
-from pipeline import histogram_metrics as hm
+from evaluation import histogram_metrics as hm
+from evaluation import tfma_config
 
 _THRESHOLD = 0.5
 _TFMA_METRICS = ("ExampleCount", "MeanLabel", "MeanPrediction", "Calibration",
@@ -94,14 +94,14 @@ def test_histogram_metrics_equal_tfma_standard_metrics_on_every_slice(both_evalu
 
 
 def test_the_evaluator_config_runs_one_combiner_per_model_and_slice():
-  config = evaluation.eval_config(auc_floor=0.75, max_auc_drop=0.01)
+  config = tfma_config.eval_config(auc_floor=0.75, max_auc_drop=0.01)
   computations = metric_specs.to_computations(config.metrics_specs, eval_config=config)
   combiners, *_ = metrics_plots_and_validations_evaluator._filter_and_separate_computations(
       computations)
   assert len(combiners) == 1, [c.keys for c in combiners]
   assert "_calibration_histogram" in combiners[0].keys[0].name
   derived = {key.name for c in computations for key in c.keys}
-  assert set(evaluation.REPORTED_METRICS) <= derived
+  assert set(tfma_config.REPORTED_METRICS) <= derived
 
 
 def _histogram_combiner(model_name: str = ""):

@@ -5,12 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export import saved_model
+from export import signatures
 from models import cf
+from models import data
 from models import deepfm
 from models import features
 from models import hparams as hp
+from models import layers
+from models import runtime
 from models import training
-from serving import signatures
 
 MODELS = {"cf": (cf, features.CF_RAW_FEATURES), "deepfm": (deepfm, features.DEEPFM_RAW_FEATURES)}
 
@@ -23,8 +27,8 @@ def _build(model_name, transformed, preset="best", **overrides):
   module, _ = MODELS[model_name]
   tf.keras.utils.set_random_seed(0)
   hparams = dataclasses.replace(_small(model_name, preset), **overrides)
-  with training.precision_policy(training.uses_bfloat16(hparams)):
-    return module.build(training.vocabulary_sizes(transformed.output), hparams)
+  with runtime.precision_policy(runtime.uses_bfloat16(hparams)):
+    return module.build(data.vocabulary_sizes(transformed.output), hparams)
 
 
 def _inputs(transformed, rows=slice(None)):
@@ -72,8 +76,8 @@ def test_export_and_reload_give_identical_predictions(model_name, preset, transf
   # float32 models match to 1e-6. bfloat16 compute keeps ~3 significant digits, and
   # the saved graph may fuse ops differently, so those match to bfloat16 precision
   # (DeepFM best, with its id statistics and larger weights: up to ~2e-3 apart).
-  atol = 5e-3 if training.uses_bfloat16(_small(model_name, preset)) else 1e-6
-  training.export(model, transformed_1m.output, raw_keys, str(tmp_path / "export"))
+  atol = 5e-3 if runtime.uses_bfloat16(_small(model_name, preset)) else 1e-6
+  saved_model.export(model, transformed_1m.output, raw_keys, str(tmp_path / "export"))
   del model
 
   loaded = tf.saved_model.load(str(tmp_path / "export"))
@@ -150,7 +154,7 @@ def test_best_presets_train_in_larger_batches_at_1m_scale_and_seed_presets_do_no
 
 
 def test_rating_head_is_the_weighted_squared_error_of_an_affine_rating():
-  head = training.RatingHead(0.5)
+  head = layers.RatingHead(0.5)
   logits = tf.constant([[0.0], [1.0]])
   ratings = {features.transformed_name(features.USER_RATING): tf.constant([3.5, 5.0])}
   # Starts at rating = 3.5 + logit: errors 0 and 0.5.
@@ -164,8 +168,8 @@ def test_id_statistics_change_the_prediction(model_name, transformed_1m):
   module, _ = MODELS[model_name]
   hparams = dataclasses.replace(_small(model_name), use_id_statistics=True)
   tf.keras.utils.set_random_seed(0)
-  with training.precision_policy(training.uses_bfloat16(hparams)):
-    model = module.build(training.vocabulary_sizes(transformed_1m.output), hparams)
+  with runtime.precision_policy(runtime.uses_bfloat16(hparams)):
+    model = module.build(data.vocabulary_sizes(transformed_1m.output), hparams)
   inputs = _inputs(transformed_1m, slice(0, 100))
   rate = features.transformed_name(features.ID_STATISTICS[1][1])
   changed = {**inputs, rate: 1 - inputs[rate]}
@@ -175,14 +179,14 @@ def test_id_statistics_change_the_prediction(model_name, transformed_1m):
 def test_training_batches_cover_every_row_once_per_epoch_in_a_new_order():
   examples = {features.LABEL: np.arange(10, dtype=np.int64) % 2,
               features.transformed_name(features.USER_ID): np.arange(10, dtype=np.int64)}
-  dataset = training.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
+  dataset = data.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
   epochs = [np.concatenate([batch[features.transformed_name(features.USER_ID)].numpy()
                             for batch, _ in dataset]) for _ in range(2)]
   for rows in epochs:
     assert sorted(rows) == list(range(10))
   assert list(epochs[0]) != list(epochs[1])
   # Drawn from the seed: a new dataset with the same seed repeats the epochs.
-  again = training.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
+  again = data.make_dataset(examples, batch_size=4, shuffle=True, seed=1)
   assert list(np.concatenate([batch[features.transformed_name(features.USER_ID)].numpy()
                               for batch, _ in again])) == list(epochs[0])
   # Autotuning made deleting an epoch's iterator wait for its model thread (up to
@@ -199,12 +203,12 @@ def test_a_chunked_step_makes_the_updates_of_its_batches_one_by_one(model_name,
   float32 = {"mixed_precision": "off"} if model_name == "deepfm" else {}
   one_by_one = _build(model_name, transformed_1m, **float32)
   one_by_one.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-  one_by_one.fit(training.make_dataset(columns, 64, **in_order), verbose=0)
+  one_by_one.fit(data.make_dataset(columns, 64, **in_order), verbose=0)
   chunked = _build(model_name, transformed_1m, **float32)
   chunked.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   chunked.train_batch_size = 64
   # 1000 rows: chunks of 256 rows, the last one (232 rows) ending in a part batch.
-  chunked.fit(training.make_dataset(columns, 256, **in_order), verbose=0)
+  chunked.fit(data.make_dataset(columns, 256, **in_order), verbose=0)
   assert one_by_one.optimizer.iterations.numpy() == 16
   assert chunked.optimizer.iterations.numpy() == 16
   for expected, actual in zip(one_by_one.trainable_variables, chunked.trainable_variables):

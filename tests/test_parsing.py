@@ -10,10 +10,12 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.utils import io_utils
 
 from components.movielens_example_gen import parsing
-from components.movielens_example_gen import synthetic
 from models import features
 from pipeline import configs
-from tests.conftest import REAL_100K, REAL_1M, requires
+from testing import synthetic
+from tests.conftest import REAL_1M
+from tests.conftest import REAL_100K
+from tests.conftest import requires
 
 ML_1M = parsing.LAYOUTS["1m"]
 ML_100K = parsing.LAYOUTS["100k"]

@@ -23,18 +23,27 @@ from tfx.utils import io_utils
 from components import model_report
 from components import pusher
 from components.anomalies_gate import DataValidationError
-from components.movielens_example_gen import MovieLensDataError
 from components.movielens_example_gen import parsing
+from components.movielens_example_gen.parsing import MovieLensDataError
+from evaluation import tfma_config
+from models import data
 from models import features
-from models import training
 from pipeline import cli
 from pipeline import configs
-from pipeline import evaluation
 from pipeline import local_runner
 from pipeline import pipeline as pipeline_dsl
+from pipeline import run_state
 from pipeline import run_store
-from tests.conftest import (FEW_EPOCHS, REAL_100K, REPO, RUN_CONSOLE, RUN_TEMPORARY_FILES,
-                            cli_error, free_port, pipeline_config, requires)
+from tests.conftest import FEW_EPOCHS
+from tests.conftest import REAL_100K
+from tests.conftest import REPO
+from tests.conftest import RUN_CONSOLE
+from tests.conftest import RUN_TEMPORARY_FILES
+from tests.conftest import cli_error
+from tests.conftest import copy_of_finished_run
+from tests.conftest import free_port
+from tests.conftest import pipeline_config
+from tests.conftest import requires
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +75,7 @@ def _read_split(examples, split):
           features.MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
           features.LABEL: tf.io.FixedLenFeature([], tf.int64),
           features.USER_RATING: tf.io.FixedLenFeature([], tf.float32)}
-  return training.to_columns(
+  return data.to_columns(
       tf.data.TFRecordDataset(files, compression_type="GZIP").batch(50_000).map(
           lambda x: tf.io.parse_example(x, spec)))
 
@@ -133,7 +142,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     # The confusion matrix at 0.5 holds every test example and agrees with the
     # accuracy, precision and recall TFMA reported beside it.
     matrix = result["confusion_matrix"]
-    assert matrix["threshold"] == evaluation.DECISION_THRESHOLD
+    assert matrix["threshold"] == tfma_config.DECISION_THRESHOLD
     tp, fp, tn, fn = (matrix[cell] for cell in (
         "true_positives", "false_positives", "true_negatives", "false_negatives"))
     assert tp + fp + tn + fn == result["example_count"]
@@ -144,7 +153,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert result["mean_label"] == pytest.approx((tp + fn) / result["example_count"],
                                                  abs=1e-4)
     # Slices: every user group and genre, with counts that add up.
-    assert set(result["slices"]) == set(evaluation.SLICE_FEATURES)
+    assert set(result["slices"]) == set(tfma_config.SLICE_FEATURES)
     assert sum(s["example_count"] for s in result["slices"][features.USER_GENDER].values()
                ) == result["example_count"]
     assert len(result["slices"][features.MOVIE_GENRES]) >= 10
@@ -205,9 +214,9 @@ def test_trainers_read_what_tfx_data_accessor_reads(finished_run):
   examples_dir = _latest_examples(config).uri
   tf_transform_output = tft.TFTransformOutput(graph.uri)
   pattern = os.path.join(examples_dir, "Split-eval", "*")
-  ours = training.load_examples([pattern], tf_transform_output)
+  ours = data.load_examples([pattern], tf_transform_output)
   transform = tf_transform_output.transform_features_layer()
-  theirs = training.to_columns(tfxio.TFExampleRecord(
+  theirs = data.to_columns(tfxio.TFExampleRecord(
       pattern, schema=tf_transform_output.raw_metadata.schema,
       telemetry_descriptors=["test"]).TensorFlowDataset(
           tfxio.TensorFlowDatasetOptions(batch_size=1000, num_epochs=1, shuffle=False))
@@ -219,7 +228,7 @@ def test_trainers_read_what_tfx_data_accessor_reads(finished_run):
     assert ours[key].dtype == column.dtype, key
     np.testing.assert_array_equal(ours[key], column, err_msg=key)
   with pytest.raises(ValueError, match="no examples match"):
-    training.load_examples([os.path.join(examples_dir, "Split-nothing", "*")],
+    data.load_examples([os.path.join(examples_dir, "Split-nothing", "*")],
                            tf_transform_output)
 
 
@@ -390,8 +399,10 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
     board.wait(timeout=30)
 
 
-def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, monkeypatch):
-  _, config, first = finished_run
+def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, monkeypatch,
+                                                               tmp_path):
+  _, _, first = finished_run
+  config = copy_of_finished_run(finished_run, tmp_path / "run")
   first_report = model_report.load(os.path.dirname(first.report_path))
   pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm")}
 
@@ -405,11 +416,15 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
   assert {state for node, state in states.items()
           if not node.startswith("LatestBlessed")} == {"cached"}
   # Edited code reruns the component that runs it, and only that one: its code's
-  # fingerprint keys the cache. (One more module for ModelReport changes the
-  # fingerprint as an edit of its code would.)
+  # fingerprint keys the cache. (Which components an edit of a given module
+  # reaches is test_code_fingerprint's subject.)
+  real_fingerprint = pipeline_dsl.code_fingerprint_of
+
+  def after_an_edit_of_the_report(component):
+    return real_fingerprint(component) + ("-edited" if component == "ModelReport" else "")
+
   with monkeypatch.context() as edited:
-    edited.setitem(pipeline_dsl.CODE, "ModelReport",
-                   pipeline_dsl.CODE["ModelReport"] + ("pipeline.configs",))
+    edited.setattr(pipeline_dsl, "code_fingerprint_of", after_an_edit_of_the_report)
     states = _states(local_runner.run(config))
   assert {node: state for node, state in states.items()
           if state != "cached" and not node.startswith("LatestBlessed")} == {
@@ -442,8 +457,10 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
   assert _pushed_versions(config, "cf") == pushed["cf"]
 
   # Changed data: ingestion runs again and sees the change.
-  ratings = pathlib.Path(config.data_dir) / "ratings.dat"
+  shutil.copytree(config.data_dir, tmp_path / "data")
+  ratings = tmp_path / "data" / "ratings.dat"
   ratings.write_text("\n".join(ratings.read_text().splitlines()[:-10]) + "\n")
+  config = dataclasses.replace(config, data_dir=str(tmp_path / "data"))
   states = _states(local_runner.run(config))
   assert states["MovieLensExampleGen"] == "done"
   counts = json.loads(_latest_examples(config).get_string_custom_property("split_counts"))
@@ -480,47 +497,47 @@ def test_real_100k_ingestion(tmp_path):
 
 
 def test_anomaly_stops_the_run_naming_the_feature(synthetic_1m, tmp_path):
-  data = tmp_path / "data"
-  shutil.copytree(synthetic_1m.folder, data)
-  movies = data / "movies.dat"
+  data_dir = tmp_path / "data"
+  shutil.copytree(synthetic_1m.folder, data_dir)
+  movies = data_dir / "movies.dat"
   lines = movies.read_bytes().split(b"\n")
   lines[0] = lines[0].rsplit(b"::", 1)[0] + b"::Cyberpunk"  # not a MovieLens genre
   movies.write_bytes(b"\n".join(lines))
-  config = pipeline_config(data, tmp_path / "run")
+  config = pipeline_config(data_dir, tmp_path / "run")
   with pytest.raises(DataValidationError) as error:
     local_runner.run(config)
   message = str(error.value)
   assert "feature 'movie_genres'" in message and "Unexpected string values" in message
-  states = _states(local_runner.summarize_run(config))
+  states = _states(run_state.summarize_run(config))
   assert states["ExampleValidator"] == "done"
   assert states["AnomaliesGate"] == "failed"
 
 
 def test_malformed_data_fails_ingestion_and_registers_nothing(synthetic_1m, tmp_path):
-  data = tmp_path / "data"
-  shutil.copytree(synthetic_1m.folder, data)
-  ratings = data / "ratings.dat"
+  data_dir = tmp_path / "data"
+  shutil.copytree(synthetic_1m.folder, data_dir)
+  ratings = data_dir / "ratings.dat"
   lines = ratings.read_text().splitlines()
   lines[4999] = "1::2::11::978300760"
   ratings.write_text("\n".join(lines) + "\n")
-  config = pipeline_config(data, tmp_path / "run")
+  config = pipeline_config(data_dir, tmp_path / "run")
   with pytest.raises(MovieLensDataError, match=(
       f"^{ratings}, line 5000: rating '11' is outside 1 to 5$")):
     local_runner.run(config)
-  assert _states(local_runner.summarize_run(config))["MovieLensExampleGen"] == "failed"
+  assert _states(run_state.summarize_run(config))["MovieLensExampleGen"] == "failed"
   assert not _live_artifacts(config, "Examples")  # nothing registered at all
 
 
 def test_cli_reports_bad_input_in_one_line(synthetic_1m, tmp_path):
-  data = tmp_path / "data"
-  shutil.copytree(synthetic_1m.folder, data)
-  users = data / "users.dat"
+  data_dir = tmp_path / "data"
+  shutil.copytree(synthetic_1m.folder, data_dir)
+  users = data_dir / "users.dat"
   lines = users.read_text(encoding="iso-8859-1").splitlines()
   lines[2] = lines[2].replace("::", ":", 1)
   users.write_text("\n".join(lines) + "\n", encoding="iso-8859-1")
   result = subprocess.run(
       [sys.executable, "-m", "pipeline.cli", "run", "--dataset", "1m",
-       "--data-dir", str(data), "--output-dir", str(tmp_path / "run"),
+       "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "run"),
        "--beam-arg=--direct_num_workers=1"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 1

@@ -4,9 +4,9 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import proto_utils
 
+from models import data
 from models import features
 from models import preprocessing
-from models import training
 from pipeline import configs
 from pipeline import pipeline as pipeline_dsl
 
@@ -73,13 +73,13 @@ def test_vocabularies_are_computed_on_train_only(tmp_path):
 
 
 def test_trainers_apply_the_graph_as_tf_transform_on_beam_does(transformed_1m, tmp_path):
-  """models.training.load_examples, on the raw tf.Examples of the rows that
+  """models.data.load_examples, on the raw tf.Examples of the rows that
   tf.Transform analyzed and transformed on Beam, gives Beam's values, row for row."""
   path = str(tmp_path / "examples.gz")
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for serialized in transformed_1m.serialized:
       writer.write(serialized)
-  ours = training.load_examples([path], transformed_1m.output)
+  ours = data.load_examples([path], transformed_1m.output)
   assert sorted(ours) == sorted(transformed_1m.columns)
   for key, beams in transformed_1m.columns.items():
     np.testing.assert_allclose(ours[key], beams, rtol=1e-6, err_msg=key)

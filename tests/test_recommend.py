@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export import recommend
 from models import cf
 from models import deepfm
 from models import features
 from models import hparams as hp
 from models import training
 from serving import contract
-from serving import recommend
 from tests import transform_fixture
 
 BUILDERS = {"cf": cf.build, "deepfm": deepfm.build}
@@ -174,7 +174,7 @@ def test_empty_batch_gives_empty_results(recommenders):
 @pytest.mark.parametrize("model_name", sorted(BUILDERS))
 def test_exported_model_serves_recommend_and_predict(model_name, fans, recommenders,
                                                      tmp_path):
-  from serving import signatures  # pylint: disable=g-import-not-at-top
+  from export import signatures  # pylint: disable=g-import-not-at-top
   transformed, _ = fans
   recommender, tables = recommenders[model_name]
   raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES}

@@ -2,7 +2,10 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
+import urllib.parse
 import zipfile
 
 import pytest
@@ -10,6 +13,7 @@ from tensorflow_datasets.core.download import checksums
 
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
+from tests.conftest import REPO
 
 
 def _zip_release(release_folder: str, zip_path: str, inner: str) -> None:
@@ -71,7 +75,7 @@ def test_zip_with_wrong_checksum_is_refused(content, synthetic_1m, tmp_path):
 def test_unreachable_download_host_fails_fast_with_advice():
   started = time.monotonic()
   with pytest.raises(parsing.MovieLensDataError) as error:
-    sources._check_reachable("https://files.movielens.invalid/ml-1m.zip", "1m")  # pylint: disable=protected-access
+    sources._check_reachable("files.movielens.invalid", "1m")  # pylint: disable=protected-access
   assert time.monotonic() - started < 10
   assert "make run DATA_DIR=" in str(error.value)
   assert "--data-dir" in str(error.value)
@@ -93,3 +97,42 @@ def test_default_download_offline_fails_within_seconds(tmp_path):
   with pytest.raises(parsing.MovieLensDataError, match="make run DATA_DIR="):
     sources.resolve("1m", None, str(tmp_path / "dl"))
   assert time.monotonic() - started < 10
+
+
+def test_the_download_host_is_the_one_tfds_downloads_from():
+  for dataset in ("100k", "1m"):
+    url = sources.tfds_config(dataset).download_url
+    assert urllib.parse.urlparse(url).hostname == sources.DOWNLOAD_HOST
+
+
+# `recsys run` in a fresh process; prints which heavy modules it had loaded when it ended.
+_RUN_AND_REPORT_IMPORTS = """
+import sys
+from components.movielens_example_gen import sources
+from tests.conftest import REPO
+from pipeline import cli
+sources.DOWNLOAD_HOST = sys.argv.pop(1)
+code = cli.main(sys.argv[1:])
+print("loaded:", [m for m in ("tensorflow", "tfx", "apache_beam") if m in sys.modules])
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("data", ["missing folder", "offline download"])
+def test_missing_data_is_refused_before_tensorflow_loads(data, tmp_path):
+  # An unreachable host stands for a machine without network (.invalid never resolves).
+  args = (["--data-dir", str(tmp_path / "missing")] if data == "missing folder" else [])
+  result = subprocess.run(
+      [sys.executable, "-c", _RUN_AND_REPORT_IMPORTS, "files.movielens.invalid", "run",
+       "--dataset", "100k", "--output-dir", str(tmp_path / "run"), *args],
+      capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+      timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert result.stdout.strip() == "loaded: []"
+  [error] = result.stderr.strip().splitlines()
+  if data == "missing folder":
+    assert error == f"error: {tmp_path / 'missing'}: data folder not found"
+  else:
+    assert error.startswith("error: Cannot download MovieLens 100K: files.movielens.invalid "
+                            "is unreachable") and "--data-dir" in error
+  assert not (tmp_path / "run").exists()  # nothing was created

@@ -266,10 +266,10 @@ def _array_to_json(array: np.ndarray, name: str) -> Any:
   """Output values as TF Serving writes them: strings as text (base64 objects for
   outputs named *_bytes), float32 in its shortest round-tripping form."""
   if array.dtype.kind in "SO":
-    if name.endswith("_bytes"):
-      convert = lambda b: {"b64": base64.b64encode(b).decode("ascii")}
-    else:
-      convert = lambda b: b.decode("utf-8", "replace")
+    def convert(value: bytes):
+      if name.endswith("_bytes"):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+      return value.decode("utf-8", "replace")
     return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else (
         array.tolist())
   if array.dtype == np.float32:

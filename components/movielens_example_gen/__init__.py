@@ -1,3 +1,6 @@
-"""A TFX ExampleGen that ingests MovieLens through tensorflow-datasets' sources."""
-from components.movielens_example_gen.component import MovieLensExampleGen
-from components.movielens_example_gen.parsing import MovieLensDataError
+"""A TFX ExampleGen that ingests MovieLens through tensorflow-datasets' sources.
+
+The component is in `component.py`. This package imports nothing itself, so
+`sources` and `parsing` load without TFX or TensorFlow: the command line checks
+the data before it pays for those imports.
+"""

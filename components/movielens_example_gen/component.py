@@ -64,7 +64,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
       source_fingerprint: changes whenever the files under `data_dir` change, so
         a rerun on edited files is not served from the cache.
       code_fingerprint: the same for this component's code
-        (pipeline.code_fingerprint); the executor does not read it.
+        (common.code_fingerprint); the executor does not read it.
       output_config: the splits; default 80/10/10 train/eval/test.
       seed: seeds the split hash and the shuffle of the output.
       lines_per_shard: ratings per unit of parallel work.

@@ -3,17 +3,18 @@
 The Beam pipeline works on shards of ~100,000 ratings rather than on single rows:
 each shard is parsed, joined, encoded to tf.Examples (tfx_bsl's C++ encoder) and
 split in one vectorised step, then the shards' pieces are grouped to shuffle the
-output. CsvExampleGen spends ~140 s on MovieLens-1M here doing this a row at a
-time; shard-wise work keeps Beam's per-element cost out of the hot path.
+output. CsvExampleGen does this a row at a time, several times slower
+(docs/performance.md); shard-wise work keeps Beam's per-element cost out of the
+hot path.
 """
 import json
 import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from absl import logging
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tfx import types
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor
@@ -22,7 +23,7 @@ from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 from tfx_bsl.coders import example_coder
 
-from components import progress
+from common import progress
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
 from models import features
@@ -76,10 +77,9 @@ class _ParseShard(beam.DoFn):
 class _WriteOutputFile(beam.DoFn):
   """Writes one output file: its pieces in shard order, shuffled reproducibly.
 
-  TensorFlow's C++ TFRecord writer does the gzip and checksums: with Beam's Python
-  TFRecord sink, ingesting a million ratings took 35 s here instead of 25 s. The
-  file is written under a temporary name and renamed, so a retried bundle never
-  leaves a partial file.
+  TensorFlow's C++ TFRecord writer does the gzip and checksums, faster than Beam's
+  Python TFRecord sink (docs/performance.md). The file is written under a
+  temporary name and renamed, so a retried bundle never leaves a partial file.
   """
 
   def __init__(self, split_uris: List[str], files_per_split: List[int], seed: int):
@@ -95,7 +95,7 @@ class _WriteOutputFile(beam.DoFn):
             f"{self._files_per_split[split_index]:05d}.gz")
     path = f"{self._split_uris[split_index]}/{name}"
     temporary = f"{path}.incomplete"
-    # Level 1: ingesting 1M ratings took 19 s instead of 25 s, files ~25% larger.
+    # Level 1: noticeably faster ingestion for somewhat larger files (docs/performance.md).
     options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
     with tf.io.TFRecordWriter(temporary, options) as writer:
       for record in records[rng.permutation(len(records))]:

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from common import errors
 from models import features
 
 
-class MovieLensDataError(ValueError):
+class MovieLensDataError(errors.RecsysError, ValueError):
   """A MovieLens input is missing or malformed. The message names the file and line."""
 
 

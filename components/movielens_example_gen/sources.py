@@ -7,7 +7,7 @@ import dataclasses
 import os
 import socket
 import urllib.parse
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from components.movielens_example_gen import parsing
 from models import features
@@ -33,11 +33,14 @@ def default_download_dir() -> str:
   return os.path.join(data_dir, "downloads")
 
 
-def _check_reachable(url: str, dataset: str, timeout_s: float = 5.0) -> None:
+# Where TFDS downloads MovieLens from (tests check it against TFDS's own URLs).
+DOWNLOAD_HOST = "files.grouplens.org"
+
+
+def _check_reachable(host: str, dataset: str, timeout_s: float = 5.0) -> None:
   """Fails within seconds, with what to do instead, when the download host is unreachable."""
   if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
     return  # only the proxy can tell
-  host = urllib.parse.urlparse(url).hostname
   try:
     socket.create_connection((host, 443), timeout=timeout_s).close()
   except OSError as e:
@@ -56,7 +59,7 @@ def _tfds_download(dataset: str, download_dir: str, manual_dir: Optional[str],
   from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
   url = tfds_config(dataset).download_url
   if manual_dir is None:
-    _check_reachable(url, dataset)
+    _check_reachable(urllib.parse.urlparse(url).hostname, dataset)
   manager = tfds.download.DownloadManager(
       download_dir=download_dir, manual_dir=manual_dir, url_infos=url_infos,
       force_checksums_validation=True)
@@ -90,11 +93,35 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
   if dataset not in features.DATASETS:
     raise parsing.MovieLensDataError(
         f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
-  layout = parsing.LAYOUTS[dataset]
   download_dir = download_dir or default_download_dir()
   if data_dir is None:
     folder = _tfds_download(dataset, download_dir, None, url_infos)
     return Source(folder, "download", f"downloaded through TFDS into {download_dir}")
+  kind, path = _local_release(dataset, data_dir)
+  if kind == "folder":
+    return Source(path, "folder", f"extracted files in {path}")
+  folder = _tfds_download(dataset, download_dir, os.path.dirname(path), url_infos)
+  return Source(folder, "zip", f"{path}, checksum verified by TFDS")
+
+
+def check_available(dataset: str, data_dir: Optional[str]) -> None:
+  """MovieLensDataError now, rather than minutes into a run, when `resolve` would fail
+  for want of data: an unreachable download host, or a folder without the release.
+
+  Needs neither TensorFlow nor TFX, so the command line calls it before importing them.
+  """
+  if dataset not in features.DATASETS:
+    raise parsing.MovieLensDataError(
+        f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
+  if data_dir is None:
+    _check_reachable(DOWNLOAD_HOST, dataset)
+  elif "://" not in data_dir:  # a bucket is read by the run's workers, not here
+    _local_release(dataset, data_dir)
+
+
+def _local_release(dataset: str, data_dir: str) -> Tuple[str, str]:
+  """("folder", the extracted folder) or ("zip", the official zip) under `data_dir`."""
+  layout = parsing.LAYOUTS[dataset]
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   if os.path.isfile(data_dir) and data_dir.endswith(".zip"):
     data_dir = os.path.dirname(data_dir)
@@ -102,11 +129,10 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
     raise parsing.MovieLensDataError(f"{data_dir}: data folder not found")
   folder = parsing.find_folder(data_dir, layout)
   if folder:
-    return Source(folder, "folder", f"extracted files in {folder}")
+    return "folder", folder
   zip_path = os.path.join(data_dir, f"ml-{dataset}.zip")
   if os.path.isfile(zip_path):
-    folder = _tfds_download(dataset, download_dir, data_dir, url_infos)
-    return Source(folder, "zip", f"{zip_path}, checksum verified by TFDS")
+    return "zip", zip_path
   present = [f for f in layout.files if os.path.isfile(os.path.join(data_dir, f))]
   if present:
     missing = [f for f in layout.files if f not in present]

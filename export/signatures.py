@@ -9,7 +9,7 @@
   (for the Evaluator).
 With a `recommend.Recommender` (the Trainers export one):
 - `predict`: `user_id` and `movie_id` only, for any model; the side features come
-  from the tables exported with the model (`serving/recommend.py`), and ids never
+  from the tables exported with the model (`export/recommend.py`), and ids never
   seen in training get what the Transform graph gives them (out-of-vocabulary);
 - `recommend`: `user_id` ([batch] strings) and `k` (an int32 scalar, 1 to
   `contract.MAX_K`) to `movie_ids` and `scores` ([batch, k], best first),
@@ -21,9 +21,9 @@ from typing import Dict, Optional, Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from export import recommend
 from models import features
 from serving import contract
-from serving import recommend
 
 OUTPUT_KEY = contract.LIKE_PROBABILITY
 GENRE_SEPARATOR = contract.GENRE_SEPARATOR

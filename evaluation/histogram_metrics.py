@@ -2,10 +2,9 @@
 
 TFMA runs one Python combiner per distinct computation for every example of
 every slice, and at MovieLens-1M scale that loop was most of an Evaluator's
-time: a profile of 100,000 test examples over 5 slicings spent 57% of it in
-5 combiners. AUC, AUC-PR and the ROC and calibration plots share one
-10,000-bucket calibration histogram; the metrics here derive from that same
-histogram instead of running combiners of their own:
+time (the profile: docs/performance.md). AUC, AUC-PR and the ROC and calibration
+plots share one 10,000-bucket calibration histogram; the metrics here derive from
+that same histogram instead of running combiners of their own:
 
 - `HistogramMeans`: example count, mean label, mean prediction and calibration,
   exact, from the histogram's per-bucket sums;
@@ -24,7 +23,6 @@ binary label and one prediction per example (`_add_binary_input`).
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
-
 from tensorflow_model_analysis.metrics import binary_confusion_matrices
 from tensorflow_model_analysis.metrics import calibration_histogram
 from tensorflow_model_analysis.metrics import metric_types
@@ -72,7 +70,7 @@ class HistogramMeans(metric_types.Metric):
   """Example count, mean label, mean prediction and calibration of a slice."""
 
   def __init__(self, name: str = "histogram_means", code_fingerprint: str = ""):
-    del code_fingerprint  # only keys the Evaluator's cache (pipeline.evaluation)
+    del code_fingerprint  # only keys the Evaluator's cache (evaluation.tfma_config)
     super().__init__(metric_util.merge_per_key_computations(_means), name=name)
 
 
@@ -111,7 +109,7 @@ class DecisionMetrics(metric_types.Metric):
 
   def __init__(self, threshold: float = 0.5, name: str = "decision_metrics",
                code_fingerprint: str = ""):
-    del code_fingerprint  # only keys the Evaluator's cache (pipeline.evaluation)
+    del code_fingerprint  # only keys the Evaluator's cache (evaluation.tfma_config)
     super().__init__(metric_util.merge_per_key_computations(_decision_metrics),
                      threshold=threshold, name=name)
 
@@ -166,13 +164,13 @@ def _single_number(value: Any, model_name: str) -> Optional[float]:
 def _add_binary_input(self, accumulator, element):
   """The calibration histogram's add_input, fast for a 0/1 label and one prediction.
 
-  With the Evaluator's 5 slicings, TFMA calls this for every example about 6
-  times, and its generic path (metric_util.to_label_prediction_example_weight:
-  multi-class, top-k, class weights, fractional labels split into two weighted
-  rows) was a quarter of an Evaluator's time at MovieLens-1M scale. For an
-  unweighted example with a label of exactly 0 or 1 those rows add up to one:
-  (label, prediction, weight 1) in the prediction's bucket, the same sums. Any
-  other input takes TFMA's own path.
+  TFMA calls this for every example once per slice the example falls in, and its
+  generic path (metric_util.to_label_prediction_example_weight: multi-class,
+  top-k, class weights, fractional labels split into two weighted rows) was a
+  large share of an Evaluator's time at MovieLens-1M scale (docs/performance.md).
+  For an unweighted example with a label of exactly 0 or 1 those rows add up to
+  one: (label, prediction, weight 1) in the prediction's bucket, the same sums.
+  Any other input takes TFMA's own path.
   """
   key = self._key
   if (self._prediction_based_bucketing and not self._example_weighted

@@ -4,7 +4,6 @@ TFMA writes metrics, plots and the validation result per slice as protos; this
 turns them into plain numbers the report, the figures and TensorBoard share.
 """
 import dataclasses
-import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -12,15 +11,16 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.writers import eval_config_writer
 
-from models import training
-from pipeline import evaluation
-from pipeline import histogram_metrics as hm
+from common import errors
+from evaluation import histogram_metrics as hm
+from evaluation import tfma_config
+from models import history as training_history
 
 _CANDIDATE = ("", "candidate")  # TFMA names the models once a baseline exists
 _BASELINE = "baseline"
 
 
-class EvaluationError(Exception):
+class EvaluationError(errors.RecsysError):
   """An evaluation artifact that is missing, unreadable or from another version."""
 
 
@@ -53,7 +53,7 @@ class ModelResults:
   metrics: Dict[str, float]  # overall, REPORTED_METRICS order
   slice_metrics: Dict[str, Dict[str, Dict[str, float]]]  # feature -> value -> auc, count
   curve: List[ConfusionPoint]  # overall, thresholds ascending
-  decision: Optional[ConfusionPoint]  # overall, at evaluation.DECISION_THRESHOLD
+  decision: Optional[ConfusionPoint]  # overall, at tfma_config.DECISION_THRESHOLD
   blessed: bool
   reason: str
   baseline_auc: Optional[float]
@@ -76,7 +76,7 @@ class ModelResults:
     return len(self.history.get("loss", []))
 
   def to_json(self) -> Dict:
-    return {"split": evaluation.EVAL_SPLIT, **self.metrics,
+    return {"split": tfma_config.EVAL_SPLIT, **self.metrics,
             "blessed": self.blessed, "blessing_reason": self.reason,
             "baseline_auc": self.baseline_auc,
             "epochs": self.epochs,
@@ -164,10 +164,10 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
       overall = values
       baseline = _metric_values(metrics_for_slice, (_BASELINE,))
       decision = _decision_matrix(metrics_for_slice)
-    elif evaluation.AUC in values:
+    elif tfma_config.AUC in values:
       feature, value = name
       slices.setdefault(feature, {})[value] = {
-          evaluation.AUC: round(values[evaluation.AUC], 4),
+          tfma_config.AUC: round(values[tfma_config.AUC], 4),
           "example_count": int(values.get("example_count", 0))}
   if not overall:
     raise EvaluationError(f"{evaluation_uri} has no overall metrics")
@@ -181,10 +181,10 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
                            entry.value.confusion_matrix_at_thresholds.matrices),
                        key=lambda p: p.threshold)
 
-  auc = overall[evaluation.AUC]
+  auc = overall[tfma_config.AUC]
   eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
   floor = _auc_floor(eval_config)
-  baseline_auc = baseline.get(evaluation.AUC)
+  baseline_auc = baseline.get(tfma_config.AUC)
   if blessed:
     reason = f"auc {auc:.4f} >= floor {floor:.4f}"
     if baseline_auc is not None:
@@ -192,14 +192,9 @@ def read(evaluation_uri: str, blessed: bool, model_run_uri: str) -> ModelResults
   else:
     reason = _auc_failure_reason(validation, floor)
 
-  history = {}
-  history_path = os.path.join(model_run_uri, training.HISTORY_FILE)
-  if tf.io.gfile.exists(history_path):
-    with tf.io.gfile.GFile(history_path) as f:
-      history = json.load(f)
-
+  history = training_history.read(model_run_uri)
   metrics = {name: round(overall[name], 4) if name != "example_count" else int(overall[name])
-             for name in evaluation.REPORTED_METRICS if name in overall}
+             for name in tfma_config.REPORTED_METRICS if name in overall}
   return ModelResults(
       metrics=metrics,
       slice_metrics={f: dict(sorted(v.items())) for f, v in sorted(slices.items())},

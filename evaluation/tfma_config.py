@@ -10,9 +10,9 @@ import json
 
 import tensorflow_model_analysis as tfma
 
+from common import code_fingerprint
+from evaluation import histogram_metrics as hm
 from models import features
-from pipeline import code_fingerprint
-from pipeline import histogram_metrics as hm
 from serving import contract
 
 EVAL_SPLIT = "test"
@@ -59,7 +59,7 @@ def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
           metric(class_name="ConfusionMatrixPlot"),
           metric(class_name="CalibrationPlot"),
           # Every metric above and below reads one calibration histogram per slice:
-          # a combiner per metric made the Evaluator 2x slower (histogram_metrics).
+          # a combiner per metric made the Evaluator much slower (docs/performance.md).
           # Binary cross-entropy needs a combiner of its own, so it is left out.
           metric(class_name="HistogramMeans", module=hm.__name__,
                  config=json.dumps(ours)),

@@ -1,0 +1,24 @@
+"""The SavedModel a Trainer exports, as TF Serving loads it."""
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from export import recommend
+from export import signatures
+
+
+def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+           raw_feature_keys: Sequence[str], export_dir: str,
+           train_examples: Optional[Dict[str, np.ndarray]] = None) -> None:
+  """Saves the model with its Transform graph and serving signatures.
+
+  With the train split, the model also serves `predict` by ids and `recommend`.
+  """
+  recommender = None
+  if train_examples is not None:
+    tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output)
+    recommender = recommend.Recommender(model, tables)
+  tf.saved_model.save(model, export_dir, signatures=signatures.make_serving_signatures(
+      model, tf_transform_output, raw_feature_keys, recommender))

@@ -1,0 +1,6 @@
+"""Test and benchmark support: synthetic MovieLens releases. Production code never imports it."""
+import os
+
+# TFRS and our Keras code need Keras 2; the flag must be set before TensorFlow is
+# imported, in every process that imports this package (Beam workers included).
+os.environ["TF_USE_LEGACY_KERAS"] = "1"

@@ -1,0 +1,48 @@
+"""The body of every model's TFX Trainer `run_fn`: read, train, log, export."""
+import os
+import tempfile
+from typing import Callable, Sequence
+
+import tensorflow_transform as tft
+
+from common import progress
+from export import saved_model
+from models import data
+from models import features
+from models import history as training_history
+from models import hparams as hp
+from models import runtime
+from models import training
+
+
+def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[str]) -> None:
+  """The body of both models' `run_fn`: read, train, log, export.
+
+  `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
+  str}; the pipeline fills it from `models.hparams` and the run's settings, and
+  adds "code_fingerprint", which only keys the cache.
+  """
+  config = fn_args.custom_config
+  hparams = hp.from_config(model_name, config["hparams"])
+  seed = int(config["seed"])
+  strategy = runtime.distribution_strategy(config.get("distribution", hp.NO_DISTRIBUTION))
+  model_run_dir, serving_model_dir = fn_args.model_run_dir, fn_args.serving_model_dir
+  if not strategy.extended.should_checkpoint:
+    # A worker other than the chief: it takes part in training and saving (a
+    # multi-worker save gathers variables from every worker), but only the
+    # chief's logs and model are the Trainer's outputs.
+    scratch = tempfile.mkdtemp(prefix=f"{model_name}-worker-")
+    model_run_dir = os.path.join(scratch, "model_run")
+    serving_model_dir = os.path.join(scratch, "model")
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  train_examples = data.load_examples(fn_args.train_files, tf_transform_output)
+  eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output)
+  progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
+                  f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
+  model, history = training.fit(strategy, model_name, build,
+                                data.vocabulary_sizes(tf_transform_output), hparams,
+                                train_examples, eval_examples, model_run_dir, seed)
+  training_history.write(history, model_run_dir)
+  saved_model.export(model, tf_transform_output, raw_feature_keys, serving_model_dir,
+                     train_examples)
+  progress.report(f"train {model_name}", f"exported to {serving_model_dir}")
