@@ -114,8 +114,10 @@ def test_unknown_modules_are_refused():
 def test_every_component_of_ours_carries_its_fingerprint(tmp_path):
   schema = tmp_path / "schema.pbtxt"
   shutil.copy(configs.SCHEMA_FILE, schema)
-  config = configs.PipelineConfig(dataset="100k", output_dir=str(tmp_path / "run"),
-                                  schema_file=str(schema))
+  (tmp_path / "data").mkdir()
+  (tmp_path / "data" / "u.data").write_text("1\t2\t5\t881250949\n")
+  config = configs.PipelineConfig(dataset="100k", data_dir=str(tmp_path / "data"),
+                                  output_dir=str(tmp_path / "run"), schema_file=str(schema))
 
   def parameters():
     return {node.id: node.exec_properties
@@ -135,6 +137,11 @@ def test_every_component_of_ours_carries_its_fingerprint(tmp_path):
     assert json.loads(nodes[pipeline_dsl.pusher_id(model)]["custom_config"])[
         "code_fingerprint"] == code["Pusher"]
   assert code["Trainer.cf"] != code["Trainer.deepfm"]
+  # The data by its files: editing one reruns the ingestion
+  # (test_the_data_folder_fingerprint_follows_its_files).
+  data_fingerprint = configs.fingerprint_folder(config.data_dir)
+  assert data_fingerprint is not None
+  assert nodes["MovieLensExampleGen"]["source_fingerprint"] == data_fingerprint
   # The schema by content: TFX's own ImportSchemaGen keys on the path alone.
   before = nodes["ImportSchemaGen"]["schema_fingerprint"]
   schema.write_text(schema.read_text() + "\n# reviewed\n")

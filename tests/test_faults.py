@@ -53,7 +53,9 @@ class _Run:
   def __init__(self, args, log_path):
     self.popen = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", *args], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        # As from a user's shell: without the suite's TensorFlow log setting.
+        env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+             "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         # As from a terminal: a shell starts background jobs (a CI script run
         # with `&`) with SIGINT ignored, and the run would inherit that.
