@@ -1,18 +1,21 @@
 """ModelReport: both models' evaluations side by side.
 
-Reads each Evaluator's TFMA output (metrics, plots, blessing) and each Trainer's
-history, and writes into its artifact:
+Reads each Evaluator's TFMA output (metrics, plots, blessing), each Trainer's
+history and RankingEvaluator's top-k lists, and writes into its artifact:
 - metrics.json: per model, the overall test metrics (auc first), the confusion
-  matrix at 0.5, AUC per slice, and whether it was blessed, with the reason;
-- report.md: the side-by-side table, the reference study's numbers, AUC by slice;
-- roc.png, training_curves.png, auc_by_slice.png;
-- tensorboard/<model>/: the evaluation as TensorBoard scalars, PR curves and a
-  Fairness Indicators summary.
+  matrix at 0.5, AUC per slice, and whether it was blessed, with the reason; and
+  under "ranking", each model's and baseline's top-k metrics;
+- report.md: the side-by-side table, the reference study's numbers, the top-10
+  lists table, AUC by slice;
+- roc.png, training_curves.png, auc_by_slice.png, ranking_curves.png;
+- tensorboard/<system>/: the evaluation as TensorBoard scalars, PR curves and a
+  Fairness Indicators summary for each model; NDCG@k and recall@k (the step is
+  k) for each model and baseline.
 The run copies all but tensorboard/ to `<output_dir>/report/`.
 """
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tfx import types
@@ -22,6 +25,7 @@ from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from components import ranking_evaluator
 from components import report_figures
 from components import report_tensorboard
 from evaluation import results as evaluation_results
@@ -32,8 +36,10 @@ METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "report.md"
 TENSORBOARD_DIR = "tensorboard"
 # Bumped when metrics.json changes shape; `recsys report` refuses other versions.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MODEL_TITLES = {"cf": "CF (TFRS)", "deepfm": "DeepFM (Keras)"}
+# The top-k table's columns: both models' `recommend`, then the baselines.
+SYSTEM_TITLES = {**MODEL_TITLES, "popularity": "popularity", "ease": "EASE"}
 # The study this project grew from: test AUC on MovieLens-1M, with its own splits.
 REFERENCE_AUC = {"cf": 0.81, "deepfm": 0.82}
 _VALUE_NAMES = {features.USER_GENDER: {"0": "female", "1": "male"}}
@@ -50,12 +56,37 @@ def slice_label(feature: str, value: str) -> str:
   return f"{feature}={_VALUE_NAMES.get(feature, {}).get(value, value)}"
 
 
-def build_report(results: Dict[str, evaluation_results.ModelResults]) -> Dict:
-  """The content of metrics.json."""
+def build_report(results: Dict[str, evaluation_results.ModelResults],
+                 ranking: Optional[Dict] = None) -> Dict:
+  """The content of metrics.json; `ranking` is RankingEvaluator's ranking.json."""
   return {"format_version": FORMAT_VERSION,
           "split": tfma_config.EVAL_SPLIT,
           "reference_auc_movielens_1m": REFERENCE_AUC,
-          "models": {name: r.to_json() for name, r in results.items()}}
+          "models": {name: r.to_json() for name, r in results.items()},
+          "ranking": ranking}
+
+
+def _ranking_rows(ranking: Dict) -> List[Tuple[str, List[str]]]:
+  """(label, one cell per system): the top-k metrics, coverage, already rated."""
+  systems = ranking["systems"]
+  names = list(systems)
+  rows = [(metric, [_cell(systems[n]["metrics"][metric]) for n in names])
+          for metric in systems[names[0]]["metrics"]]
+  rows.append(("catalogue coverage", [_cell(systems[n]["coverage"]) for n in names]))
+  rows.append(("already rated", [_cell(systems[n]["already_rated_share"]) for n in names]))
+  return rows
+
+
+def ranking_table(report: Dict) -> str:
+  """Plain-text table of every system's top-k lists in a metrics.json."""
+  ranking = report["ranking"]
+  names = list(ranking["systems"])
+  width = max(14, *(len(SYSTEM_TITLES.get(n, n)) + 2 for n in names))
+  lines = [f"{'top-k lists':<22}" + "".join(f"{SYSTEM_TITLES.get(n, n):>{width}}"
+                                            for n in names)]
+  for label, cells in _ranking_rows(ranking):
+    lines.append(f"{label:<22}" + "".join(f"{cell:>{width}}" for cell in cells))
+  return "\n".join(lines)
 
 
 def _cell(value) -> str:
@@ -92,6 +123,8 @@ def comparison_table(report: Dict) -> str:
   for n in names:
     lines.append(f"{n}: {'blessed' if models[n]['blessed'] else 'not blessed'}: "
                  f"{models[n]['blessing_reason']}")
+  if report.get("ranking"):
+    lines += ["", ranking_table(report)]
   return "\n".join(lines)
 
 
@@ -116,6 +149,8 @@ def _markdown(report: Dict) -> str:
   for n in names:
     verdict = "blessed" if models[n]["blessed"] else "not blessed"
     lines.append(f"- **{MODEL_TITLES.get(n, n)}**: {verdict}: {models[n]['blessing_reason']}")
+  if report.get("ranking"):
+    lines += _ranking_markdown(report["ranking"])
   lines += ["", "## AUC by slice", ""]
   for feature in tfma_config.SLICE_FEATURES:
     values = sorted({v for n in names for v in models[n]["slices"].get(feature, {})},
@@ -134,7 +169,23 @@ def _markdown(report: Dict) -> str:
   lines += ["## Figures", "", f"![ROC curves]({report_figures.ROC_FILE})", "",
             f"![Training curves]({report_figures.TRAINING_FILE})", "",
             f"![AUC by slice]({report_figures.SLICES_FILE})", ""]
+  if report.get("ranking"):
+    lines += [f"![Top-k lists]({report_figures.RANKING_FILE})", ""]
   return "\n".join(lines)
+
+
+def _ranking_markdown(ranking: Dict) -> List[str]:
+  names = list(ranking["systems"])
+  lines = ["", "## Top-10 lists", "",
+           f"What each system would serve the {ranking['users']:,} test users: the "
+           "models through their `recommend` signature, as TF Serving calls it; the "
+           "baselines over the same candidates (every movie the user has not rated in "
+           "train or eval). Relevant: the test movies the user liked.", "",
+           "| | " + " | ".join(SYSTEM_TITLES.get(n, n) for n in names) + " |",
+           "|---|" + "---:|" * len(names)]
+  lines += [f"| {label} | " + " | ".join(cells) + " |"
+            for label, cells in _ranking_rows(ranking)]
+  return lines
 
 
 def _natural(value: str):
@@ -143,9 +194,10 @@ def _natural(value: str):
   return (1, 0.0, value)
 
 
-def write(results: Dict[str, evaluation_results.ModelResults], folder: str) -> Dict:
+def write(results: Dict[str, evaluation_results.ModelResults], folder: str,
+          ranking: Optional[Dict] = None) -> Dict:
   """Writes metrics.json, report.md, figures and TensorBoard summaries to `folder`."""
-  report = build_report(results)
+  report = build_report(results, ranking)
   tf.io.gfile.makedirs(folder)
   with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
     json.dump(report, f, indent=2)
@@ -155,6 +207,10 @@ def write(results: Dict[str, evaluation_results.ModelResults], folder: str) -> D
   for name, model_results in results.items():
     report_tensorboard.write(model_results, os.path.join(folder, TENSORBOARD_DIR, name),
                              slice_label)
+  if ranking:
+    report_figures.write_ranking_curves(ranking, folder, SYSTEM_TITLES)
+    for name, system in ranking["systems"].items():
+      report_tensorboard.write_ranking(system, os.path.join(folder, TENSORBOARD_DIR, name))
   return report
 
 
@@ -183,6 +239,7 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
                 deepfm_evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
                 deepfm_blessing: InputArtifact[standard_artifacts.ModelBlessing],
                 deepfm_model_run: InputArtifact[standard_artifacts.ModelRun],
+                ranking: InputArtifact[ranking_evaluator.RankingEvaluation],
                 report: OutputArtifact[ReportArtifact],
                 code_fingerprint: Parameter[str]):
   """Writes the side-by-side report of both models' evaluations.
@@ -198,5 +255,5 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
           evaluation_artifact.uri,
           bool(blessing.get_int_custom_property("blessed")), model_run.uri)
       for name, (evaluation_artifact, blessing, model_run) in inputs.items()}
-  write(results, report.uri)
+  write(results, report.uri, ranking_evaluator.load(ranking.uri))
   report.set_int_custom_property("format_version", FORMAT_VERSION)

@@ -1,4 +1,4 @@
-"""The report's PNG figures: ROC curves, training curves and AUC by slice."""
+"""The report's PNG figures: ROC curves, training curves, AUC by slice, top-k curves."""
 import os
 from typing import Callable, Dict
 
@@ -8,10 +8,12 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from evaluation import tfma_config  # pylint: disable=g-import-not-at-top
+from evaluation import topk  # pylint: disable=g-import-not-at-top
 
 ROC_FILE = "roc.png"
 TRAINING_FILE = "training_curves.png"
 SLICES_FILE = "auc_by_slice.png"
+RANKING_FILE = "ranking_curves.png"
 _MIN_SLICE_EXAMPLES = 20  # smaller slices' AUC is mostly noise
 
 
@@ -84,3 +86,18 @@ def write_all(results, folder: str, titles: Dict[str, str],
   roc_curves(results, os.path.join(folder, ROC_FILE), titles)
   training_curves(results, os.path.join(folder, TRAINING_FILE), titles)
   auc_by_slice(results, os.path.join(folder, SLICES_FILE), titles, slice_label)
+
+
+def write_ranking_curves(ranking: Dict, folder: str, titles: Dict[str, str]) -> None:
+  """NDCG@k and recall@k for k = 1..50, every model against the baselines."""
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for name, system in ranking["systems"].items():
+    style = "-" if name in ranking["models"] else "--"  # baselines dashed
+    for ax, curve in zip(axes, ("ndcg", "recall")):
+      ax.plot(topk.CURVE_KS, system["curves"][curve], style, label=titles.get(name, name))
+  for ax, curve in zip(axes, ("NDCG@k", "recall@k")):
+    ax.set(xlabel="k (list length)", ylabel=curve,
+           title=f"{curve}, {ranking['users']:,} test users")
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  _save(figure, os.path.join(folder, RANKING_FILE))

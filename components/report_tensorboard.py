@@ -15,6 +15,7 @@ from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from tensorboard_plugin_fairness_indicators import summary_v2 as fairness_summary
 
 from evaluation import tfma_config
+from evaluation import topk
 
 PR_CURVE_TAG = "test/pr_curve"
 
@@ -57,4 +58,23 @@ def write(results, logdir: str, slice_label: Callable[[str, str], str]) -> None:
                           metrics[tfma_config.AUC], step=step)
     _pr_curve(results, step)
     fairness_summary.FairnessIndicators(results.evaluation_uri, step=step)
+  writer.close()
+
+
+def write_ranking(system, logdir: str) -> None:
+  """One system's top-k metrics (a ranking.json entry) into its TensorBoard run.
+
+  NDCG@k and recall@k are drawn against k (the step), so the systems' curves share
+  one chart; the other metrics at k stand at step k.
+  """
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    for curve, values in system["curves"].items():
+      for k, value in zip(topk.CURVE_KS, values):
+        tf.summary.scalar(f"ranking/{curve}@k", value, step=k)
+    for name, value in system["metrics"].items():
+      tf.summary.scalar(f"ranking/{name}", value, step=system["k"])
+    tf.summary.scalar("ranking/coverage", system["coverage"], step=system["k"])
+    tf.summary.scalar("ranking/already_rated", system["already_rated_share"],
+                      step=system["k"])
   writer.close()

@@ -19,7 +19,7 @@ with fewer than k movies left unrated gets them all, then empty ids ("") with
 score 0.
 """
 import dataclasses
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,11 +51,14 @@ class CandidateTables:
 
   @classmethod
   def from_train_split(cls, train: Dict[str, np.ndarray],
-                       tf_transform_output: tft.TFTransformOutput) -> "CandidateTables":
+                       tf_transform_output: tft.TFTransformOutput,
+                       also_rated: Sequence[Dict[str, np.ndarray]] = ()) -> "CandidateTables":
     """Tables from the transformed train split (columns as training reads them).
 
     Each feature table has one row more than its vocabulary: the last row holds
-    what the Transform graph makes of an id never seen in training.
+    what the Transform graph makes of an id never seen in training. `recommend`
+    excludes what each user rated in the train split and in `also_rated` (other
+    splits, transformed alike).
     """
     user_ids = np.array(tf_transform_output.vocabulary_by_name(features.USER_ID), object)
     movie_ids = np.array(tf_transform_output.vocabulary_by_name(features.MOVIE_ID), object)
@@ -80,9 +83,12 @@ class CandidateTables:
     movie_features = {key: per_index(key, first_of_movie, len(movie_ids))
                       for key in features.MOVIE_SIDE_INPUTS if key in train}
 
-    order = np.lexsort((movies, users))
-    known = users[order] < len(user_ids)
-    counts = np.bincount(users[order][known], minlength=len(user_ids))
+    rated_users = np.concatenate([users] + [split[_USER] for split in also_rated])
+    rated_movies = np.concatenate([movies] + [split[_MOVIE] for split in also_rated])
+    # Known users' known movies, by user, each pair once.
+    known = (rated_users < len(user_ids)) & (rated_movies < len(movie_ids))
+    pairs = np.unique(np.stack([rated_users[known], rated_movies[known]], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=len(user_ids))
     rated_row_splits = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     labels = train[features.LABEL].astype(np.float64)
@@ -93,7 +99,7 @@ class CandidateTables:
     cold = (likes + _COLD_START_PRIOR * prior) / (ratings + _COLD_START_PRIOR)
     return cls(user_ids=user_ids, movie_ids=movie_ids, user_features=user_features,
                movie_features=movie_features, rated_row_splits=rated_row_splits,
-               rated_movies=movies[order][known].astype(np.int64),
+               rated_movies=pairs[:, 1].astype(np.int64),
                cold_start_scores=cold.astype(np.float32))
 
 

@@ -11,14 +11,19 @@ from export import signatures
 
 def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
            raw_feature_keys: Sequence[str], export_dir: str,
-           train_examples: Optional[Dict[str, np.ndarray]] = None) -> None:
+           train_examples: Optional[Dict[str, np.ndarray]] = None,
+           also_rated: Sequence[Dict[str, np.ndarray]] = ()) -> None:
   """Saves the model with its Transform graph and serving signatures.
 
-  With the train split, the model also serves `predict` by ids and `recommend`.
+  With the train split, the model also serves `predict` by ids and `recommend`;
+  `recommend` leaves out what each user rated in train and in `also_rated` (the
+  Trainer passes the eval split: the evaluation's candidates are the movies a user
+  rated in neither).
   """
   recommender = None
   if train_examples is not None:
-    tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output)
+    tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output,
+                                                        also_rated)
     recommender = recommend.Recommender(model, tables)
   tf.saved_model.save(model, export_dir, signatures=signatures.make_serving_signatures(
       model, tf_transform_output, raw_feature_keys, recommender))

@@ -13,7 +13,7 @@ With a `recommend.Recommender` (the Trainers export one):
   seen in training get what the Transform graph gives them (out-of-vocabulary);
 - `recommend`: `user_id` ([batch] strings) and `k` (an int32 scalar, 1 to
   `contract.MAX_K`) to `movie_ids` and `scores` ([batch, k], best first),
-  excluding movies the user rated in training.
+  excluding movies the user rated in the train and eval splits.
 The Transform graph rides on the model as `model.tft_layer`, so it is saved with it.
 """
 from typing import Dict, Optional, Sequence

@@ -45,6 +45,9 @@ DATASET_RATINGS = {"1m": 1_000_209, "100k": 100_000}
 # Output splits of ExampleGen and their share of the hash buckets (80/10/10).
 SPLITS = (("train", 8), ("eval", 1), ("test", 1))
 SPLIT_NAMES = tuple(name for name, _ in SPLITS)
+# How ratings are assigned to the splits: by a hash of each (user, movie) pair, or
+# by time, each user's latest ratings going to test and the ones before to eval.
+SPLIT_METHODS = ("random", "temporal")
 
 # --- Transformed features (tf.Transform's output), read by both models. ---
 

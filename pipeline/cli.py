@@ -62,7 +62,8 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
     raise UsageError(str(e)) from None
   return configs.PipelineConfig(
       dataset=args.dataset, data_dir=args.data_dir or None,
-      download_dir=args.download_dir, seed=args.seed, beam_args=beam_args,
+      download_dir=args.download_dir, seed=args.seed, split=args.split,
+      beam_args=beam_args,
       enable_cache=not args.no_cache,
       presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
       overrides=_overrides(args.set),
@@ -193,6 +194,10 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--download-dir", help="TFDS download cache "
                       "(default ~/tensorflow_datasets/downloads)")
   parser.add_argument("--seed", type=int, default=42, help="seeds splits and shuffles")
+  parser.add_argument("--split", choices=features.SPLIT_METHODS, default="random",
+                      help="train/eval/test by a hash of each rating (random, as the "
+                      "reference study) or by time: each user's latest ratings are "
+                      "the test, the ones before them the eval split (temporal)")
   parser.add_argument("--beam-runner", choices=configs.BEAM_RUNNERS,
                       default=configs.DIRECT_RUNNER, help="Beam runner of the "
                       "Beam-based steps (ingestion, statistics, Transform, evaluation)")

@@ -124,6 +124,9 @@ class PipelineConfig:
   output_dir: Optional[str] = None  # default runs/movielens-<dataset>
   download_dir: Optional[str] = None  # default ~/tensorflow_datasets/downloads
   seed: int = 42
+  # How ratings are split into train/eval/test: "random" (comparable to the
+  # reference study's AUC) or "temporal" (each user's latest ratings are the test).
+  split: str = "random"
   beam_args: Optional[List[str]] = None  # default: beam_pipeline_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
@@ -149,6 +152,9 @@ class PipelineConfig:
     if self.dataset not in features.DATASETS:
       raise ValueError(f"dataset must be one of {sorted(features.DATASETS)}, "
                        f"got {self.dataset!r}")
+    if self.split not in features.SPLIT_METHODS:
+      raise ValueError(f"split must be one of {', '.join(features.SPLIT_METHODS)}, "
+                       f"got {self.split!r}")
     if self.distribution not in hparams_lib.DISTRIBUTIONS:
       raise ValueError(f"distribution must be one of {', '.join(hparams_lib.DISTRIBUTIONS)}, "
                        f"got {self.distribution!r}")

@@ -13,6 +13,7 @@ from components.import_schema_gen import ImportSchemaGen
 from components.model_report import ModelReport
 from components.movielens_example_gen.component import MovieLensExampleGen
 from components.pusher import Pusher
+from components.ranking_evaluator import RankingEvaluator
 from evaluation import tfma_config
 from models import hparams
 from pipeline import configs
@@ -43,6 +44,7 @@ ENTRY_MODULES = {
     "AnomaliesGate": "components.anomalies_gate",
     "Transform": PREPROCESSING_FN.rpartition(".")[0],
     **{trainer_id(model): run_fn.rpartition(".")[0] for model, run_fn in MODELS.items()},
+    "RankingEvaluator": "components.ranking_evaluator",
     "ModelReport": "components.model_report",
     "Pusher": "components.pusher",
 }
@@ -67,7 +69,8 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       dataset=config.dataset, data_dir=config.data_dir,
       download_dir=config.download_dir,
       source_fingerprint=configs.fingerprint_folder(config.data_dir),
-      code_fingerprint=code_fingerprint_of("MovieLensExampleGen"), seed=config.seed)
+      code_fingerprint=code_fingerprint_of("MovieLensExampleGen"), seed=config.seed,
+      split=config.split)
 
   # Feature statistics of every split (TFDV).
   statistics_gen = tfx.components.StatisticsGen(
@@ -112,6 +115,14 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
             for model, trainer in trainers.items()}
   evaluators = {model: nodes[1] for model, nodes in judged.items()}
 
+  # The top-k lists each model's `recommend` serves the test users, against the
+  # popularity and EASE baselines on the same candidates.
+  ranking_evaluator = RankingEvaluator(
+      examples=example_gen.outputs["examples"],
+      cf_model=trainers["cf"].outputs["model"],
+      deepfm_model=trainers["deepfm"].outputs["model"],
+      code_fingerprint=code_fingerprint_of("RankingEvaluator"))
+
   # Both evaluations side by side: metrics.json, report.md, figures, TensorBoard.
   model_report = ModelReport(
       cf_evaluation=evaluators["cf"].outputs["evaluation"],
@@ -120,11 +131,13 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       deepfm_evaluation=evaluators["deepfm"].outputs["evaluation"],
       deepfm_blessing=evaluators["deepfm"].outputs["blessing"],
       deepfm_model_run=trainers["deepfm"].outputs["model_run"],
+      ranking=ranking_evaluator.outputs["evaluation"],
       code_fingerprint=code_fingerprint_of("ModelReport"))
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           transform, *trainers.values(),
-          *[node for nodes in judged.values() for node in nodes], model_report]
+          *[node for nodes in judged.values() for node in nodes], ranking_evaluator,
+          model_report]
 
 
 

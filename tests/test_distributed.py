@@ -81,7 +81,7 @@ def _upstream(spec, task: str):
 def test_spec_has_every_component(spec):
   tasks = set(_tasks(spec))
   components = [c.id for c in pipeline_dsl.create_components(configs.PipelineConfig())]
-  assert len(components) == 15
+  assert len(components) == 16
   for component in components:
     if component.startswith("LatestBlessed."):
       # KFP v2 resolves the latest blessed model in two queries: model, blessing.
@@ -115,6 +115,8 @@ def test_spec_runs_the_steps_in_order(spec):
             "AnomaliesGate"} <= _upstream(spec, f"Evaluator.{model}")
     assert {f"Evaluator.{model}", f"Trainer.{model}"} <= _upstream(spec, f"Pusher.{model}")
     assert f"Evaluator.{model}" in _upstream(spec, "ModelReport")
+    assert f"Trainer.{model}" in _upstream(spec, "RankingEvaluator")
+  assert "RankingEvaluator" in _upstream(spec, "ModelReport")
   assert not _upstream(spec, "MovieLensExampleGen")
   # The two models train independently, side by side.
   assert "Trainer.cf" not in _upstream(spec, "Trainer.deepfm")

@@ -234,3 +234,66 @@ def test_missing_or_empty_file(name, synthetic_1m, tmp_path):
   os.remove(path)
   with pytest.raises(parsing.MovieLensDataError, match=f"^{path}: file not found$"):
     parsing.read_release(folder, ML_1M)
+
+
+def test_temporal_cutoffs_by_hand():
+  # User a: 20 ratings at times 0..19 (two share time 18: movies "x" < "y").
+  times = list(range(18)) + [18, 18]
+  movies = [f"m{t:02d}" for t in range(18)] + ["y", "x"]
+  users = ["a"] * 20 + ["b"] * 9  # b: too few ratings for a tenth of them
+  times += list(range(9))
+  movies += [f"n{t}" for t in range(9)]
+  users, movies, times = np.array(users, object), np.array(movies, object), np.array(times)
+  cutoffs = parsing.TemporalCutoffs.of(users, movies, times,
+                                       {"train": 8, "eval": 1, "test": 1})
+  split = cutoffs.assign(users, movies, times)
+  named = {(u, m): s for u, m, s in zip(users, movies, split)}
+  # a: test = the latest two, (18, "x") and (18, "y"); eval = times 16 and 17.
+  assert {k for k, s in named.items() if s == 2} == {("a", "x"), ("a", "y")}
+  assert {k for k, s in named.items() if s == 1} == {("a", "m16"), ("a", "m17")}
+  assert all(s == 0 for (u, _), s in named.items() if u == "b")
+  # The order of the input does not matter.
+  shuffled = np.random.default_rng(0).permutation(len(users))
+  again = parsing.TemporalCutoffs.of(users[shuffled], movies[shuffled], times[shuffled],
+                                     {"train": 8, "eval": 1, "test": 1})
+  np.testing.assert_array_equal(again.assign(users, movies, times), split)
+
+
+@pytest.mark.slow  # a Beam pipeline
+def test_temporal_split_puts_each_users_latest_ratings_last(synthetic_1m, tmp_path):
+  """MovieLensExampleGen under LocalDagRunner with the temporal split."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration import metadata  # pylint: disable=g-import-not-at-top
+
+  from components.movielens_example_gen.component import MovieLensExampleGen  # pylint: disable=g-import-not-at-top
+  example_gen = MovieLensExampleGen(dataset="1m", data_dir=synthetic_1m.folder,
+                                    split="temporal")
+  store = str(tmp_path / "metadata.sqlite")
+  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+      pipeline_name="temporal", pipeline_root=str(tmp_path / "root"),
+      components=[example_gen], enable_cache=False,
+      metadata_connection_config=metadata.sqlite_metadata_connection_config(store),
+      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"]))
+  with metadata.Metadata(metadata.sqlite_metadata_connection_config(store)) as m:
+    [examples] = m.store.get_artifacts_by_type("Examples")
+  assert examples.custom_properties["split_method"].string_value == "temporal"
+  spec = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in (
+      (features.USER_ID, tf.string), (features.MOVIE_ID, tf.string),
+      (features.TIMESTAMP, tf.int64))}
+  times = {}  # split -> user -> [(time, movie)]
+  for split in features.SPLIT_NAMES:
+    files = tf.io.gfile.glob(f"{examples.uri}/Split-{split}/*.gz")
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(10_000).map(
+        lambda x: tf.io.parse_example(x, spec)):
+      for user, movie, time in zip(*(batch[k].numpy() for k in spec)):
+        times.setdefault(split, {}).setdefault(user, []).append((int(time), movie))
+  assert sum(len(v) for s in times.values() for v in s.values()) == synthetic_1m.num_ratings
+  for user, train in times["train"].items():
+    latest_train = max(train)
+    for later in ("eval", "test"):
+      assert all(rating > latest_train for rating in times[later].get(user, [])), user
+    if times["eval"].get(user) and times["test"].get(user):
+      assert max(times["eval"][user]) < min(times["test"][user])
+    count = len(train) + len(times["eval"].get(user, [])) + len(times["test"].get(user, []))
+    assert len(times["test"].get(user, [])) == count // 10

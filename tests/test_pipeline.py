@@ -95,7 +95,8 @@ def _states(summary):
 _NODES = ["ImportSchemaGen", "LatestBlessed.cf", "LatestBlessed.deepfm",
           "MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "AnomaliesGate",
           "Transform", "Trainer.cf", "Trainer.deepfm", "Evaluator.cf",
-          "Evaluator.deepfm", "ModelReport", "Pusher.cf", "Pusher.deepfm"]
+          "Evaluator.deepfm", "RankingEvaluator", "ModelReport", "Pusher.cf",
+          "Pusher.deepfm"]
 
 
 def _pushed_versions(config, model):
@@ -173,9 +174,21 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   assert "| auc | " in markdown and "0.81 | 0.82" in markdown
   cf_matrix = report["models"]["cf"]["confusion_matrix"]
   assert f"| true_positives @0.5 | {cf_matrix['true_positives']:,} | " in markdown
-  for figure in ("roc.png", "training_curves.png", "auc_by_slice.png"):
+  for figure in ("roc.png", "training_curves.png", "auc_by_slice.png", "ranking_curves.png"):
     assert (folder / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
   assert not (folder / "tensorboard").exists()  # summaries stay in the artifact
+
+  # The top-k lists each model's `recommend` serves, beside the baselines'.
+  ranking = report["ranking"]
+  test_users = {u for u in _read_split(_latest_examples(config), "test")[features.USER_ID]}
+  assert ranking["users"] == len(test_users)
+  assert set(ranking["systems"]) == {"cf", "deepfm", "popularity", "ease"}
+  for name, system in ranking["systems"].items():
+    assert system["already_rated_share"] == 0, name  # train and eval ratings excluded
+    assert system["users_scored"] + system["users_without_relevant"] == len(test_users)
+    assert 0 < system["metrics"]["ndcg@10"] <= system["metrics"]["hit_rate@10"] <= 1, name
+    assert len(system["curves"]["ndcg"]) == 50 and system["curves"]["recall"][-1] <= 1
+  assert "## Top-10 lists" in markdown and "| ndcg@10 | " in markdown
 
   examples = _latest_examples(config)
   counts = json.loads(examples.get_string_custom_property("split_counts"))

@@ -205,3 +205,28 @@ def test_exported_model_serves_recommend_and_predict(model_name, fans, recommend
                              movie_id=tf.constant([tables.movie_ids[0], "no-movie"]))
   probabilities = unseen["like_probability"].numpy()
   assert probabilities.shape == (2,) and np.all((probabilities > 0) & (probabilities < 1))
+
+
+@pytest.mark.parametrize("model_name", sorted(BUILDERS))
+def test_ratings_of_other_splits_are_excluded_and_nothing_else_changes(model_name, fans,
+                                                                       recommenders):
+  """The exclusion is the only difference between tables with and without the eval split."""
+  transformed, _ = fans
+  recommender, tables = recommenders[model_name]
+  user = tables.user_ids[5]
+  before = [m for m in recommender.recommend(tf.constant([user]), tf.constant(20))[
+      contract.MOVIE_IDS].numpy()[0] if m]
+  # "Eval" ratings of this user: three movies the plain tables would recommend.
+  movie_index = {m: i for i, m in enumerate(tables.movie_ids)}
+  rated_elsewhere = before[1:4]
+  also = {features.transformed_name(features.USER_ID): np.full(
+              3, list(tables.user_ids).index(user), np.int64),
+          features.transformed_name(features.MOVIE_ID): np.array(
+              [movie_index[m] for m in rated_elsewhere], np.int64)}
+  with_eval = recommend.CandidateTables.from_train_split(transformed.columns,
+                                                         transformed.output, [also])
+  evaluated = recommend.Recommender(recommender.model, with_eval)
+  after = [m for m in evaluated.recommend(tf.constant([user]), tf.constant(20))[
+      contract.MOVIE_IDS].numpy()[0] if m]
+  assert not set(after) & set(rated_elsewhere)
+  assert [m for m in before if m not in rated_elsewhere] == after[:len(before) - 3]

@@ -44,5 +44,5 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                                 train_examples, eval_examples, model_run_dir, seed)
   training_history.write(history, model_run_dir)
   saved_model.export(model, tf_transform_output, raw_feature_keys, serving_model_dir,
-                     train_examples)
+                     train_examples, also_rated=[eval_examples])
   progress.report(f"train {model_name}", f"exported to {serving_model_dir}")

@@ -24,6 +24,7 @@ class MovieLensExampleGenSpec(types.ComponentSpec):
       "output_config": ExecutionParameter(type=example_gen_pb2.Output),
       "seed": ExecutionParameter(type=int),
       "lines_per_shard": ExecutionParameter(type=int),
+      "split": ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {}
   OUTPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -40,10 +41,12 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
   """Ingests MovieLens 1M or 100K as tf.Examples split into train, eval and test.
 
   Every example carries the features of TFDS's `movielens/<dataset>-ratings`
-  (see `models.features`) and the label `like` (rating >= 4). A rating's split
-  comes from a hash of its (user, movie) pair and the seed, so the same input and
-  seed give the same splits on every run and machine. The output artifact records
-  the data set, its source, the seed, the hash buckets and the count per split.
+  (see `models.features`) and the label `like` (rating >= 4). With the random
+  split, a rating's split comes from a hash of its (user, movie) pair and the
+  seed; with the temporal one, from its place in time among its user's ratings.
+  Either way the same input gives the same splits on every run and machine. The
+  output artifact records the data set, its source, the split method, the seed,
+  the shares and the count per split.
   """
   SPEC_CLASS = MovieLensExampleGenSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
@@ -53,7 +56,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                source_fingerprint: Optional[str] = None,
                code_fingerprint: Optional[str] = None,
                output_config: Optional[example_gen_pb2.Output] = None,
-               seed: int = 42, lines_per_shard: int = 100_000):
+               seed: int = 42, lines_per_shard: int = 100_000, split: str = "random"):
     """Creates the component.
 
     Args:
@@ -68,7 +71,12 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
       output_config: the splits; default 80/10/10 train/eval/test.
       seed: seeds the split hash and the shuffle of the output.
       lines_per_shard: ratings per unit of parallel work.
+      split: "random" (by the hash of each rating, comparable to the reference
+        study) or "temporal" (per user, the latest ratings in time go to test and
+        the ones before them to eval, in the shares of `output_config`).
     """
+    if split not in features.SPLIT_METHODS:
+      raise ValueError(f"split must be one of {features.SPLIT_METHODS}, got {split!r}")
     if dataset not in features.DATASETS:
       raise ValueError(f"dataset must be one of {sorted(features.DATASETS)}, "
                        f"got {dataset!r}")
@@ -76,6 +84,6 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
         dataset=dataset, data_dir=data_dir, download_dir=download_dir,
         source_fingerprint=source_fingerprint, code_fingerprint=code_fingerprint,
         output_config=output_config or default_output_config(), seed=seed,
-        lines_per_shard=lines_per_shard,
+        lines_per_shard=lines_per_shard, split=split,
         examples=types.Channel(type=standard_artifacts.Examples))
     super().__init__(spec=spec)

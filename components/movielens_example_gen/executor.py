@@ -39,8 +39,10 @@ class _ParseShard(beam.DoFn):
   """Parses a shard of ratings into serialized tf.Examples, keyed by (split, output file)."""
 
   def __init__(self, layout, users, movies, seed: int, hash_buckets: List[int],
-               files_per_split: List[int], num_shards: int):
+               files_per_split: List[int], num_shards: int,
+               cutoffs: Optional[parsing.TemporalCutoffs] = None):
     self._layout = layout
+    self._cutoffs = cutoffs
     self._users = users
     self._movies = movies
     self._seed = seed
@@ -56,8 +58,11 @@ class _ParseShard(beam.DoFn):
     if parsed is None:
       return
     encoded = np.array(example_coder.RecordBatchToExamples(parsed.batch), dtype=object)
-    split = parsing.assign_splits(parsed.user_ids, parsed.movie_ids, self._seed,
-                                  self._hash_buckets)
+    if self._cutoffs is None:
+      split = parsing.assign_splits(parsed.user_ids, parsed.movie_ids, self._seed,
+                                    self._hash_buckets)
+    else:
+      split = self._cutoffs.assign(parsed.user_ids, parsed.movie_ids, parsed.timestamps)
     output_file = (parsing.stable_hash(parsed.user_ids, parsed.movie_ids, self._seed,
                                        "shuffle")
                    % self._files_per_split[split].astype(np.uint64)).astype(np.int64)
@@ -121,6 +126,30 @@ def _movielens_error(error: BaseException) -> Optional[parsing.MovieLensDataErro
   return None
 
 
+def _temporal_cutoffs(shards: List[parsing.RatingsShard], layout, users, movies,
+                      shares: Dict[str, int]) -> parsing.TemporalCutoffs:
+  """Each user's split boundaries in time, from one pass over the ratings.
+
+  The same parser as the Beam step's, so a malformed line fails here with the same
+  message; the pass costs a second parse of the ratings, only for this split.
+  """
+  if list(shares) != list(features.SPLIT_NAMES):
+    raise ValueError(f"the temporal split needs the splits {features.SPLIT_NAMES}, "
+                     f"got {list(shares)}")
+  keys = [parsing.parse_ratings(shard, parsing.read_shard_bytes(shard), layout, users,
+                                movies) for shard in shards]
+  keys = [k for k in keys if k is not None]
+  if not keys:
+    raise parsing.no_rows_error(shards[0].path, "ratings")
+  cutoffs = parsing.TemporalCutoffs.of(
+      np.concatenate([k.user_ids for k in keys]),
+      np.concatenate([k.movie_ids for k in keys]),
+      np.concatenate([k.timestamps for k in keys]), shares)
+  progress.report("ingest", f"temporal split: each of {len(cutoffs.users):,} users' "
+                  "latest ratings to test, the ones before them to eval")
+  return cutoffs
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
   """Reads MovieLens through TFDS's sources and writes split tf.Examples."""
 
@@ -149,6 +178,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                     f"{num_lines:,} rating lines in {len(shards)} shard(s)")
     files_per_split = [max(1, round(num_lines * b / sum(hash_buckets)
                                     / _ROWS_PER_OUTPUT_FILE)) for b in hash_buckets]
+    split_method = exec_properties.get("split") or "random"
+    cutoffs = None
+    if split_method == "temporal":
+      cutoffs = _temporal_cutoffs(shards, layout, users, movies,
+                                  dict(zip(split_names, hash_buckets)))
 
     examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
     examples.split_names = artifact_utils.encode_split_names(split_names)
@@ -161,7 +195,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         | "Shards" >> beam.Create(list(enumerate(shards)))
         | "Distribute" >> beam.Reshuffle()
         | "ParseShards" >> beam.ParDo(_ParseShard(
-            layout, users, movies, seed, hash_buckets, files_per_split, len(shards)))
+            layout, users, movies, seed, hash_buckets, files_per_split, len(shards),
+            cutoffs))
         | "GroupByOutputFile" >> beam.GroupByKey()
         | "WriteOutputFiles" >> beam.ParDo(_WriteOutputFile(
             split_uris, files_per_split, seed)))
@@ -186,6 +221,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     examples.set_string_custom_property("dataset", features.DATASETS[dataset])
     examples.set_string_custom_property("source", source.description)
     examples.set_string_custom_property("split_counts", json.dumps(counts))
+    examples.set_string_custom_property("split_method", split_method)
     examples.set_string_custom_property(
         "split_hash_buckets", json.dumps(dict(zip(split_names, hash_buckets))))
     examples.set_int_custom_property("seed", seed)

@@ -381,10 +381,11 @@ def _as_lists(values: pa.Array) -> pa.ListArray:
 
 @dataclasses.dataclass
 class ParsedRatings:
-  """A shard's examples as an Arrow batch, plus the ids the split is keyed on."""
+  """A shard's examples as an Arrow batch, plus the ids and times splits are keyed on."""
   batch: pa.RecordBatch
   user_ids: np.ndarray
   movie_ids: np.ndarray
+  timestamps: np.ndarray
 
 
 def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
@@ -457,7 +458,7 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
   arrays[features.MOVIE_GENRES] = movies.genres.take(movie_rows).cast(
       pa.list_(pa.binary()))
   batch = pa.RecordBatch.from_arrays(list(arrays.values()), list(arrays.keys()))
-  return ParsedRatings(batch, user_ids, movie_ids)
+  return ParsedRatings(batch, user_ids, movie_ids, timestamps)
 
 
 def stable_hash(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int,
@@ -478,6 +479,55 @@ def assign_splits(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int,
   bucket = stable_hash(user_ids, movie_ids, seed, "split") % np.uint64(sum(hash_buckets))
   return np.searchsorted(np.cumsum(hash_buckets), bucket.astype(np.int64),
                          side="right")
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalCutoffs:
+  """Per user, the first rating of their eval and of their test split.
+
+  A rating is keyed by (timestamp, movie id): later is larger, and a tie in time
+  goes by the movie id, so the split never depends on the order of the file.
+  """
+  users: np.ndarray  # object (ids), sorted
+  eval_from: List[Tuple[int, str]]  # per user: the first eval key, (inf, "") if none
+  test_from: List[Tuple[int, str]]  # likewise for test
+
+  @classmethod
+  def of(cls, user_ids: np.ndarray, movie_ids: np.ndarray, timestamps: np.ndarray,
+         shares: Dict[str, int]) -> "TemporalCutoffs":
+    """With `shares` {"train": 8, "eval": 1, "test": 1}: each user's latest tenth of
+    ratings (rounded down) go to test, the tenth before them to eval, the rest to
+    train."""
+    total = sum(shares.values())
+    order = np.lexsort((movie_ids.astype(str), timestamps, user_ids.astype(str)))
+    users, starts, counts = np.unique(user_ids[order].astype(str), return_index=True,
+                                      return_counts=True)
+    never = (np.iinfo(np.int64).max, "")
+
+    def key(row):
+      return int(timestamps[order[row]]), str(movie_ids[order[row]])
+
+    eval_from, test_from = [], []
+    for start, count in zip(starts, counts):
+      num_test = count * shares["test"] // total
+      num_eval = count * shares["eval"] // total
+      test_from.append(key(start + count - num_test) if num_test else never)
+      eval_from.append(key(start + count - num_test - num_eval) if num_eval else
+                       test_from[-1])
+    return cls(users.astype(object), eval_from, test_from)
+
+  def assign(self, user_ids: np.ndarray, movie_ids: np.ndarray,
+             timestamps: np.ndarray) -> np.ndarray:
+    """Split index of each rating: 0 train, 1 eval, 2 test."""
+    rows = np.searchsorted(self.users.astype(str), user_ids.astype(str))
+    split = np.zeros(len(user_ids), np.int64)
+    for i, (row, movie, time) in enumerate(zip(rows, movie_ids, timestamps)):
+      rating = (int(time), str(movie))
+      if rating >= self.test_from[row]:
+        split[i] = 2
+      elif rating >= self.eval_from[row]:
+        split[i] = 1
+    return split
 
 
 def find_folder(folder: str, layout: Layout) -> Optional[str]:

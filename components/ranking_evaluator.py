@@ -1,0 +1,87 @@
+"""RankingEvaluator: the top-k lists each model's `recommend` serves, against baselines.
+
+TFMA judges the like probability example by example; this judges the list a user
+receives. For each trained model it loads the SavedModel and calls its
+`recommend` signature, the one TF Serving runs, for every test user; popularity
+and EASE rank the same candidates (evaluation/ranking.py). The result,
+ranking.json in the artifact, is one entry per system with NDCG@10, recall@10,
+hit rate@10, MAP@10, MRR@10, coverage, the share of already-rated movies served,
+and NDCG@k and recall@k for k = 1..50. ModelReport puts it beside TFMA's metrics.
+"""
+import json
+import os
+import time
+from typing import Dict
+
+import tensorflow as tf
+from tfx import types
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import OutputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from common import progress
+from evaluation import ranking
+from models import features
+from serving import contract
+
+RESULTS_FILE = "ranking.json"
+BASELINES = ("popularity", "ease")
+
+
+class RankingEvaluation(types.Artifact):
+  """A folder holding ranking.json: top-k metrics of each model and baseline."""
+  TYPE_NAME = "recsys.RankingEvaluation"
+
+
+def evaluate_models(split_patterns: Dict[str, str], model_dirs: Dict[str, str]) -> Dict:
+  """Top-k results of each SavedModel in `model_dirs` and of the baselines, as JSON."""
+  splits = ranking.read_splits(split_patterns)
+  users = ranking.test_users(splits)
+  systems = {}
+  for name, model_dir in model_dirs.items():
+    started = time.monotonic()
+    recommend = tf.saved_model.load(model_dir).signatures[contract.RECOMMEND]
+    lists = ranking.lists_from_signature(recommend, splits, users)
+    systems[name] = ranking.evaluate(lists, splits, users).to_json()
+    progress.report("rank", f"{name}: {len(users):,} test users' lists through its "
+                    f"`recommend` signature in {time.monotonic() - started:.1f} s")
+  seen = ("train", "eval")
+  systems["popularity"] = ranking.evaluate(
+      ranking.popularity_lists(splits, users, seen), splits, users).to_json()
+  l2 = ranking.choose_ease_l2(splits)
+  systems["ease"] = ranking.evaluate(
+      ranking.ease_lists(splits, users, seen, l2), splits, users).to_json()
+  systems["ease"]["l2"] = l2
+  return {"users": len(users), "movies": len(splits.movie_ids), "models": list(model_dirs),
+          "systems": systems}
+
+
+def load(folder: str) -> Dict:
+  """What evaluate_models wrote into a RankingEvaluation folder."""
+  with tf.io.gfile.GFile(os.path.join(folder, RESULTS_FILE)) as f:
+    return json.load(f)
+
+
+@component
+def RankingEvaluator(examples: InputArtifact[standard_artifacts.Examples],
+                     cf_model: InputArtifact[standard_artifacts.Model],
+                     deepfm_model: InputArtifact[standard_artifacts.Model],
+                     evaluation: OutputArtifact[RankingEvaluation],
+                     code_fingerprint: Parameter[str]):
+  """Writes ranking.json for both models and the baselines.
+
+  `code_fingerprint` (common.code_fingerprint) only keys the cache.
+  """
+  del code_fingerprint
+  patterns = {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+              for split in features.SPLIT_NAMES}
+  models = {"cf": path_utils.serving_model_path(cf_model.uri),
+            "deepfm": path_utils.serving_model_path(deepfm_model.uri)}
+  results = evaluate_models(patterns, models)
+  tf.io.gfile.makedirs(evaluation.uri)
+  with tf.io.gfile.GFile(os.path.join(evaluation.uri, RESULTS_FILE), "w") as f:
+    json.dump(results, f, indent=1)

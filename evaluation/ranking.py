@@ -1,0 +1,171 @@
+"""Top-k evaluation of what a user would be served: lists from a model's exported
+`recommend` signature, and from baselines, against each user's liked test movies.
+
+For every user in the test split, relevant = the test movies they liked; the
+candidates are every movie they have not rated in train or eval. The model's
+lists come from the same `recommend` signature TF Serving runs, with the model's
+own exclusion of rated movies; the baselines rank the same candidates:
+- popularity: the movies liked by most users in train and eval;
+- EASE (Steck, 2019): an item-item model over who rated what in train and eval,
+  its L2 weight chosen on the eval split among EASE_L2_GRID.
+"""
+import dataclasses
+from typing import Callable, Dict, List, Sequence, Set
+
+import numpy as np
+import tensorflow as tf
+
+from evaluation import topk
+from models import features
+from serving import contract
+
+EASE_L2_GRID = (30.0, 100.0, 300.0, 1000.0)
+LIST_LENGTH = max(topk.CURVE_KS)  # how many movies each list is read to
+_READ_BATCH = 65_536
+_USERS_PER_REQUEST = 256
+
+
+@dataclasses.dataclass
+class Ratings:
+  """One split's ratings as index arrays over shared user and movie vocabularies."""
+  users: np.ndarray  # int64
+  movies: np.ndarray  # int64
+  likes: np.ndarray  # int64, 0 or 1
+
+
+@dataclasses.dataclass
+class Splits:
+  """Every split's ratings, indexed into the vocabularies of all ids seen anywhere."""
+  user_ids: np.ndarray  # object (bytes), by user index
+  movie_ids: np.ndarray  # object (bytes), by movie index
+  splits: Dict[str, Ratings]
+
+  def rated(self, *names: str) -> List[Set[int]]:
+    """Per user index, the movies rated in the named splits."""
+    rated: List[Set[int]] = [set() for _ in self.user_ids]
+    for name in names:
+      ratings = self.splits[name]
+      for user, movie in zip(ratings.users, ratings.movies):
+        rated[user].add(int(movie))
+    return rated
+
+  def liked(self, name: str) -> List[Set[int]]:
+    """Per user index, the movies liked in the named split."""
+    liked: List[Set[int]] = [set() for _ in self.user_ids]
+    ratings = self.splits[name]
+    for user, movie, like in zip(ratings.users, ratings.movies, ratings.likes):
+      if like:
+        liked[user].add(int(movie))
+    return liked
+
+
+def read_splits(split_patterns: Dict[str, str]) -> Splits:
+  """The (user, movie, like) of every example, from gzipped tf.Example files per split."""
+  spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string),
+          features.MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
+          features.LABEL: tf.io.FixedLenFeature([], tf.int64)}
+  raw = {}
+  for name, pattern in split_patterns.items():
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+      raise ValueError(f"no examples match {pattern}")
+    columns = {key: [] for key in spec}
+    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+               .batch(_READ_BATCH).map(lambda x: tf.io.parse_example(x, spec)))
+    for batch in dataset:
+      for key in spec:
+        columns[key].append(batch[key].numpy())
+    raw[name] = {key: np.concatenate(values) for key, values in columns.items()}
+  user_ids, user_index = np.unique(np.concatenate(
+      [r[features.USER_ID] for r in raw.values()]), return_inverse=True)
+  movie_ids, movie_index = np.unique(np.concatenate(
+      [r[features.MOVIE_ID] for r in raw.values()]), return_inverse=True)
+  splits, start = {}, 0
+  for name, columns in raw.items():
+    end = start + len(columns[features.LABEL])
+    splits[name] = Ratings(user_index[start:end], movie_index[start:end],
+                           columns[features.LABEL])
+    start = end
+  return Splits(user_ids.astype(object), movie_ids.astype(object), splits)
+
+
+def test_users(splits: Splits) -> np.ndarray:
+  """The user indices that have a rating in the test split, in order."""
+  return np.unique(splits.splits["test"].users)
+
+
+def lists_from_signature(recommend: Callable, splits: Splits, users: np.ndarray,
+                         length: int = LIST_LENGTH) -> List[List[int]]:
+  """What `recommend(user_id, k)` (a SavedModel signature) serves each user, as indices.
+
+  Movies the model knows but the evaluation's data does not are dropped (they
+  cannot be relevant); an empty place ("") ends a list.
+  """
+  index_of = {movie: i for i, movie in enumerate(splits.movie_ids)}
+  lists = []
+  for start in range(0, len(users), _USERS_PER_REQUEST):
+    batch = users[start:start + _USERS_PER_REQUEST]
+    answer = recommend(**{contract.USER_ID: tf.constant(splits.user_ids[batch].astype(bytes)),
+                          contract.K: tf.constant(length, tf.int32)})
+    for row in answer[contract.MOVIE_IDS].numpy():
+      lists.append([index_of[m] for m in row if m and m in index_of])
+  return lists
+
+
+def _lists_from_scores(scores: np.ndarray, excluded: Sequence[Set[int]],
+                       users: np.ndarray, length: int) -> List[List[int]]:
+  """The best `length` unexcluded movies of each user's row of `scores`."""
+  lists = []
+  for start in range(0, len(users), _USERS_PER_REQUEST):
+    batch = users[start:start + _USERS_PER_REQUEST]
+    rows = np.broadcast_to(scores, (len(batch), scores.shape[-1])) if scores.ndim == 1 \
+        else scores[batch]
+    mask = np.zeros(rows.shape, bool)
+    for row, user in enumerate(batch):
+      mask[row, list(excluded[user])] = True
+    lists += [[m for m in ranked if m >= 0] for ranked in topk.rank(rows, mask, length)]
+  return lists
+
+
+def popularity_lists(splits: Splits, users: np.ndarray, seen: Sequence[str],
+                     length: int = LIST_LENGTH) -> List[List[int]]:
+  """Most liked in the `seen` splits first, each user's rated movies left out."""
+  ratings = [splits.splits[name] for name in seen]
+  scores = topk.popularity_scores(
+      np.concatenate([r.users for r in ratings]), np.concatenate([r.movies for r in ratings]),
+      np.concatenate([r.likes for r in ratings]), len(splits.movie_ids))
+  return _lists_from_scores(scores, splits.rated(*seen), users, length)
+
+
+def ease_lists(splits: Splits, users: np.ndarray, seen: Sequence[str], l2: float,
+               length: int = LIST_LENGTH) -> List[List[int]]:
+  """EASE fitted on the `seen` splits' interactions, each user's rated movies left out."""
+  ratings = [splits.splits[name] for name in seen]
+  user_index = np.concatenate([r.users for r in ratings])
+  movie_index = np.concatenate([r.movies for r in ratings])
+  weights = topk.ease_weights(user_index, movie_index, len(splits.user_ids),
+                              len(splits.movie_ids), l2)
+  interactions = np.zeros((len(splits.user_ids), len(splits.movie_ids)), np.float64)
+  interactions[user_index, movie_index] = 1.0
+  return _lists_from_scores(interactions @ weights, splits.rated(*seen), users, length)
+
+
+def choose_ease_l2(splits: Splits, grid: Sequence[float] = EASE_L2_GRID) -> float:
+  """The L2 weight whose EASE, fitted on train, ranks the eval split's likes best."""
+  users = np.unique(splits.splits["eval"].users)
+  liked = splits.liked("eval")
+  relevant = [liked[u] for u in users]
+
+  def ndcg(l2):
+    lists = ease_lists(splits, users, ("train",), l2)
+    return topk.evaluate_lists(lists, relevant, len(splits.movie_ids)).metrics[
+        f"ndcg@{topk.K}"]
+
+  return max(grid, key=ndcg)
+
+
+def evaluate(lists: List[List[int]], splits: Splits, users: np.ndarray) -> topk.TopKResult:
+  """Top-k metrics of `lists` (one per user of `users`) against the test likes."""
+  liked, rated = splits.liked("test"), splits.rated("train", "eval")
+  return topk.evaluate_lists(lists, [liked[u] for u in users], len(splits.movie_ids),
+                             already_rated=[rated[u] for u in users])

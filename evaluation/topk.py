@@ -1,0 +1,134 @@
+"""Top-k metrics: how good the lists a recommender serves are, against each user's later likes.
+
+For every user with at least one relevant movie (a held-out movie they liked),
+the recommended list is compared with the relevant set:
+
+- NDCG@k: sum over hits at rank i (1-based) of 1 / log2(i + 1), divided by the
+  same sum for a perfect list (min(|relevant|, k) hits at the top);
+- recall@k: hits / |relevant|;
+- hit rate@k: 1 if the list has any hit;
+- MAP@k: sum of precision@i at each hit rank i, divided by min(|relevant|, k);
+- MRR@k: 1 / rank of the first hit, 0 without one;
+averaged over those users. Users without a relevant movie cannot score and are
+counted apart. Over all lists: catalogue coverage (the share of the catalogue
+recommended to anyone) and the share of recommendations the user had already
+rated (a recommender must never serve those).
+
+Rankings computed here from scores break ties by the lower movie index, so the
+same scores always give the same list.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Set
+
+import numpy as np
+
+K = 10  # the cut-off the report and the blessing lead with
+CURVE_KS = tuple(range(1, 51))  # NDCG@k and recall@k are drawn for these k
+METRICS = ("ndcg", "recall", "hit_rate", "map", "mrr")
+
+
+def _discounts(k: int) -> np.ndarray:
+  return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+@dataclasses.dataclass
+class TopKResult:
+  """Metrics of one recommender's lists, averaged over users with something relevant."""
+  k: int
+  metrics: Dict[str, float]  # name@k -> mean over scored users
+  curves: Dict[str, List[float]]  # "ndcg" / "recall" -> value at each of CURVE_KS
+  users_scored: int
+  users_without_relevant: int
+  coverage: float
+  already_rated_share: float
+
+  def to_json(self) -> Dict:
+    return dataclasses.asdict(self)
+
+
+def evaluate_lists(recommended: Sequence[Sequence[int]], relevant: Sequence[Set[int]],
+                   catalogue_size: int, already_rated: Optional[Sequence[Set[int]]] = None,
+                   k: int = K, curve_ks: Sequence[int] = CURVE_KS) -> TopKResult:
+  """Metrics of ranked lists of movie indices, one list and one relevant set per user.
+
+  Lists may be longer than k (the curves read up to max(curve_ks)); only their
+  first k count for the metrics at k, coverage and already-rated share.
+  """
+  if len(recommended) != len(relevant):
+    raise ValueError(f"{len(recommended)} lists for {len(relevant)} users")
+  depth = max([k, *curve_ks])
+  discounts = _discounts(depth)
+  totals = {name: 0.0 for name in METRICS}
+  curves = {"ndcg": np.zeros(len(curve_ks)), "recall": np.zeros(len(curve_ks))}
+  scored = without = served = rated_served = 0
+  shown: Set[int] = set()
+  for user, (ranked, wanted) in enumerate(zip(recommended, relevant)):
+    ranked = list(ranked)[:depth]
+    top = ranked[:k]
+    shown.update(top)
+    served += len(top)
+    if already_rated is not None:
+      rated_served += sum(movie in already_rated[user] for movie in top)
+    if not wanted:
+      without += 1
+      continue
+    scored += 1
+    hits = np.array([movie in wanted for movie in ranked] + [False] * (depth - len(ranked)))
+    ideal = np.cumsum(discounts[:min(len(wanted), depth)])
+    gains = np.cumsum(hits * discounts)
+    at = np.array(curve_ks) - 1
+    curves["ndcg"] += gains[at] / ideal[np.minimum(at, len(ideal) - 1)]
+    curves["recall"] += np.cumsum(hits)[at] / len(wanted)
+    first_k = hits[:k]
+    totals["ndcg"] += gains[k - 1] / ideal[min(k, len(ideal)) - 1]
+    totals["recall"] += first_k.sum() / len(wanted)
+    totals["hit_rate"] += float(first_k.any())
+    ranks = np.flatnonzero(first_k) + 1
+    totals["map"] += (np.arange(1, len(ranks) + 1) / ranks).sum() / min(len(wanted), k)
+    totals["mrr"] += 1.0 / ranks[0] if len(ranks) else 0.0
+
+  def mean(total):
+    return float(total / scored) if scored else 0.0
+
+  return TopKResult(
+      k=k, metrics={f"{name}@{k}": mean(total) for name, total in totals.items()},
+      curves={name: [mean(v) for v in values] for name, values in curves.items()},
+      users_scored=scored, users_without_relevant=without,
+      coverage=len(shown) / catalogue_size if catalogue_size else 0.0,
+      already_rated_share=rated_served / served if served else 0.0)
+
+
+def rank(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
+  """The k best columns of each row of `scores` [users, movies], excluded ones left out.
+
+  Best first; equal scores go by the lower column. A row with fewer than k
+  columns left is padded with -1.
+  """
+  scores = np.where(excluded, -np.inf, scores.astype(np.float64))
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return np.where(np.take_along_axis(scores, order, axis=1) == -np.inf, -1, order)
+
+
+def popularity_scores(users: np.ndarray, movies: np.ndarray, likes: np.ndarray,
+                      num_movies: int) -> np.ndarray:
+  """Per movie, how many users liked it: "most liked" ranks every user's list alike."""
+  del users
+  return np.bincount(movies, weights=likes.astype(np.float64), minlength=num_movies)
+
+
+def ease_weights(users: np.ndarray, movies: np.ndarray, num_users: int, num_movies: int,
+                 l2: float = 300.0) -> np.ndarray:
+  """EASE (Steck, 2019): an item-item model in closed form over who rated what.
+
+  X is the users x movies matrix of interactions (1 where a user rated a movie);
+  B = I - P / diag(P) with P = (X'X + l2 I)^-1 and a zero diagonal. A user's
+  scores are their row of X times B.
+  """
+  interactions = np.zeros((num_users, num_movies), np.float64)
+  interactions[users, movies] = 1.0
+  gram = interactions.T @ interactions
+  gram[np.diag_indices(num_movies)] += l2
+  inverse = np.linalg.inv(gram)
+  weights = -inverse / np.diag(inverse)
+  weights[np.diag_indices(num_movies)] = 0.0
+  return weights
