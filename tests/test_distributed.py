@@ -89,7 +89,7 @@ def test_spec_has_every_component(spec):
               f"{component}-model-blessing-resolver"} <= tasks
     else:
       assert component in tasks
-  assert len(tasks) == 17
+  assert len(tasks) == 18
   for task in tasks:
     assert set(_tasks(spec)[task].get("dependentTasks", [])) <= tasks
 

@@ -361,8 +361,18 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
     url = f"http://localhost:{port}"
     runs = _wait_for(f"{url}/data/runs", seconds=120)
     assert set(runs) == {"cf/train", "cf/validation", "deepfm/train", "deepfm/validation",
-                         "evaluation/cf", "evaluation/deepfm"}
+                         "evaluation/cf", "evaluation/deepfm", "evaluation/popularity",
+                         "evaluation/ease"}
     tags = _wait_for(f"{url}/data/plugin/scalars/tags", seconds=10)
+    # The top-k curves of every model and baseline, with k as the step.
+    for system in report["ranking"]["systems"]:
+      assert {"ranking/ndcg@k", "ranking/recall@k", "ranking/ndcg@10"} <= set(
+          tags[f"evaluation/{system}"])
+      curve = _wait_for(f"{url}/data/plugin/scalars/scalars?run=evaluation%2F{system}"
+                        "&tag=ranking%2Fndcg%40k", seconds=10)
+      assert [point[1] for point in curve] == list(range(1, 51))
+      assert curve[9][2] == pytest.approx(
+          report["ranking"]["systems"][system]["metrics"]["ndcg@10"], abs=1e-6)
     for model in ("cf", "deepfm"):
       assert {"test/auc", "test/auc_precision_recall", "test/blessed",
               "test/true_positives@0.5", "test/false_negatives@0.5",
@@ -535,7 +545,7 @@ def test_cli_reports_bad_input_in_one_line(synthetic_1m, tmp_path, capsys):
   assert cli.main(["run", "--dataset", "1m", "--data-dir", str(data_dir), "--output-dir",
                    str(tmp_path / "run"), "--beam-arg=--direct_num_workers=1"]) == 1
   console = capsys.readouterr().err
-  assert console.rstrip().endswith(
+  assert console.strip().splitlines()[-1].startswith(
       f"error: {users}, line 3: expected 5 fields separated by '::'")
   assert "Traceback" not in console
   assert re.search(r"stage \d+/\d+: MovieLensExampleGen running", console)
