@@ -116,19 +116,24 @@ def popularity_scores(users: np.ndarray, movies: np.ndarray, likes: np.ndarray,
   return np.bincount(movies, weights=likes.astype(np.float64), minlength=num_movies)
 
 
-def ease_weights(users: np.ndarray, movies: np.ndarray, num_users: int, num_movies: int,
-                 l2: float = 300.0) -> np.ndarray:
+def interactions(users: np.ndarray, movies: np.ndarray, num_users: int,
+                 num_movies: int) -> np.ndarray:
+  """The users x movies matrix X of who rated what: 1 where a user rated a movie."""
+  matrix = np.zeros((num_users, num_movies), np.float32)
+  matrix[users, movies] = 1.0
+  return matrix
+
+
+def ease_weights(gram: np.ndarray, l2: float = 300.0) -> np.ndarray:
   """EASE (Steck, 2019): an item-item model in closed form over who rated what.
 
-  X is the users x movies matrix of interactions (1 where a user rated a movie);
-  B = I - P / diag(P) with P = (X'X + l2 I)^-1 and a zero diagonal. A user's
-  scores are their row of X times B.
+  With `gram` = X'X of the interaction matrix X: B = I - P / diag(P) with
+  P = (X'X + l2 I)^-1 and a zero diagonal. A user's scores are their row of X
+  times B.
   """
-  interactions = np.zeros((num_users, num_movies), np.float64)
-  interactions[users, movies] = 1.0
-  gram = interactions.T @ interactions
-  gram[np.diag_indices(num_movies)] += l2
-  inverse = np.linalg.inv(gram)
+  regularized = gram.astype(np.float64)
+  regularized[np.diag_indices(len(gram))] += l2
+  inverse = np.linalg.inv(regularized)
   weights = -inverse / np.diag(inverse)
-  weights[np.diag_indices(num_movies)] = 0.0
+  weights[np.diag_indices(len(gram))] = 0.0
   return weights

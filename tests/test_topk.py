@@ -79,9 +79,9 @@ def test_popularity_counts_likes():
 def test_ease_matches_its_closed_form_and_finds_co_rated_movies():
   users = np.array([0, 0, 1, 1, 2, 2, 3])
   movies = np.array([0, 1, 0, 1, 2, 3, 0])
-  weights = topk.ease_weights(users, movies, num_users=4, num_movies=4, l2=0.5)
-  x = np.zeros((4, 4))
-  x[users, movies] = 1
+  x = topk.interactions(users, movies, num_users=4, num_movies=4)
+  assert x.sum() == 7 and x[3].tolist() == [1, 0, 0, 0]
+  weights = topk.ease_weights(x.T @ x, l2=0.5)
   p = np.linalg.inv(x.T @ x + 0.5 * np.eye(4))
   expected = np.eye(4) - p / np.diag(p)
   np.fill_diagonal(expected, 0)
