@@ -87,17 +87,16 @@ class TreeMemory:
     self._thread.join()
 
 
-def _temporary_entries():
-  return set(os.listdir(tempfile.gettempdir()))
-
-
 def run_pipeline(data_dir: str, output_dir: str, extra_args) -> dict:
   """`recsys run` from scratch in a child process; its wall time and peak memory."""
   subprocess.run(["rm", "-rf", output_dir], check=True)
   command = [sys.executable, "-m", "pipeline.cli", "run", "--dataset", "1m",
              "--data-dir", data_dir, "--output-dir", output_dir, *extra_args]
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  temporary_before = _temporary_entries()
+  # A temporary folder of the run's own: what is left in it is the run's, whatever
+  # else the machine does meanwhile.
+  private_tmp = tempfile.mkdtemp(prefix="bench-1m-tmp-")
+  env = dict(os.environ, TMPDIR=private_tmp,
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   started = time.perf_counter()
   child = subprocess.Popen(command, cwd=REPO, env=env)
   memory = TreeMemory(child.pid)
@@ -106,9 +105,12 @@ def run_pipeline(data_dir: str, output_dir: str, extra_args) -> dict:
   seconds = time.perf_counter() - started
   if returncode != 0:
     sys.exit(f"the pipeline failed (exit {returncode}); see {output_dir}/logs")
+  left = sorted(os.listdir(private_tmp))
+  if not left:
+    os.rmdir(private_tmp)  # kept, with what is in it, when the run left files
   return {"wall_seconds": round(seconds, 1),
           "peak_memory_gb": round(memory.peak_bytes / 2**30, 2),
-          "temporary_files_left": sorted(_temporary_entries() - temporary_before)}
+          "temporary_files_left": left}
 
 
 def collect(output_dir: str) -> dict:
