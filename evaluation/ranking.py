@@ -40,24 +40,26 @@ class Splits:
   user_ids: np.ndarray  # object (bytes), by user index
   movie_ids: np.ndarray  # object (bytes), by movie index
   splits: Dict[str, Ratings]
+  _sets: Dict = dataclasses.field(default_factory=dict, repr=False)
 
   def rated(self, *names: str) -> List[Set[int]]:
-    """Per user index, the movies rated in the named splits."""
-    rated: List[Set[int]] = [set() for _ in self.user_ids]
-    for name in names:
-      ratings = self.splits[name]
-      for user, movie in zip(ratings.users, ratings.movies):
-        rated[user].add(int(movie))
-    return rated
+    """Per user index, the movies rated in the named splits (computed once)."""
+    return self._per_user(("rated", names), False)
 
   def liked(self, name: str) -> List[Set[int]]:
-    """Per user index, the movies liked in the named split."""
-    liked: List[Set[int]] = [set() for _ in self.user_ids]
-    ratings = self.splits[name]
-    for user, movie, like in zip(ratings.users, ratings.movies, ratings.likes):
-      if like:
-        liked[user].add(int(movie))
-    return liked
+    """Per user index, the movies liked in the named split (computed once)."""
+    return self._per_user(("liked", (name,)), True)
+
+  def _per_user(self, key, likes_only: bool) -> List[Set[int]]:
+    if key not in self._sets:
+      sets: List[Set[int]] = [set() for _ in self.user_ids]
+      for name in key[1]:
+        ratings = self.splits[name]
+        for user, movie, like in zip(ratings.users, ratings.movies, ratings.likes):
+          if like or not likes_only:
+            sets[user].add(int(movie))
+      self._sets[key] = sets
+    return self._sets[key]
 
 
 def read_splits(split_patterns: Dict[str, str]) -> Splits:
