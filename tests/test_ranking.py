@@ -1,0 +1,67 @@
+"""The top-k evaluation's data and baselines on a hand-made release of three splits."""
+import numpy as np
+import tensorflow as tf
+
+from evaluation import ranking
+from models import features
+
+# (user, movie, like) per split. Movie "m1" is liked by most in train and eval.
+_SPLITS = {
+    "train": [("u1", "m1", 1), ("u1", "m2", 0), ("u2", "m1", 1), ("u3", "m1", 1),
+              ("u3", "m3", 1), ("u2", "m4", 1)],
+    "eval": [("u1", "m3", 1), ("u4", "m1", 1)],
+    "test": [("u1", "m4", 1), ("u2", "m3", 1), ("u2", "m5", 0), ("u4", "m2", 0)],
+}
+
+
+def _write_splits(folder):
+  patterns = {}
+  for split, rows in _SPLITS.items():
+    path = folder / f"Split-{split}" / "data.gz"
+    path.parent.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+      for user, movie, like in rows:
+        writer.write(tf.train.Example(features=tf.train.Features(feature={
+            features.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[user.encode()])),
+            features.MOVIE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[movie.encode()])),
+            features.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[like])),
+        })).SerializeToString())
+    patterns[split] = str(path.parent / "*")
+  return patterns
+
+
+def test_splits_share_one_vocabulary_and_know_who_rated_and_liked_what(tmp_path):
+  splits = ranking.read_splits(_write_splits(tmp_path))
+  assert list(splits.user_ids) == [b"u1", b"u2", b"u3", b"u4"]
+  assert list(splits.movie_ids) == [b"m1", b"m2", b"m3", b"m4", b"m5"]
+  u1 = 0
+  assert splits.rated("train", "eval")[u1] == {0, 1, 2}
+  assert splits.liked("test")[u1] == {3}
+  assert ranking.test_users(splits).tolist() == [0, 1, 3]  # u3 has no test rating
+
+
+def test_popularity_ranks_unrated_movies_by_likes_and_scores_against_test_likes(tmp_path):
+  splits = ranking.read_splits(_write_splits(tmp_path))
+  users = ranking.test_users(splits)
+  lists = ranking.popularity_lists(splits, users, ("train", "eval"), length=3)
+  # Likes in train and eval: m1 4, m3 2, m4 1, m2 0, m5 0 (ties by the lower movie).
+  assert lists == [[3, 4], [2, 1, 4], [2, 3, 1]]
+  result = ranking.evaluate(lists, splits, users)
+  assert result.already_rated_share == 0
+  # u1's one test like (m4) first, u2's (m3) first; u4 liked nothing in test.
+  assert result.users_scored == 2 and result.users_without_relevant == 1
+  assert result.metrics["ndcg@10"] == 1.0 and result.metrics["hit_rate@10"] == 1.0
+
+
+def test_ease_leaves_out_what_each_user_rated_and_chooses_a_weight_from_the_grid(tmp_path):
+  splits = ranking.read_splits(_write_splits(tmp_path))
+  users = ranking.test_users(splits)
+  lists = ranking.ease_lists(splits, users, ("train", "eval"), l2=1.0, length=5)
+  rated = splits.rated("train", "eval")
+  for user, ranked in zip(users, lists):
+    assert not set(ranked) & rated[user]
+    assert sorted(ranked) == sorted(set(range(5)) - rated[user])  # every candidate
+  assert ranking.choose_ease_l2(splits, grid=(1.0, 10.0)) in (1.0, 10.0)
+  assert np.isfinite(ranking.evaluate(lists, splits, users).metrics["ndcg@10"])
