@@ -90,9 +90,7 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
     download_dir: where TFDS keeps downloads and extractions.
     url_infos: expected checksums by URL, overriding TFDS's registered ones (tests).
   """
-  if dataset not in features.DATASETS:
-    raise parsing.MovieLensDataError(
-        f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
+  _check_dataset(dataset)
   download_dir = download_dir or default_download_dir()
   if data_dir is None:
     folder = _tfds_download(dataset, download_dir, None, url_infos)
@@ -110,13 +108,17 @@ def check_available(dataset: str, data_dir: Optional[str]) -> None:
 
   Needs neither TensorFlow nor TFX, so the command line calls it before importing them.
   """
-  if dataset not in features.DATASETS:
-    raise parsing.MovieLensDataError(
-        f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
+  _check_dataset(dataset)
   if data_dir is None:
     _check_reachable(DOWNLOAD_HOST, dataset)
   elif "://" not in data_dir:  # a bucket is read by the run's workers, not here
     _local_release(dataset, data_dir)
+
+
+def _check_dataset(dataset: str) -> None:
+  if dataset not in features.DATASETS:
+    raise parsing.MovieLensDataError(
+        f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
 
 
 def _local_release(dataset: str, data_dir: str) -> Tuple[str, str]:
