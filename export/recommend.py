@@ -135,6 +135,13 @@ def same_length(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     return {key: tf.identity(value) for key, value in inputs.items()}
 
 
+def calibrated(model: tf.keras.Model, probabilities: tf.Tensor) -> tf.Tensor:
+  """The model's probabilities as served: through the Platt scaling fitted on eval
+  when the Trainer attached one (models/calibration.py)."""
+  calibration = getattr(model, "calibration", None)
+  return probabilities if calibration is None else calibration(probabilities)
+
+
 def _lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
   """id -> vocabulary index; unknown ids -> len(ids), the out-of-vocabulary row."""
   return tf.lookup.StaticHashTable(
@@ -186,14 +193,15 @@ class Recommender(tf.Module):
       queries, offsets = self.model.query_vectors(self._users(user_index))
       scores, movies = self.index(queries, k=self.num_movies)  # best first
       scores = tf.gather(scores, tf.argsort(movies, axis=1), batch_dims=1)  # by movie
-      return tf.cast(self.model.probability(scores + offsets[:, tf.newaxis]), tf.float32)
+      return tf.cast(calibrated(self.model, self.model.probability(
+          scores + offsets[:, tf.newaxis])), tf.float32)
     batch = tf.shape(user_index)[0]
     inputs = {k: tf.repeat(v, self.num_movies, axis=0)
               for k, v in self._users(user_index).items()}
     for key, candidates in self._movies().items():
       multiples = tf.concat([[batch], tf.ones([tf.rank(candidates) - 1], tf.int32)], 0)
       inputs[key] = tf.tile(candidates, multiples)
-    probabilities = self.model(inputs)
+    probabilities = calibrated(self.model, self.model(inputs))
     return tf.reshape(tf.cast(probabilities, tf.float32), [batch, self.num_movies])
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
@@ -206,7 +214,7 @@ class Recommender(tf.Module):
     movie_index = self.movie_lookup.lookup(movie_id)
     inputs = {k: tf.gather(t, user_index) for k, t in self.user_features.items()}
     inputs.update({k: tf.gather(t, movie_index) for k, t in self.movie_features.items()})
-    return tf.reshape(tf.cast(self.model(inputs), tf.float32), [-1])
+    return tf.reshape(tf.cast(calibrated(self.model, self.model(inputs)), tf.float32), [-1])
 
   def _rated_mask(self, user_index: tf.Tensor) -> tf.Tensor:
     rated = tf.gather(self.rated, user_index)
@@ -218,7 +226,19 @@ class Recommender(tf.Module):
                                 tf.TensorSpec([], tf.int32, name=contract.K)])
   def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The k best movies (ids and like probabilities) for each user, best first."""
-    largest = min(contract.MAX_K, self.num_movies)
+    return self._top_k(user_id, k, min(contract.MAX_K, self.num_movies))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
+                                tf.TensorSpec([], tf.int32, name=contract.K)])
+  def candidates(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """As `recommend`, for any k up to the catalogue: a first stage's candidates.
+
+    Not a signature: a model that composes this one (export/two_stage.py) calls it
+    on the restored object, to retrieve more movies than a client may ask for.
+    """
+    return self._top_k(user_id, k, self.num_movies)
+
+  def _top_k(self, user_id: tf.Tensor, k: tf.Tensor, largest: int) -> Dict[str, tf.Tensor]:
     message = f"k must be between 1 and {largest}"
     # Ahead of everything that uses k: top_k would otherwise fail first on a
     # negative or huge k, with its own message ("Need k >= 0, got -1").

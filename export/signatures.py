@@ -44,9 +44,12 @@ def make_serving_signatures(
   model.tft_layer = tf_transform_output.transform_features_layer()
   raw_spec = _raw_spec(tf_transform_output, raw_feature_keys)
 
+  output_key = (OUTPUT_KEY if getattr(model, "predicts_likes", True)
+                else contract.ENGAGEMENT_SCORE)
+
   def predict(raw_features):
-    probabilities = model(model.tft_layer(raw_features))
-    return {OUTPUT_KEY: tf.reshape(probabilities, [-1])}
+    probabilities = recommend.calibrated(model, model(model.tft_layer(raw_features)))
+    return {output_key: tf.reshape(probabilities, [-1])}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)])
   def serve_tf_examples(examples):
@@ -82,7 +85,7 @@ def make_serving_signatures(
         tf.TensorSpec([None], tf.string, name=contract.USER_ID),
         tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
     def predict_ids(user_id, movie_id):
-      return {OUTPUT_KEY: model.recommender.predict(user_id, movie_id)}
+      return {output_key: model.recommender.predict(user_id, movie_id)}
 
     signatures[contract.PREDICT] = predict_ids.get_concrete_function()
     signatures[contract.RECOMMEND] = model.recommender.recommend.get_concrete_function()

@@ -86,6 +86,7 @@ DEEPFM_FIELDS = USER_FIELDS + MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES)
 # Raw features each model needs at serving time.
 CF_RAW_FEATURES = (USER_ID, MOVIE_ID)
 DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)
+RETRIEVAL_RAW_FEATURES = DEEPFM_RAW_FEATURES
 
 # Model inputs (transformed features) that describe the user, and the movie: what
 # serving looks up from the ids alone (export/recommend.py).

@@ -58,6 +58,34 @@ class DeepFMHparams:
   mixed_precision: str = "off"
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrievalHparams:
+  """Two-tower retrieval (models/retrieval.py)."""
+  embedding_dim: int = 64
+  side_features: bool = True  # user and movie side fields in the towers, not ids alone
+  sampling_correction: bool = True  # logQ correction of the in-batch negatives
+  liked_weight: float = 1.0  # a liked rating's weight in the loss; a disliked one's is 1
+  learning_rate: float = 0.1  # Adagrad
+  batch_size: int = 1024
+  epochs: int = 10
+  early_stopping_patience: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RecommenderHparams:
+  """The served `recommend`: retrieval's candidates, re-ranked (export/two_stage.py).
+
+  The order is retrieval's engagement logit + like_weight * log P(like) +
+  popularity_weight * log(1 + ratings): a movie the user would likely watch but
+  probably dislike drops down the list. The weights were chosen on the eval split
+  of MovieLens-100K's temporal split, with retrieval trained on train alone
+  (docs/experiments.md).
+  """
+  candidates: int = 200  # movies retrieved per user, before the rated ones are dropped
+  like_weight: float = 2.0
+  popularity_weight: float = 0.2
+
+
 PRESETS = {
     "cf": {
         "seed": CFHparams(),
@@ -78,8 +106,13 @@ PRESETS = {
         "best": DeepFMHparams(learning_rate=3e-3, epochs=40, use_id_statistics=True,
                               rating_loss_weight=0.5, mixed_precision="auto"),
     },
+    "retrieval": {
+        "seed": RetrievalHparams(),
+        # Tried on MovieLens-100K's temporal split (docs/experiments.md).
+        "best": RetrievalHparams(learning_rate=0.05),
+    },
 }
-_CLASSES = {"cf": CFHparams, "deepfm": DeepFMHparams}
+_CLASSES = {"cf": CFHparams, "deepfm": DeepFMHparams, "retrieval": RetrievalHparams}
 
 # From this many ratings on (MovieLens-1M), the `best` presets train with 4x larger
 # batches at a higher learning rate for fewer epochs, so that each Trainer stays
@@ -93,6 +126,10 @@ LARGE_DATA_OVERRIDES = {
     "cf": {"batch_size": 4096, "learning_rate": 3e-3, "epochs": 12},
     "deepfm": {"batch_size": 4096, "learning_rate": 6e-3, "epochs": 12,
                "l2_embedding": 1e-5, "l2_dnn": 1e-5},
+    # Half the epochs, for the Trainer's 90 s target. Not larger batches: the
+    # in-batch softmax costs batch size x dimensions per example, and batch 4096
+    # trained 4x slower per example than 1024.
+    "retrieval": {"epochs": 5},
 }
 
 
@@ -108,7 +145,7 @@ def preset(model: str, name: str, num_ratings: int = 0):
     raise ValueError(f"no preset {name!r} for model {model!r}; choose one of "
                      f"{sorted(PRESETS.get(model, {}))}") from None
   if name == "best" and num_ratings >= LARGE_DATA_MIN_RATINGS:
-    chosen = dataclasses.replace(chosen, **LARGE_DATA_OVERRIDES[model])
+    chosen = dataclasses.replace(chosen, **LARGE_DATA_OVERRIDES.get(model, {}))
   return chosen
 
 

@@ -54,6 +54,11 @@ def fit(strategy: tf.distribute.Strategy, model_name: str, build: Callable,
   return model, history
 
 
+# The like models log log_loss and AUC; the retrieval model only its softmax loss.
+_SHOWN_LOGS = ("log_loss", "auc", "val_log_loss", "val_auc")
+_SHOWN_OTHERWISE = ("loss", "val_loss")
+
+
 class TrainingProgress(tf.keras.callbacks.Callback):
   """One line per epoch, and the training throughput, for people and the report."""
 
@@ -74,10 +79,23 @@ class TrainingProgress(tf.keras.callbacks.Callback):
     logs = logs or {}
     speed = self._examples / self._train_seconds
     self.examples_per_second.append(speed)
-    shown = " ".join(f"{k} {logs[k]:.4f}" for k in ("log_loss", "auc", "val_log_loss", "val_auc")
-                     if k in logs)
+    keys = [k for k in _SHOWN_LOGS if k in logs] or [k for k in _SHOWN_OTHERWISE if k in logs]
+    shown = " ".join(f"{k} {logs[k]:.4f}" for k in keys)
     progress.report(f"train {self._model_name}", f"epoch {epoch + 1}/{self._epochs}: "
                     f"{shown} ({speed:,.0f} examples/s)")
+
+
+_VALIDATION_BATCH = 65_536
+
+
+def _validation_batch_size(model: tf.keras.Model, hparams) -> int:
+  """Large batches for the like models. A model whose loss scores each example
+  against the rest of its batch (in-batch negatives) is validated at its training
+  batch size: its loss then means the same, and a batch of 65,536 would score
+  65,536 x 65,536 pairs."""
+  if getattr(model, "in_batch_negatives", False):
+    return hparams.batch_size
+  return _VALIDATION_BATCH
 
 
 def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_examples,
@@ -91,7 +109,8 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
   else:
     batches_per_step, steps_per_execution = BATCHES_PER_STEP, 1
     model.train_batch_size = hparams.batch_size
-  model.compile(optimizer=tf.keras.optimizers.Adam(hparams.learning_rate),
+  optimizer = getattr(model, "optimizer_class", tf.keras.optimizers.Adam)
+  model.compile(optimizer=optimizer(hparams.learning_rate),
                 steps_per_execution=steps_per_execution)
   examples_per_epoch = len(train_examples[features.LABEL])
   speed = TrainingProgress(model_name, hparams.epochs, examples_per_epoch)
@@ -103,7 +122,8 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
   history = model.fit(
       data.make_dataset(train_examples, hparams.batch_size * batches_per_step, shuffle=True,
                    seed=seed),
-      validation_data=data.make_dataset(eval_examples, 65_536, shuffle=False, seed=seed),
+      validation_data=data.make_dataset(eval_examples, _validation_batch_size(model, hparams),
+                                        shuffle=False, seed=seed),
       epochs=hparams.epochs, callbacks=callbacks, verbose=0)
   result = {k: [float(v) for v in values] for k, values in history.history.items()}
   result["train_examples_per_second"] = speed.examples_per_second

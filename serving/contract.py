@@ -14,6 +14,7 @@ USER_ID = "user_id"
 MOVIE_ID = "movie_id"
 K = "k"
 LIKE_PROBABILITY = "like_probability"
+ENGAGEMENT_SCORE = "engagement_score"  # the retrieval model's output: a logit, not a probability
 MOVIE_IDS = "movie_ids"
 SCORES = "scores"
 

@@ -93,9 +93,11 @@ def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> No
   from models import deepfm  # pylint: disable=g-import-not-at-top
   from models import features  # pylint: disable=g-import-not-at-top
   from models import hparams as hp  # pylint: disable=g-import-not-at-top
+  from models import retrieval  # pylint: disable=g-import-not-at-top
   from models import runtime  # pylint: disable=g-import-not-at-top
-  build = {"cf": cf.build, "deepfm": deepfm.build}[model_name]
-  raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES}
+  build = {"cf": cf.build, "deepfm": deepfm.build, "retrieval": retrieval.build}[model_name]
+  raw_keys = {"cf": features.CF_RAW_FEATURES, "deepfm": features.DEEPFM_RAW_FEATURES,
+              "retrieval": features.RETRIEVAL_RAW_FEATURES}
   hparams = hp.preset(model_name, "best")
   tf.keras.utils.set_random_seed(0)
   with runtime.precision_policy(runtime.uses_bfloat16(hparams)):
@@ -114,10 +116,11 @@ def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> No
 
 @pytest.fixture(scope="session")
 def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
-  """A TF Serving model base path: <base>/cf/1 and <base>/deepfm/1, the project's two
-  models trained briefly on the synthetic 1M release, with every signature."""
+  """A TF Serving model base path: <base>/cf/1, <base>/deepfm/1 and
+  <base>/retrieval/1, the project's models trained briefly on the synthetic 1M
+  release, with every signature."""
   base = tmp_path_factory.mktemp("exported")
-  for model_name in ("cf", "deepfm"):
+  for model_name in ("cf", "deepfm", "retrieval"):
     _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
   return base
 
@@ -126,11 +129,12 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
 # epochs, and a blessing floor the planted signal of a small synthetic set passes
 # (its test AUC is ~0.7-0.85).
 E2E_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}}
+FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}, "retrieval": {"epochs": 5}}
 E2E_AUC_FLOOR = 0.6
-# The synthetic release of `finished_run`; write_release gives the same files each time.
+# The synthetic release of `finished_run`; write_release gives the same files each
+# time. Users watch to their taste, so that there is something for retrieval to find.
 E2E_RELEASE = {"layout": "1m", "num_users": 300, "num_movies": 400,
-               "num_ratings": 20_000, "seed": 11}
+               "num_ratings": 20_000, "seed": 11, "watch_affinity": 3.0}
 # What `finished_run` printed to the console (progress lines), by output folder.
 RUN_CONSOLE = {}
 # What it left in the private temporary folder it was handed, by output folder.

@@ -3,10 +3,13 @@ import os
 import tempfile
 from typing import Callable, Sequence
 
+import numpy as np
+import tensorflow as tf
 import tensorflow_transform as tft
 
 from common import progress
 from export import saved_model
+from models import calibration
 from models import data
 from models import features
 from models import history as training_history
@@ -14,9 +17,11 @@ from models import hparams as hp
 from models import runtime
 from models import training
 
+_PREDICT_BATCH = 65_536
+
 
 def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[str]) -> None:
-  """The body of both models' `run_fn`: read, train, log, export.
+  """The body of every model's `run_fn`: read, train, calibrate, log, export.
 
   `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
   str}; the pipeline fills it from `models.hparams` and the run's settings, and
@@ -43,6 +48,24 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
                                 data.vocabulary_sizes(tf_transform_output), hparams,
                                 train_examples, eval_examples, model_run_dir, seed)
   training_history.write(history, model_run_dir)
+  if getattr(model, "predicts_likes", True):
+    model.calibration = _calibrate(model, eval_examples, model_name)
   saved_model.export(model, tf_transform_output, raw_feature_keys, serving_model_dir,
                      train_examples, also_rated=[eval_examples])
   progress.report(f"train {model_name}", f"exported to {serving_model_dir}")
+
+
+def _calibrate(model, eval_examples, model_name: str) -> calibration.Calibration:
+  """Platt scaling fitted on the eval split (models/calibration.py)."""
+  labels = eval_examples[features.LABEL]
+  inputs = {k: v for k, v in eval_examples.items() if k != features.LABEL}
+  probabilities = np.concatenate([
+      tf.reshape(tf.cast(model(batch, training=False), tf.float32), [-1]).numpy()
+      for batch in tf.data.Dataset.from_tensor_slices(inputs).batch(_PREDICT_BATCH)])
+  slope, intercept = calibration.fit(probabilities, labels)
+  fitted = calibration.Calibration(slope, intercept)
+  calibrated = fitted(probabilities).numpy()
+  progress.report(f"train {model_name}", f"calibrated on eval: mean prediction "
+                  f"{probabilities.mean():.4f} -> {calibrated.mean():.4f} (mean label "
+                  f"{labels.mean():.4f}; slope {slope:.3f}, intercept {intercept:+.3f})")
+  return fitted

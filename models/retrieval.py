@@ -1,0 +1,126 @@
+"""Retrieval with TensorFlow Recommenders: which movies a user will engage with next.
+
+The like models answer "if this user watched this movie, would they like it?";
+ranked over the whole catalogue by that answer, obscure films with a few high
+ratings come first. This model answers the question a recommender starts with,
+"which movies will this user watch?", learned from implicit feedback: every
+rating is an interaction, and each batch's other movies are its negatives
+(`tfrs.tasks.Retrieval`, in-batch softmax). Its scores rank the whole catalogue
+through a factorized top-k index; the like model then ranks the few hundred it
+retrieves (export/recommend.py).
+"""
+from typing import Dict, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from models import features
+from models import hparams as hp
+from models import layers
+
+_USER = features.transformed_name(features.USER_ID)
+_MOVIE = features.transformed_name(features.MOVIE_ID)
+_GENRES = features.transformed_name(features.MOVIE_GENRES)
+_MOVIE_RATING_COUNT = features.transformed_name(features.MOVIE_RATING_COUNT)
+
+
+class FieldEmbedding(tf.keras.layers.Layer):
+  """One categorical field (or a padded list of them, mean-pooled) to a vector."""
+
+  def __init__(self, key: str, size: int, dim: int, **kwargs):
+    super().__init__(name=f"{key}_embedding", **kwargs)
+    self.key = features.transformed_name(key)
+    self.table = tf.keras.layers.Embedding(
+        size, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    ids = inputs[self.key]
+    if ids.shape.rank == 1:
+      return self.table(ids)
+    present = tf.cast(ids != features.GENRE_PADDING, self.table.dtype)[..., tf.newaxis]
+    pooled = tf.reduce_sum(self.table(tf.maximum(ids, 0)) * present, 1)
+    return pooled / tf.maximum(tf.reduce_sum(present, 1), 1.0)
+
+
+class Tower(tf.keras.layers.Layer):
+  """A user's or a movie's vector: its fields' embeddings, concatenated, projected.
+
+  The id's embedding carries what is learned about that user or movie; the side
+  fields let users and movies with few interactions borrow from similar ones.
+  """
+
+  def __init__(self, fields, vocabulary_sizes: Dict[str, int], dim: int, **kwargs):
+    super().__init__(**kwargs)
+    self.embeddings = [FieldEmbedding(field, vocabulary_sizes[field], dim)
+                       for field in fields]
+    self.projection = tf.keras.layers.Dense(dim, use_bias=False)
+
+  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    return self.projection(tf.concat([embed(inputs) for embed in self.embeddings], -1))
+
+
+class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
+  """Two towers and `tfrs.tasks.Retrieval`: score = user vector . movie vector.
+
+  Trained on (user, movie) interactions with in-batch negatives. Popular movies
+  turn up as negatives more often than others; with `sampling_correction` the
+  logits are corrected by the log of each movie's share of the train split
+  (Yi et al., 2019), so the model does not learn to push them down. The ratings'
+  labels are not read: a watched film is an interaction whether it was liked or not.
+  """
+
+  factorizes = True  # export/recommend.py ranks it through a top-k index
+  predicts_likes = False  # its signatures output an engagement score, not a like probability
+  in_batch_negatives = True  # validated at the training batch size (models/training.py)
+  optimizer_class = tf.keras.optimizers.Adagrad  # as TFRS's retrieval tutorials train
+
+  def __init__(self, vocabulary_sizes: Dict[str, int], hparams: hp.RetrievalHparams):
+    super().__init__()
+    self.hparams = hparams
+    user_fields = features.USER_FIELDS if hparams.side_features else (features.USER_ID,)
+    movie_fields = ((features.MOVIE_ID, features.MOVIE_DECADE, features.MOVIE_GENRES)
+                    if hparams.side_features else (features.MOVIE_ID,))
+    self.user_tower = Tower(user_fields, vocabulary_sizes, hparams.embedding_dim,
+                            name="user_tower")
+    self.movie_tower = Tower(movie_fields, vocabulary_sizes, hparams.embedding_dim,
+                             name="movie_tower")
+    self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+
+  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """The engagement score of each (user, movie) pair, [batch, 1]."""
+    return tf.reduce_sum(self.user_tower(inputs) * self.movie_tower(inputs), -1,
+                         keepdims=True)
+
+  def query_vectors(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Per user: the query vector [batch, dim] and a score offset (0) [batch]."""
+    users = self.user_tower(inputs)
+    return users, tf.zeros_like(users[:, 0])
+
+  def probability(self, scores: tf.Tensor) -> tf.Tensor:
+    """What `recommend` serves: the engagement score itself, a logit."""
+    return scores
+
+  def candidate_vectors(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """Per movie: the candidate vector [movies, dim]."""
+    return self.movie_tower(inputs)
+
+  def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
+                   training: bool = False) -> tf.Tensor:
+    features_, labels = inputs
+    # A liked film says more about what to offer than one watched and disliked.
+    weights = 1.0 + (self.hparams.liked_weight - 1.0) * tf.cast(tf.reshape(labels, [-1]),
+                                                                tf.float32)
+    sampling_probability = None
+    if self.hparams.sampling_correction:
+      # Proportional to the movie's ratings in train (the feature is log(1 + n)).
+      # TFRS clips probabilities to [1e-6, 1], and the softmax ignores a constant
+      # factor, so counts are scaled by the batch's largest.
+      counts = tf.math.expm1(tf.cast(features_[_MOVIE_RATING_COUNT], tf.float32))
+      sampling_probability = counts / tf.reduce_max(counts)
+    return self.task(self.user_tower(features_), self.movie_tower(features_),
+                     sample_weight=weights, candidate_sampling_probability=sampling_probability,
+                     candidate_ids=features_[_MOVIE])
+
+
+def build(vocabulary_sizes: Dict[str, int], hparams: hp.RetrievalHparams) -> Retrieval:
+  return Retrieval(vocabulary_sizes, hparams)
