@@ -1,0 +1,102 @@
+"""RecommenderBuilder: the served recommender from the retrieval and like models.
+
+Composes the two Trainers' SavedModels into one (export/two_stage.py) and writes
+it twice, identical but for the ratings it never recommends:
+- `model`: what RankingEvaluator judges. It excludes the train and eval splits'
+  ratings, the history the models learned from; the test split is the future.
+- `served_model`: what the Pusher pushes. It excludes every rating ingested,
+  test included, so nobody is offered a film they have already rated.
+Both retrieve the same number of candidates per user (`candidates` plus the most
+ratings any user has outside train and eval), so that excluding more movies
+changes nothing else about the lists.
+"""
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import OutputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from common import progress
+from evaluation import ranking
+from export import two_stage
+from models import features
+
+# The splits the Trainers learned from: the evaluated model excludes these.
+HISTORY_SPLITS = ("train", "eval")
+
+
+def excluded_pairs(splits: ranking.Splits, names):
+  """The (user id, movie id) of every rating in the named splits, as two arrays."""
+  users = np.concatenate([splits.user_ids[splits.splits[n].users] for n in names])
+  movies = np.concatenate([splits.movie_ids[splits.splits[n].movies] for n in names])
+  return users, movies
+
+
+def retrieve_depth(splits: ranking.Splits, candidates: int, catalogue_size: int) -> int:
+  """Candidates per user, so that `candidates` remain when the pushed model
+  drops the most ratings any one user has outside the history splits."""
+  later = [splits.splits[n].users for n in splits.splits if n not in HISTORY_SPLITS]
+  most = int(np.bincount(np.concatenate(later)).max()) if later else 0
+  return min(candidates + most, catalogue_size)
+
+
+def build(split_patterns, retrieval_dir: str, ranking_dir: str,
+          tf_transform_output: tft.TFTransformOutput, candidates: int,
+          like_weight: float, popularity_weight: float, evaluated_dir: str,
+          served_dir: str) -> None:
+  """Writes the evaluated and the served two-stage SavedModels."""
+  splits = ranking.read_splits(split_patterns)
+  known_users = np.array(tf_transform_output.vocabulary_by_name(features.USER_ID), object)
+  catalogue = len(tf_transform_output.vocabulary_by_name(features.MOVIE_ID))
+  depth = retrieve_depth(splits, candidates, catalogue)
+  # Popularity as the models learned it: ratings in the history splits.
+  # Loaded once: both variants hold the same two models.
+  retrieval = tf.saved_model.load(retrieval_dir)
+  like_model = tf.saved_model.load(ranking_dir)
+  movie_ratings = np.bincount(np.concatenate([splits.splits[n].movies for n in HISTORY_SPLITS]),
+                              minlength=len(splits.movie_ids))
+  for name, folder, exclude in (("evaluated", evaluated_dir, HISTORY_SPLITS),
+                                ("served", served_dir, tuple(splits.splits))):
+    started = time.monotonic()
+    users, movies = excluded_pairs(splits, exclude)
+    recommender = two_stage.TwoStageRecommender(
+        retrieval, like_model, known_users, users, movies, splits.movie_ids,
+        movie_ratings, retrieve_k=depth, like_weight=like_weight,
+        popularity_weight=popularity_weight)
+    two_stage.export(recommender, folder)
+    progress.report("recommender", f"{name} model: {depth} candidates per user, "
+                    f"{len(users):,} ratings of {'+'.join(exclude)} excluded, written in "
+                    f"{time.monotonic() - started:.1f} s")
+
+
+@component
+def RecommenderBuilder(examples: InputArtifact[standard_artifacts.Examples],
+                       transform_graph: InputArtifact[standard_artifacts.TransformGraph],
+                       retrieval_model: InputArtifact[standard_artifacts.Model],
+                       ranking_model: InputArtifact[standard_artifacts.Model],
+                       model: OutputArtifact[standard_artifacts.Model],
+                       served_model: OutputArtifact[standard_artifacts.Model],
+                       candidates: Parameter[int], like_weight: Parameter[float],
+                       popularity_weight: Parameter[float],
+                       code_fingerprint: Parameter[str]):
+  """The two-stage recommender, as evaluated (`model`) and as pushed (`served_model`).
+
+  `candidates`, `like_weight`, `popularity_weight`: models.hparams.RecommenderHparams.
+  `code_fingerprint` (common.code_fingerprint) only keys the cache.
+  """
+  del code_fingerprint
+  patterns = {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+              for split in features.SPLIT_NAMES}
+  build(patterns, path_utils.serving_model_path(retrieval_model.uri),
+        path_utils.serving_model_path(ranking_model.uri),
+        tft.TFTransformOutput(transform_graph.uri), candidates, like_weight,
+        popularity_weight, path_utils.serving_model_dir(model.uri),
+        path_utils.serving_model_dir(served_model.uri))
