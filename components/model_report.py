@@ -39,7 +39,10 @@ TENSORBOARD_DIR = "tensorboard"
 FORMAT_VERSION = 4
 MODEL_TITLES = {"cf": "CF (TFRS)", "deepfm": "DeepFM (Keras)"}
 # The top-k table's columns: both models' `recommend`, then the baselines.
-SYSTEM_TITLES = {**MODEL_TITLES, "popularity": "popularity", "ease": "EASE"}
+SYSTEM_TITLES = {**MODEL_TITLES, "retrieval": "retrieval (TFRS)",
+                 "recommender": "recommender (served)",
+                 "last_blessed": "last blessed recommender",
+                 "popularity": "popularity", "ease": "EASE"}
 # The study this project grew from: test AUC on MovieLens-1M, with its own splits.
 REFERENCE_AUC = {"cf": 0.81, "deepfm": 0.82}
 _VALUE_NAMES = {features.USER_GENDER: {"0": "female", "1": "male"}}
@@ -125,7 +128,16 @@ def comparison_table(report: Dict) -> str:
                  f"{models[n]['blessing_reason']}")
   if report.get("ranking"):
     lines += ["", ranking_table(report)]
+    if report["ranking"].get("blessing"):
+      lines.append(_ranking_verdict(report["ranking"]["blessing"]))
   return "\n".join(lines)
+
+
+def _ranking_verdict(blessing: Dict) -> str:
+  """"recommender: blessed: ndcg@10 0.12 >= popularity's 0.08", from ranking.json."""
+  verdict = "blessed" if blessing["blessed"] else "not blessed"
+  return f"{blessing['model']}: {verdict}: " + "; ".join(
+      c["check"] + ("" if c["passed"] else " (failed)") for c in blessing["checks"])
 
 
 def _markdown(report: Dict) -> str:
@@ -185,6 +197,10 @@ def _ranking_markdown(ranking: Dict) -> List[str]:
            "|---|" + "---:|" * len(names)]
   lines += [f"| {label} | " + " | ".join(cells) + " |"
             for label, cells in _ranking_rows(ranking)]
+  if ranking.get("blessing"):
+    lines += ["", "The served recommender is retrieval's candidates ranked with DeepFM's "
+              "like probability; it is blessed on these lists.", "",
+              f"- {_ranking_verdict(ranking['blessing'])}"]
   return lines
 
 

@@ -7,6 +7,9 @@ and EASE rank the same candidates (evaluation/ranking.py). The result,
 ranking.json in the artifact, is one entry per system with NDCG@10, recall@10,
 hit rate@10, MAP@10, MRR@10, coverage, the share of already-rated movies served,
 and NDCG@k and recall@k for k = 1..50. ModelReport puts it beside TFMA's metrics.
+
+It also blesses the served recommender (components/recommender_builder.py), which
+has no like probability of its own for TFMA to judge: on its lists (`judge`).
 """
 import json
 import os
@@ -30,6 +33,11 @@ from serving import contract
 
 RESULTS_FILE = "ranking.json"
 BASELINES = ("popularity", "ease")
+# The recommending model this component blesses, and the name its last blessed
+# version is evaluated under, on the same split, as the change threshold's baseline.
+JUDGED = "recommender"
+LAST_BLESSED = "last_blessed"
+JUDGED_METRIC = "ndcg@10"
 
 
 class RankingEvaluation(types.Artifact):
@@ -63,6 +71,24 @@ def evaluate_models(split_patterns: Dict[str, str], model_dirs: Dict[str, str]) 
           "systems": systems}
 
 
+def judge(results: Dict, max_drop: float) -> Dict:
+  """Whether the JUDGED model may be pushed, and why (added to the results as "blessing").
+
+  Its NDCG@10 must be at least popularity's, and at most `max_drop` below that of
+  the last blessed recommender where there is one (evaluated on the same split).
+  """
+  systems = results["systems"]
+  ndcg = {name: system["metrics"][JUDGED_METRIC] for name, system in systems.items()}
+  checks = [(f"{JUDGED_METRIC} {ndcg[JUDGED]:.4f} >= popularity's {ndcg['popularity']:.4f}",
+             ndcg[JUDGED] >= ndcg["popularity"])]
+  if LAST_BLESSED in ndcg:
+    floor = ndcg[LAST_BLESSED] - max_drop
+    checks.append((f"{JUDGED_METRIC} {ndcg[JUDGED]:.4f} >= the last blessed model's "
+                   f"{ndcg[LAST_BLESSED]:.4f} - {max_drop:g}", ndcg[JUDGED] >= floor))
+  return {"model": JUDGED, "blessed": all(ok for _, ok in checks),
+          "checks": [{"check": text, "passed": ok} for text, ok in checks]}
+
+
 def load(folder: str) -> Dict:
   """What evaluate_models wrote into a RankingEvaluation folder."""
   with tf.io.gfile.GFile(os.path.join(folder, RESULTS_FILE)) as f:
@@ -73,18 +99,48 @@ def load(folder: str) -> Dict:
 def RankingEvaluator(examples: InputArtifact[standard_artifacts.Examples],
                      cf_model: InputArtifact[standard_artifacts.Model],
                      deepfm_model: InputArtifact[standard_artifacts.Model],
+                     retrieval_model: InputArtifact[standard_artifacts.Model],
+                     recommender_model: InputArtifact[standard_artifacts.Model],
                      evaluation: OutputArtifact[RankingEvaluation],
-                     code_fingerprint: Parameter[str]):
-  """Writes ranking.json for both models and the baselines.
+                     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+                     max_ndcg_drop: Parameter[float],
+                     code_fingerprint: Parameter[str],
+                     baseline_model: InputArtifact[standard_artifacts.Model] = None):
+  """Writes ranking.json for every model and the baselines, and blesses the recommender.
 
-  `code_fingerprint` (common.code_fingerprint) only keys the cache.
+  `baseline_model`: the last blessed recommender, if any (a LatestBlessedModelStrategy
+  resolver). The blessing carries the custom properties TFX's Pusher and that
+  resolver read ("blessed", "current_model_id"). `code_fingerprint`
+  (common.code_fingerprint) only keys the cache.
   """
   del code_fingerprint
   patterns = {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
               for split in features.SPLIT_NAMES}
   models = {"cf": path_utils.serving_model_path(cf_model.uri),
-            "deepfm": path_utils.serving_model_path(deepfm_model.uri)}
+            "deepfm": path_utils.serving_model_path(deepfm_model.uri),
+            "retrieval": path_utils.serving_model_path(retrieval_model.uri),
+            JUDGED: path_utils.serving_model_path(recommender_model.uri)}
+  same_as_baseline = baseline_model is not None and baseline_model.id == recommender_model.id
+  if baseline_model is not None and not same_as_baseline:
+    models[LAST_BLESSED] = path_utils.serving_model_path(baseline_model.uri)
   results = evaluate_models(patterns, models)
+  if same_as_baseline:  # a cached recommender, judged against itself: listed once
+    results["systems"][LAST_BLESSED] = results["systems"][JUDGED]
+    results["models"].append(LAST_BLESSED)
+  results["blessing"] = judge(results, max_ndcg_drop)
+  verdict = "blessed" if results["blessing"]["blessed"] else "NOT blessed"
+  progress.report("rank", f"{JUDGED} {verdict}: " + "; ".join(
+      f"{c['check']} ({'yes' if c['passed'] else 'no'})" for c in results["blessing"]["checks"]))
   tf.io.gfile.makedirs(evaluation.uri)
   with tf.io.gfile.GFile(os.path.join(evaluation.uri, RESULTS_FILE), "w") as f:
     json.dump(results, f, indent=1)
+  blessed = int(results["blessing"]["blessed"])
+  blessing.set_int_custom_property("blessed", blessed)
+  blessing.set_string_custom_property("current_model", recommender_model.uri)
+  blessing.set_int_custom_property("current_model_id", recommender_model.id)
+  if baseline_model is not None:
+    blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+    blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
+  with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"),
+                         "w") as f:
+    f.write("")

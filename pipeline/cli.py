@@ -65,10 +65,12 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
       download_dir=args.download_dir, seed=args.seed, split=args.split,
       beam_args=beam_args,
       enable_cache=not args.no_cache,
-      presets={"cf": args.cf_config, "deepfm": args.deepfm_config},
+      presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
+               "retrieval": args.retrieval_config},
       overrides=_overrides(args.set),
       auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
-      serving_dir=args.serving_dir, distribution=args.distribution, **paths)
+      max_ndcg_drop=args.max_ndcg_drop, serving_dir=args.serving_dir,
+      distribution=args.distribution, **paths)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -208,6 +210,8 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       help="CF hyperparameters: the reference study's (seed) or ours")
   parser.add_argument("--deepfm-config", choices=["seed", "best"], default="best",
                       help="DeepFM hyperparameters: the reference study's (seed) or ours")
+  parser.add_argument("--retrieval-config", choices=["seed", "best"], default="best",
+                      help="retrieval hyperparameters: the defaults (seed) or the tuned")
   parser.add_argument("--set", action="append", default=[], metavar="MODEL.NAME=VALUE",
                       help="override one hyperparameter, e.g. --set cf.epochs=3 "
                       "(names in models/hparams.py)")
@@ -217,6 +221,9 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       help="bless a model only if its test AUC is at least this")
   parser.add_argument("--max-auc-drop", type=float, default=configs.DEFAULT_MAX_AUC_DROP,
                       help="and if it is at most this below the latest blessed model's")
+  parser.add_argument("--max-ndcg-drop", type=float, default=configs.DEFAULT_MAX_NDCG_DROP,
+                      help="bless the recommender only if its NDCG@10 is at least "
+                      "popularity's and at most this below the latest blessed one's")
   parser.add_argument("--serving-dir", help="where blessed models are pushed for TF "
                       "Serving (default <output-dir>/serving; compile: "
                       "<pipeline-root>/serving)")
@@ -266,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(in-process) or from TF Serving (--server)")
   recommend.add_argument("--user", required=True, help="user id, e.g. 42")
   recommend.add_argument("--k", type=int, default=10, help="how many movies (1 to 100)")
-  recommend.add_argument("--model", choices=["cf", "deepfm"], default="cf")
+  recommend.add_argument("--model", choices=["recommender", "cf", "deepfm"],
+                         default="recommender", help="the two-stage recommender, or "
+                         "one like model ranking the whole catalogue")
   recommend.add_argument("--server", help="TF Serving URL: http://host:8501 (REST) "
                          "or grpc://host:8500; omit to load the pushed SavedModel here")
   recommend.add_argument("--run-dir", default=configs.PipelineConfig().output_dir,

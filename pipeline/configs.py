@@ -16,6 +16,8 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT_ROOT = "runs"
 DEFAULT_AUC_FLOOR = 0.75
 DEFAULT_MAX_AUC_DROP = 0.005
+# The recommender's NDCG@10 may fall at most this far below the last blessed one's.
+DEFAULT_MAX_NDCG_DROP = 0.005
 DIRECT_RUNNER = "DirectRunner"
 # Beam runners `recsys run --beam-runner` and `recsys compile --beam-runner` accept;
 # each takes its own flags through --beam-arg (docs/scaling-out.md).
@@ -130,14 +132,19 @@ class PipelineConfig:
   beam_args: Optional[List[str]] = None  # default: beam_pipeline_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
-      default_factory=lambda: {"cf": "best", "deepfm": "best"})  # or "seed"
-  # Per model, hyperparameters that replace the preset's, e.g. {"cf": {"epochs": 3}}.
+      default_factory=lambda: {"cf": "best", "deepfm": "best",
+                               "retrieval": "best"})  # or "seed"
+  # Per model, hyperparameters that replace the preset's, e.g. {"cf": {"epochs": 3}};
+  # "recommender" for the served recommender's RecommenderHparams.
   overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
   # Blessing: test AUC at least this, and (once a model of the same kind has been
   # blessed) at most this much below that model's AUC on the same test split. The
   # default tolerance is just above the +-0.004 AUC that a change of seed moves.
   auc_floor: float = DEFAULT_AUC_FLOOR
   max_auc_drop: float = DEFAULT_MAX_AUC_DROP
+  # Blessing of the recommender: NDCG@10 at least popularity's and at most this
+  # below the last blessed recommender's on the same test split.
+  max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP
   serving_dir: Optional[str] = None  # default <output_dir>/serving
   # Where TFX writes component outputs (default <output_dir>/tfx); on a cluster a
   # bucket every step can reach, e.g. gs://bucket/movielens.
@@ -174,10 +181,15 @@ class PipelineConfig:
       self.min_free_gb = MIN_FREE_GB[self.dataset]
 
   def hparams(self, model: str):
-    """The hyperparameters of `model` ("cf" or "deepfm") for this run."""
+    """The hyperparameters of `model` ("cf", "deepfm" or "retrieval") for this run."""
     preset = hparams_lib.preset(model, self.presets[model],
                                 features.DATASET_RATINGS[self.dataset])
     return dataclasses.replace(preset, **self.overrides.get(model, {}))
+
+  def recommender_hparams(self) -> hparams_lib.RecommenderHparams:
+    """How the served recommender combines its models; `--set recommender.NAME=VALUE`."""
+    return dataclasses.replace(hparams_lib.RecommenderHparams(),
+                               **self.overrides.get("recommender", {}))
 
   @property
   def pipeline_name(self) -> str:

@@ -14,12 +14,22 @@ from components.model_report import ModelReport
 from components.movielens_example_gen.component import MovieLensExampleGen
 from components.pusher import Pusher
 from components.ranking_evaluator import RankingEvaluator
+from components.recommender_builder import RecommenderBuilder
 from evaluation import tfma_config
 from models import hparams
 from pipeline import configs
 
 # Model name -> its Trainer entry point.
-MODELS = {"cf": "trainer.cf.run_fn", "deepfm": "trainer.deepfm.run_fn"}
+MODELS = {"cf": "trainer.cf.run_fn", "deepfm": "trainer.deepfm.run_fn",
+          "retrieval": "trainer.retrieval.run_fn"}
+# The like models: judged by TFMA on their like probability, pushed on its verdict.
+LIKE_MODELS = ("cf", "deepfm")
+# The served recommender: retrieval's candidates ranked by this like model.
+RANKING_MODEL = "deepfm"
+RECOMMENDER = "recommender"
+# The splits each Trainer learns from. Retrieval also learns from eval, each
+# user's most recent history before test (trainer/retrieval.py).
+TRAIN_SPLITS = {"retrieval": ["train", "eval"]}
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 
 
@@ -44,6 +54,7 @@ ENTRY_MODULES = {
     "AnomaliesGate": "components.anomalies_gate",
     "Transform": PREPROCESSING_FN.rpartition(".")[0],
     **{trainer_id(model): run_fn.rpartition(".")[0] for model, run_fn in MODELS.items()},
+    "RecommenderBuilder": "components.recommender_builder",
     "RankingEvaluator": "components.ranking_evaluator",
     "ModelReport": "components.model_report",
     "Pusher": "components.pusher",
@@ -106,24 +117,57 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
       custom_config={"code_fingerprint": code_fingerprint_of("Transform")})
   transform.add_upstream_node(anomalies_gate)
 
-  # The two models, trained from the same examples through the same Transform graph.
+  # The three models, trained from the same examples through the same Transform graph.
   trainers = {model: _trainer(model, run_fn, example_gen, transform, schema_gen, config)
               for model, run_fn in MODELS.items()}
 
-  # Each model judged on the test split (TFMA), blessed or not, and pushed if blessed.
-  judged = {model: _evaluate_and_push(model, trainer, example_gen, config)
-            for model, trainer in trainers.items()}
+  # Each like model judged on the test split (TFMA), blessed or not, and pushed if blessed.
+  judged = {model: _evaluate_and_push(model, trainers[model], example_gen, config)
+            for model in LIKE_MODELS}
   evaluators = {model: nodes[1] for model, nodes in judged.items()}
 
+  # The served recommender: retrieval's candidates, the rated ones dropped, ranked
+  # by engagement and DeepFM's like probability; built once as evaluated (excluding
+  # train and eval) and once as served (excluding every rating).
+  recommender_hparams = config.recommender_hparams()
+  recommender_builder = RecommenderBuilder(
+      examples=example_gen.outputs["examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      retrieval_model=trainers["retrieval"].outputs["model"],
+      ranking_model=trainers[RANKING_MODEL].outputs["model"],
+      candidates=recommender_hparams.candidates,
+      like_weight=recommender_hparams.like_weight,
+      popularity_weight=recommender_hparams.popularity_weight,
+      code_fingerprint=code_fingerprint_of("RecommenderBuilder"))
+
+  # The last blessed recommender, the baseline of the NDCG change threshold.
+  latest_blessed_recommender = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=standard_artifacts.Model,
+                            producer_component_id="RecommenderBuilder", output_key="model"),
+      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
+                                     producer_component_id="RankingEvaluator",
+                                     output_key="blessing"),
+  ).with_id(f"LatestBlessed.{RECOMMENDER}")
+
   # The top-k lists each model's `recommend` serves the test users, against the
-  # popularity and EASE baselines on the same candidates.
+  # popularity and EASE baselines on the same candidates; the recommender is
+  # blessed on them.
   ranking_evaluator = RankingEvaluator(
       examples=example_gen.outputs["examples"],
       cf_model=trainers["cf"].outputs["model"],
       deepfm_model=trainers["deepfm"].outputs["model"],
+      retrieval_model=trainers["retrieval"].outputs["model"],
+      recommender_model=recommender_builder.outputs["model"],
+      baseline_model=latest_blessed_recommender.outputs["model"],
+      max_ndcg_drop=config.max_ndcg_drop,
       code_fingerprint=code_fingerprint_of("RankingEvaluator"))
 
-  # Both evaluations side by side: metrics.json, report.md, figures, TensorBoard.
+  # The served variant of a blessed recommender, pushed as TF Serving's "recommender".
+  recommender_pusher = _pusher(RECOMMENDER, recommender_builder.outputs["served_model"],
+                               ranking_evaluator.outputs["blessing"], config)
+
+  # Every evaluation side by side: metrics.json, report.md, figures, TensorBoard.
   model_report = ModelReport(
       cf_evaluation=evaluators["cf"].outputs["evaluation"],
       cf_blessing=evaluators["cf"].outputs["blessing"],
@@ -136,8 +180,8 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           transform, *trainers.values(),
-          *[node for nodes in judged.values() for node in nodes], ranking_evaluator,
-          model_report]
+          *[node for nodes in judged.values() for node in nodes], recommender_builder,
+          latest_blessed_recommender, ranking_evaluator, recommender_pusher, model_report]
 
 
 
@@ -149,7 +193,7 @@ def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
       examples=example_gen.outputs["examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
-      train_args=tfx.proto.TrainArgs(splits=["train"]),
+      train_args=tfx.proto.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
       eval_args=tfx.proto.EvalArgs(splits=["eval"]),
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
                      "seed": config.seed, "distribution": config.distribution,
@@ -179,17 +223,21 @@ def _evaluate_and_push(model: str, trainer, example_gen,
       eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(evaluator_id(model))
 
-  # Runs for every model, but copies only a blessed one (and only once): a rejected
-  # model leaves the previously pushed versions in place.
-  pusher = Pusher(
-      model=trainer.outputs["model"],
-      model_blessing=evaluator.outputs["blessing"],
+  return [latest_blessed, evaluator,
+          _pusher(model, trainer.outputs["model"], evaluator.outputs["blessing"], config)]
+
+
+def _pusher(model: str, model_channel, blessing, config: configs.PipelineConfig) -> Pusher:
+  """Runs for every model, but copies only a blessed one (and only once): a rejected
+  model leaves the previously pushed versions in place."""
+  return Pusher(
+      model=model_channel,
+      model_blessing=blessing,
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=config.serving_model_dir(model))),
       custom_config={"code_fingerprint": code_fingerprint_of("Pusher")},
   ).with_id(pusher_id(model))
-  return [latest_blessed, evaluator, pusher]
 
 
 def create_pipeline(config: configs.PipelineConfig,

@@ -90,11 +90,13 @@ def _ratings_per_user(rng, num_users: int, num_movies: int, num_ratings: int):
 
 
 def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: int,
-             rated_movies: Optional[int] = None):
+             rated_movies: Optional[int] = None, watch_affinity: float = 0.0):
   """Samples distinct (user, movie) pairs and rates them from a planted model.
 
   With `rated_movies`, only that many movies (chosen at random) get ratings, as in
-  the real releases, where some catalogue movies have none.
+  the real releases, where some catalogue movies have none. With `watch_affinity`,
+  who watches what is planted too: a user picks movies by popularity times
+  exp(watch_affinity * their taste for the movie), the same taste that rates it.
   """
   num_movies = len(movie_genres)
   popularity = rng.zipf(1.6, size=num_movies).astype(float)
@@ -108,15 +110,23 @@ def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: in
   genre_taste = rng.normal(0, 1, (num_users, len(_GENRES_1M)))
   genre_matrix = _genre_matrix(movie_genres)
   user_bias, movie_bias = rng.normal(0, 0.5, num_users), rng.normal(0, 0.7, num_movies)
+
+  def watch_bonus(user):
+    if not watch_affinity:
+      return 0.0
+    return watch_affinity * (movie_factors @ user_factors[user] / np.sqrt(latent_dim)
+                             + genre_matrix @ genre_taste[user])
+
   users = np.repeat(np.arange(num_users), per_user)
   # Weighted sampling without replacement (Efraimidis-Spirakis keys), a user at a time;
   # unrated movies get key -inf and so are never among a user's top k.
   with np.errstate(divide="ignore"):
     log_popularity = np.log(popularity)
   movies = np.concatenate([
-      np.argpartition(log_popularity - np.log(-np.log(rng.random(num_movies))),
+      np.argpartition(log_popularity + watch_bonus(user)
+                      - np.log(-np.log(rng.random(num_movies))),
                       num_movies - k)[num_movies - k:]
-      for k in per_user])
+      for user, k in enumerate(per_user)])
   score = ((user_factors[users] * movie_factors[movies]).sum(1) / np.sqrt(latent_dim)
            + (genre_taste[users] * genre_matrix[movies]).sum(1)
            + user_bias[users] + movie_bias[movies] + rng.normal(0, 0.8, len(users)))
@@ -131,12 +141,14 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
                   num_movies: int = 300, num_ratings: int = 10_000, seed: int = 0,
                   tables_from: Optional[str] = None,
                   latent_dim: int = 8,
-                  rated_movies: Optional[int] = None) -> SyntheticRelease:
+                  rated_movies: Optional[int] = None,
+                  watch_affinity: float = 0.0) -> SyntheticRelease:
   """Writes a MovieLens release in `layout` ("1m" or "100k") into `folder`.
 
   With `tables_from`, the users and movies files are read from that real release
   folder (same layout) instead of being invented; ratings are always synthetic.
   With `rated_movies`, only that many of the movies are rated (default: all).
+  With `watch_affinity`, users watch movies to their taste (see `_ratings`).
   """
   rng = np.random.default_rng(seed)
   spec = parsing.LAYOUTS[layout]
@@ -159,7 +171,8 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
     movie_genres = [m[2] for m in movie_rows]
     _write_tables(folder, spec, user_rows, movie_rows)
   users_idx, movies_idx, ratings, timestamps = _ratings(
-      rng, len(user_ids), movie_genres, num_ratings, latent_dim, rated_movies)
+      rng, len(user_ids), movie_genres, num_ratings, latent_dim, rated_movies,
+      watch_affinity)
   separator = spec.ratings_separator
   user_ids, movie_ids = np.array(user_ids), np.array(movie_ids)
   lines = (np.char.add(np.char.add(user_ids[users_idx], separator),

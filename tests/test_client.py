@@ -434,12 +434,13 @@ def test_recsys_recommend_calls_the_server(protocol, server, saved_models, trans
   user = _raw_rows(transformed_1m, slice(0, 1))[0]["user_id"]
   expected = saved_models[CF_MODEL].signatures["recommend"](
       user_id=tf.constant([user]), k=tf.constant(4))["movie_ids"].numpy()[0]
-  assert cli.main(["recommend", "--user", user, "--k", "4", "--server",
+  assert cli.main(["recommend", "--user", user, "--k", "4", "--model", "cf", "--server",
                    _url(server, protocol), "--run-dir", str(tmp_path)]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].endswith(f"movies for user {user} (cf on TF Serving at "
                            f"{_url(server, protocol)}):")
   assert [line.split()[1] for line in lines[2:]] == [m.decode() for m in expected if m]
-  assert cli.main(["recommend", "--user", user, "--k", "4", "--model", "deepfm",
+  # The default, the two-stage recommender, is not served by this server.
+  assert cli.main(["recommend", "--user", user, "--k", "4",
                    "--server", _url(server, protocol), "--run-dir", str(tmp_path)]) == 1
   assert "not found" in capsys.readouterr().err

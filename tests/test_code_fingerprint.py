@@ -79,7 +79,8 @@ def test_comments_and_docstrings_do_not_count_but_undoing_an_edit_restores(proje
                      + original[len(docstring):] + "\n# end\n")
   assert _fingerprints(project) == before
   hparams.write_text(original.replace("epochs", "num_epochs"))
-  assert _changed(before, _fingerprints(project)) == {"Trainer.cf", "Trainer.deepfm"}
+  assert _changed(before, _fingerprints(project)) == {"Trainer.cf", "Trainer.deepfm",
+                                                      "Trainer.retrieval"}
   hparams.write_text(original)
   assert _fingerprints(project) == before
 
@@ -94,7 +95,8 @@ def test_imports_inside_functions_and_relative_imports_are_followed(project):
       "trainer.cf", root=str(project))
   before = _fingerprints(project)
   helper.write_text("VALUE = 2\n")
-  assert _changed(before, _fingerprints(project)) == {"Trainer.cf", "Trainer.deepfm"}
+  assert _changed(before, _fingerprints(project)) == {"Trainer.cf", "Trainer.deepfm",
+                                                      "Trainer.retrieval"}
 
 
 def test_the_same_code_elsewhere_has_the_same_fingerprint(project, tmp_path):
@@ -134,8 +136,11 @@ def test_every_component_of_ours_carries_its_fingerprint(tmp_path):
   for model in pipeline_dsl.MODELS:
     trainer = pipeline_dsl.trainer_id(model)
     assert json.loads(nodes[trainer]["custom_config"])["code_fingerprint"] == code[trainer]
+  for model in (*pipeline_dsl.LIKE_MODELS, pipeline_dsl.RECOMMENDER):
     assert json.loads(nodes[pipeline_dsl.pusher_id(model)]["custom_config"])[
         "code_fingerprint"] == code["Pusher"]
+  assert nodes["RecommenderBuilder"]["code_fingerprint"] == code["RecommenderBuilder"]
+  assert nodes["RankingEvaluator"]["code_fingerprint"] == code["RankingEvaluator"]
   assert code["Trainer.cf"] != code["Trainer.deepfm"]
   # The data by its files: editing one reruns the ingestion
   # (test_the_data_folder_fingerprint_follows_its_files).

@@ -81,7 +81,7 @@ def _upstream(spec, task: str):
 def test_spec_has_every_component(spec):
   tasks = set(_tasks(spec))
   components = [c.id for c in pipeline_dsl.create_components(configs.PipelineConfig())]
-  assert len(components) == 16
+  assert len(components) == 20
   for component in components:
     if component.startswith("LatestBlessed."):
       # KFP v2 resolves the latest blessed model in two queries: model, blessing.
@@ -89,7 +89,7 @@ def test_spec_has_every_component(spec):
               f"{component}-model-blessing-resolver"} <= tasks
     else:
       assert component in tasks
-  assert len(tasks) == 18
+  assert len(tasks) == 23  # the three resolvers make two tasks each
   for task in tasks:
     assert set(_tasks(spec)[task].get("dependentTasks", [])) <= tasks
 
@@ -117,6 +117,11 @@ def test_spec_runs_the_steps_in_order(spec):
     assert f"Evaluator.{model}" in _upstream(spec, "ModelReport")
     assert f"Trainer.{model}" in _upstream(spec, "RankingEvaluator")
   assert "RankingEvaluator" in _upstream(spec, "ModelReport")
+  # The recommender: built from retrieval and DeepFM, pushed on RankingEvaluator's blessing.
+  assert {"Trainer.retrieval", "Trainer.deepfm"} <= _upstream(spec, "RecommenderBuilder")
+  assert {"RecommenderBuilder", "LatestBlessed.recommender-model-resolver"} <= _upstream(
+      spec, "RankingEvaluator")
+  assert {"RankingEvaluator", "RecommenderBuilder"} <= _upstream(spec, "Pusher.recommender")
   assert not _upstream(spec, "MovieLensExampleGen")
   # The two models train independently, side by side.
   assert "Trainer.cf" not in _upstream(spec, "Trainer.deepfm")

@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
@@ -23,7 +22,6 @@ from tfx.utils import io_utils
 from components import model_report
 from components import pusher
 from components.anomalies_gate import DataValidationError
-from components.movielens_example_gen import parsing
 from components.movielens_example_gen.parsing import MovieLensDataError
 from evaluation import tfma_config
 from models import data
@@ -35,7 +33,6 @@ from pipeline import pipeline as pipeline_dsl
 from pipeline import run_state
 from pipeline import run_store
 from tests.conftest import FEW_EPOCHS
-from tests.conftest import REAL_100K
 from tests.conftest import REPO
 from tests.conftest import RUN_CONSOLE
 from tests.conftest import RUN_TEMPORARY_FILES
@@ -43,7 +40,6 @@ from tests.conftest import cli_error
 from tests.conftest import copy_of_finished_run
 from tests.conftest import free_port
 from tests.conftest import pipeline_config
-from tests.conftest import requires
 
 pytestmark = pytest.mark.e2e
 
@@ -93,10 +89,11 @@ def _states(summary):
 
 
 _NODES = ["ImportSchemaGen", "LatestBlessed.cf", "LatestBlessed.deepfm",
-          "MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "AnomaliesGate",
-          "Transform", "Trainer.cf", "Trainer.deepfm", "Evaluator.cf",
-          "Evaluator.deepfm", "RankingEvaluator", "ModelReport", "Pusher.cf",
-          "Pusher.deepfm"]
+          "LatestBlessed.recommender", "MovieLensExampleGen", "StatisticsGen",
+          "ExampleValidator", "AnomaliesGate", "Transform", "Trainer.cf", "Trainer.deepfm",
+          "Trainer.retrieval", "Evaluator.cf", "Evaluator.deepfm", "RecommenderBuilder",
+          "Pusher.cf", "Pusher.deepfm", "RankingEvaluator", "ModelReport",
+          "Pusher.recommender"]
 
 
 def _pushed_versions(config, model):
@@ -138,6 +135,9 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert result["auc"] > 0.7, report
     assert result["example_count"] == summary.split_counts["test"]
     assert result["blessed"] is True
+    # Platt-scaled on eval (models/calibration.py): the mean prediction is the
+    # mean label's, up to the sampling noise of ~2,000 test ratings.
+    assert result["calibration"] == pytest.approx(1.0, abs=0.05), result["calibration"]
     assert result["blessing_reason"].startswith(f"auc {result['auc']:.4f} >= floor 0.6")
     assert result["epochs"] == FEW_EPOCHS[model]["epochs"]
     # The confusion matrix at 0.5 holds every test example and agrees with the
@@ -182,13 +182,38 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   ranking = report["ranking"]
   test_users = {u for u in _read_split(_latest_examples(config), "test")[features.USER_ID]}
   assert ranking["users"] == len(test_users)
-  assert set(ranking["systems"]) == {"cf", "deepfm", "popularity", "ease"}
+  assert set(ranking["systems"]) == {"cf", "deepfm", "retrieval", "recommender",
+                                     "popularity", "ease"}
   for name, system in ranking["systems"].items():
     assert system["already_rated_share"] == 0, name  # train and eval ratings excluded
     assert system["users_scored"] + system["users_without_relevant"] == len(test_users)
     assert 0 < system["metrics"]["ndcg@10"] <= system["metrics"]["hit_rate@10"] <= 1, name
     assert len(system["curves"]["ndcg"]) == 50 and system["curves"]["recall"][-1] <= 1
   assert "## Top-10 lists" in markdown and "| ndcg@10 | " in markdown
+  # Users of this release watch to their taste: retrieval finds it, well above
+  # popularity, and the recommender built on it is blessed and pushed.
+  ndcg = {name: system["metrics"]["ndcg@10"] for name, system in ranking["systems"].items()}
+  assert ndcg["retrieval"] > 2 * ndcg["popularity"], ndcg
+  assert ndcg["recommender"] > 2 * ndcg["popularity"], ndcg
+  assert ranking["blessing"]["blessed"] is True, ranking["blessing"]
+  assert f"recommender: blessed: ndcg@10 {ndcg['recommender']:.4f} >= popularity's" in markdown
+  versions = _pushed_versions(config, "recommender")
+  assert len(versions) == 1
+  served = tf.saved_model.load(str(pathlib.Path(config.serving_model_dir("recommender"))
+                                   / versions[0]))
+  assert {"recommend", "predict", "predict_raw", "serving_default"} <= set(served.signatures)
+  # The evaluated recommender left out train and eval ratings (already_rated_share
+  # above); the served one leaves out every rating, test included.
+  every_rating = set()
+  for split in features.SPLIT_NAMES:
+    columns = _read_split(_latest_examples(config), split)
+    every_rating |= set(zip(columns[features.USER_ID], columns[features.MOVIE_ID]))
+  asked = sorted(test_users)[:100]
+  answer = served.signatures["recommend"](user_id=tf.constant(asked), k=tf.constant(50))
+  served_pairs = {(user, movie) for user, row in zip(asked, answer["movie_ids"].numpy())
+                  for movie in row if movie}
+  assert len(served_pairs) > 1000
+  assert not served_pairs & every_rating
 
   examples = _latest_examples(config)
   counts = json.loads(examples.get_string_custom_property("split_counts"))
@@ -286,6 +311,8 @@ def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
       '  config {\n    name: "cf"\n    base_path: "/models/cf"\n'
       '    model_platform: "tensorflow"\n  }\n'
       '  config {\n    name: "deepfm"\n    base_path: "/models/deepfm"\n'
+      '    model_platform: "tensorflow"\n  }\n'
+      '  config {\n    name: "recommender"\n    base_path: "/models/recommender"\n'
       '    model_platform: "tensorflow"\n  }\n}\n')
   examples = _latest_examples(config)
   user = _read_split(examples, "test")[features.USER_ID][0].decode()
@@ -324,9 +351,12 @@ def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
   assert printed[0].startswith(f"Top 5 movies for user {user} (deepfm from ")
   rows = printed[2:]
   assert len(rows) == 5 and all(re.search(r"\(\d{4}\)", row) for row in rows)  # titles
+  # The default: the pushed two-stage recommender.
   assert cli.main(["recommend", "--user", "someone-new", "--k", "3",
                    "--run-dir", config.output_dir]) == 0
-  assert len(capsys.readouterr().out.splitlines()) == 5
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith("Top 3 movies for user someone-new (recommender from ")
+  assert len(printed) == 5
   assert cli.main(["recommend", "--user", user, "--k", "0",
                    "--run-dir", config.output_dir]) == 1
   assert "k must be between 1 and 100" in capsys.readouterr().err
@@ -361,7 +391,9 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
     url = f"http://localhost:{port}"
     runs = _wait_for(f"{url}/data/runs", seconds=120)
     assert set(runs) == {"cf/train", "cf/validation", "deepfm/train", "deepfm/validation",
-                         "evaluation/cf", "evaluation/deepfm", "evaluation/popularity",
+                         "retrieval/train", "retrieval/validation", "evaluation/cf",
+                         "evaluation/deepfm", "evaluation/retrieval",
+                         "evaluation/recommender", "evaluation/popularity",
                          "evaluation/ease"}
     tags = _wait_for(f"{url}/data/plugin/scalars/tags", seconds=10)
     # The top-k curves of every model and baseline, with k as the step.
@@ -421,10 +453,11 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
   _, _, first = finished_run
   config = copy_of_finished_run(finished_run, tmp_path / "run")
   first_report = model_report.load(os.path.dirname(first.report_path))
-  pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm")}
+  pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm", "recommender")}
 
   # Unchanged inputs: training is cached. The models are evaluated once more, now
-  # against themselves as the latest blessed models, and are not pushed again.
+  # against themselves as the latest blessed models, and are not pushed again
+  # (the recommender neither: the same SavedModel is already served).
   states = _states(local_runner.run(config))
   assert states["Transform"] == states["Trainer.cf"] == states["Trainer.deepfm"] == "cached"
   assert {model: _pushed_versions(config, model) for model in pushed} == pushed
@@ -473,34 +506,6 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
     assert "is below the floor 0.9900" in report["models"][model]["blessing_reason"]
   assert _pushed_versions(config, "cf") == pushed["cf"]
 
-
-
-@requires(REAL_100K)
-def test_real_100k_ingestion(tmp_path):
-  config = pipeline_config(REAL_100K, tmp_path / "run", dataset="100k")
-  summary = local_runner.run(config)
-  assert set(_states(summary).values()) == {"done"}
-  report = model_report.load(os.path.dirname(summary.report_path))["models"]
-  assert report["cf"]["auc"] > 0.78 and report["deepfm"]["auc"] > 0.78, report
-  assert report["cf"]["blessed"] and report["deepfm"]["blessed"]
-  examples = _latest_examples(config)
-  splits = {s: _read_split(examples, s) for s in ("train", "eval", "test")}
-  users = np.concatenate([r[features.USER_ID] for r in splits.values()])
-  movies = np.concatenate([r[features.MOVIE_ID] for r in splits.values()])
-  likes = sum(int(r[features.LABEL].sum()) for r in splits.values())
-  assert len(users) == 100_000
-  assert len(set(users)) == 943 and len(set(movies)) == 1682
-  assert likes == 55_375
-  # The split of each rating is the one its (user, movie) hash gives, run after run.
-  table = parsing.read_release(str(REAL_100K), parsing.LAYOUTS["100k"])
-  expected = parsing.assign_splits(
-      np.array([v.decode() for v in pc.list_flatten(table.column(features.USER_ID))
-                .to_pylist()], dtype=object),
-      np.array([v.decode() for v in pc.list_flatten(table.column(features.MOVIE_ID))
-                .to_pylist()], dtype=object),
-      seed=config.seed, hash_buckets=[8, 1, 1])
-  for index, split in enumerate(("train", "eval", "test")):
-    assert len(splits[split][features.LABEL]) == int((expected == index).sum())
 
 
 def test_anomaly_stops_the_run_naming_the_feature(synthetic_1m, tmp_path):

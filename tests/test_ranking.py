@@ -65,3 +65,27 @@ def test_ease_leaves_out_what_each_user_rated_and_chooses_a_weight_from_the_grid
     assert sorted(ranked) == sorted(set(range(5)) - rated[user])  # every candidate
   assert ranking.choose_ease_l2(splits, grid=(1.0, 10.0)) in (1.0, 10.0)
   assert np.isfinite(ranking.evaluate(lists, splits, users).metrics["ndcg@10"])
+
+
+def _results(**ndcg):
+  return {"systems": {name: {"metrics": {"ndcg@10": value}} for name, value in ndcg.items()}}
+
+
+def test_recommender_blessed_only_at_or_above_popularity():
+  from components import ranking_evaluator  # pylint: disable=g-import-not-at-top
+  assert ranking_evaluator.judge(_results(recommender=0.12, popularity=0.08), 0.005)["blessed"]
+  assert ranking_evaluator.judge(_results(recommender=0.08, popularity=0.08), 0.005)["blessed"]
+  verdict = ranking_evaluator.judge(_results(recommender=0.07, popularity=0.08), 0.005)
+  assert not verdict["blessed"]
+  assert verdict["checks"] == [{"check": "ndcg@10 0.0700 >= popularity's 0.0800",
+                                "passed": False}]
+
+
+def test_recommender_not_blessed_when_it_falls_too_far_below_the_last_blessed():
+  from components import ranking_evaluator  # pylint: disable=g-import-not-at-top
+  judge = ranking_evaluator.judge
+  assert judge(_results(recommender=0.116, popularity=0.08, last_blessed=0.12), 0.005)["blessed"]
+  verdict = judge(_results(recommender=0.114, popularity=0.08, last_blessed=0.12), 0.005)
+  assert not verdict["blessed"]
+  assert [c["passed"] for c in verdict["checks"]] == [True, False]
+  assert "the last blessed model's 0.1200 - 0.005" in verdict["checks"][1]["check"]
