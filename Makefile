@@ -21,7 +21,7 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr report tensorboard browser
+.PHONY: run test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -111,6 +111,21 @@ bench-train: $(STAMP)
 
 # DeepCTR's DeepFM (the reference, in its own venv) against ours at batch 1024 on real
 # MovieLens-100K: interleaved runs, on a finished run (make run DATASET=100k ...).
+# Retrieval over a 1,000,000-movie catalogue: the BruteForce index as served, and
+# ScaNN in process (scann is not in the lock: stock TF Serving has no ScaNN ops, so
+# it goes to its own folder for this measurement only).
+SCANN_DIR := .tools/scann
+bench-catalogue: $(STAMP) | $(UV)
+	test -d $(SCANN_DIR)/scann || $(UV) pip install --python $(VENV)/bin/python \
+	  --target $(SCANN_DIR) --no-deps scann==1.3.2
+	PYTHONPATH=$(SCANN_DIR) $(VENV)/bin/python bench/catalogue_1m.py --output bench/results/catalogue_1m.json
+
+# The recommender's settings chosen on the eval split of a finished temporal run
+# (make run DATASET=100k DATA_DIR=... and recsys run --split temporal).
+bench-recommender: $(STAMP)
+	$(NEED_FINISHED_RUN)
+	$(VENV)/bin/python bench/tune_recommender.py $(RUN_DIR) --output bench/results/tune_recommender.json
+
 DEEPCTR_VENV := .tools/deepctr
 MOVIELENS_100K ?= ../shared/data/movielens/ml-100k
 bench-deepctr: $(STAMP) | $(UV)

@@ -7,7 +7,8 @@ come from a planted latent-factor model, runs `recsys run` on it from scratch in
 a child process, and writes bench/results.json:
 - wall time per component (from ML Metadata) and of the whole run;
 - peak memory of the run's process tree (resident set, sampled every 0.2 s);
-- training examples per second of each model and its test AUC;
+- training examples per second of each like model and its test AUC, and every
+  system's NDCG@10 (the data plant no "who watches what": these measure speed);
 - files the run left behind in the temporary folder.
 
   .venv/bin/python bench/pipeline_1m.py [--work-dir runs/bench-1m] [--label after]
@@ -137,8 +138,16 @@ def collect(output_dir: str) -> dict:
         # The first epoch includes tracing; the median of the rest is the steady speed.
         "train_examples_per_second": round(float(np.median(speeds[1:] or speeds))),
     }
+  model_run = store.latest_artifact("ModelRun", "Trainer.retrieval")
+  if model_run is not None:
+    speeds = training_history.read(model_run.uri)["train_examples_per_second"]
+    models["retrieval"] = {"epochs": len(speeds), "train_examples_per_second": round(
+        float(np.median(speeds[1:] or speeds)))}
+  ranking = {name: round(system["metrics"]["ndcg@10"], 4)
+             for name, system in (report.get("ranking") or {}).get("systems", {}).items()}
   return {"components": {c.node_id: round(c.seconds, 1) for c in summary.components},
-          "split_counts": summary.split_counts, "models": models}
+          "split_counts": summary.split_counts, "models": models,
+          "ndcg@10": ranking}
 
 
 def check(results: dict) -> dict:
@@ -160,8 +169,10 @@ def table(results: dict) -> str:
   lines.append(f"{'whole run (wall)':<26} {results['wall_seconds']:>8.1f}")
   lines.append(f"peak memory {results['peak_memory_gb']} GB")
   for name, model in results["models"].items():
-    lines.append(f"{name}: test AUC {model['test_auc']}, {model['epochs']} epochs at "
+    auc = f"test AUC {model['test_auc']}, " if "test_auc" in model else ""
+    lines.append(f"{name}: {auc}{model['epochs']} epochs at "
                  f"{model['train_examples_per_second']:,} examples/s")
+  lines.append("NDCG@10: " + ", ".join(f"{n} {v}" for n, v in results["ndcg@10"].items()))
   lines += [f"[{'ok' if ok else 'MISSED'}] {target}" for target, ok in results["targets"].items()]
   return "\n".join(lines)
 

@@ -4,7 +4,8 @@ Loads the latest pushed version of each model from a run's serving folder and
 measures, on this machine:
 - predictions per second of `predict` (ids in, like probability out) for batches
   of 1, 100 and 10,000 (random known users and movies);
-- p50 and p99 latency of `recommend(k=10)` for one user over all movies.
+- p50 and p99 latency of `recommend(k=10)` for one user over all movies (the
+  recommender: retrieval over all movies, then DeepFM on the candidates).
 Writes JSON (default bench/results/serving_speed.json) and prints a table.
 
   .venv/bin/python bench/serving_speed.py runs/movielens-1m
@@ -92,7 +93,7 @@ def main() -> None:
   args = parser.parse_args()
   serving_dir = args.serving_dir or os.path.join(args.run_dir, "serving")
   results = {"cpu_count": os.cpu_count(), "targets": TARGETS, "models": {}}
-  for model in ("cf", "deepfm"):
+  for model in ("recommender", "cf", "deepfm"):
     model_dir = os.path.join(serving_dir, model)
     if not os.path.isdir(model_dir):
       print(f"skipping {model}: nothing pushed in {model_dir}")
@@ -101,10 +102,10 @@ def main() -> None:
   os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(results, f, indent=2)
-  print(f"{'model':<8}" + "".join(f"{f'predict/s b={b}':>18}" for b in BATCH_SIZES)
+  print(f"{'model':<12}" + "".join(f"{f'predict/s b={b}':>18}" for b in BATCH_SIZES)
         + f"{'recommend p50 ms':>18}{'p99 ms':>9}")
   for model, r in results["models"].items():
-    print(f"{model:<8}" + "".join(
+    print(f"{model:<12}" + "".join(
         f"{r[f'predict_batch_{b}_predictions_per_second']:>18,}" for b in BATCH_SIZES)
           + f"{r['recommend_k10_p50_ms']:>18.2f}{r['recommend_k10_p99_ms']:>9.2f}")
   print(f"written to {args.output}")
