@@ -58,11 +58,11 @@ def build(split_patterns, retrieval_dir: str, ranking_dir: str,
   catalogue = len(tf_transform_output.vocabulary_by_name(features.MOVIE_ID))
   depth = retrieve_depth(splits, candidates, catalogue)
   # Popularity as the models learned it: ratings in the history splits.
+  movie_ratings = np.bincount(np.concatenate([splits.splits[n].movies for n in HISTORY_SPLITS]),
+                              minlength=len(splits.movie_ids))
   # Loaded once: both variants hold the same two models.
   retrieval = tf.saved_model.load(retrieval_dir)
   like_model = tf.saved_model.load(ranking_dir)
-  movie_ratings = np.bincount(np.concatenate([splits.splits[n].movies for n in HISTORY_SPLITS]),
-                              minlength=len(splits.movie_ids))
   for name, folder, exclude in (("evaluated", evaluated_dir, HISTORY_SPLITS),
                                 ("served", served_dir, tuple(splits.splits))):
     started = time.monotonic()
