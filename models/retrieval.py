@@ -6,8 +6,8 @@ ratings come first. This model answers the question a recommender starts with,
 "which movies will this user watch?", learned from implicit feedback: every
 rating is an interaction, and each batch's other movies are its negatives
 (`tfrs.tasks.Retrieval`, in-batch softmax). Its scores rank the whole catalogue
-through a factorized top-k index; the like model then ranks the few hundred it
-retrieves (export/recommend.py).
+through a factorized top-k index (export/recommend.py); the like model then ranks
+the few hundred it retrieves (export/two_stage.py).
 """
 from typing import Dict, Tuple
 
@@ -18,9 +18,7 @@ from models import features
 from models import hparams as hp
 from models import layers
 
-_USER = features.transformed_name(features.USER_ID)
 _MOVIE = features.transformed_name(features.MOVIE_ID)
-_GENRES = features.transformed_name(features.MOVIE_GENRES)
 _MOVIE_RATING_COUNT = features.transformed_name(features.MOVIE_RATING_COUNT)
 
 
