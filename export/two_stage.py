@@ -29,6 +29,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
+from export import recommend
 from serving import contract
 
 _PAIR_SEPARATOR = "\x1f"  # between user and movie id in the exclusion table's keys
@@ -84,12 +85,7 @@ class TwoStageRecommender(tf.Module):
                                 tf.TensorSpec([], tf.int32, name=contract.K)])
   def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The k best movies (ids and like probabilities) for each user, best first."""
-    largest = min(contract.MAX_K, self.retrieve_k)
-    message = f"k must be between 1 and {largest}"
-    with tf.control_dependencies([
-        tf.debugging.assert_greater_equal(k, 1, message=message),
-        tf.debugging.assert_less_equal(k, largest, message=message)]):
-      k = tf.identity(k)
+    k = recommend.checked_k(k, min(contract.MAX_K, self.retrieve_k))
     retrieved = self.retrieval.recommender.candidates(user_id, tf.constant(self.retrieve_k))
     movie_ids, engagement = retrieved[contract.MOVIE_IDS], retrieved[contract.SCORES]
     users = tf.broadcast_to(user_id[:, tf.newaxis], tf.shape(movie_ids))
