@@ -89,6 +89,12 @@ def judge(results: Dict, max_drop: float) -> Dict:
           "checks": [{"check": text, "passed": ok} for text, ok in checks]}
 
 
+def split_patterns(examples: standard_artifacts.Examples) -> Dict[str, str]:
+  """Split name -> the file pattern of its examples in the Examples artifact."""
+  return {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+          for split in features.SPLIT_NAMES}
+
+
 def load(folder: str) -> Dict:
   """What evaluate_models wrote into a RankingEvaluation folder."""
   with tf.io.gfile.GFile(os.path.join(folder, RESULTS_FILE)) as f:
@@ -114,8 +120,7 @@ def RankingEvaluator(examples: InputArtifact[standard_artifacts.Examples],
   (common.code_fingerprint) only keys the cache.
   """
   del code_fingerprint
-  patterns = {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
-              for split in features.SPLIT_NAMES}
+  patterns = split_patterns(examples)
   models = {"cf": path_utils.serving_model_path(cf_model.uri),
             "deepfm": path_utils.serving_model_path(deepfm_model.uri),
             "retrieval": path_utils.serving_model_path(retrieval_model.uri),

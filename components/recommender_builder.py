@@ -10,7 +10,6 @@ Both retrieve the same number of candidates per user (`candidates` plus the most
 ratings any user has outside train and eval), so that excluding more movies
 changes nothing else about the lists.
 """
-import os
 import time
 
 import numpy as np
@@ -20,11 +19,11 @@ from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.annotations import OutputArtifact
 from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from common import progress
+from components import ranking_evaluator
 from evaluation import ranking
 from export import two_stage
 from models import features
@@ -93,9 +92,8 @@ def RecommenderBuilder(examples: InputArtifact[standard_artifacts.Examples],
   `code_fingerprint` (common.code_fingerprint) only keys the cache.
   """
   del code_fingerprint
-  patterns = {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
-              for split in features.SPLIT_NAMES}
-  build(patterns, path_utils.serving_model_path(retrieval_model.uri),
+  build(ranking_evaluator.split_patterns(examples),
+        path_utils.serving_model_path(retrieval_model.uri),
         path_utils.serving_model_path(ranking_model.uri),
         tft.TFTransformOutput(transform_graph.uri), candidates, like_weight,
         popularity_weight, path_utils.serving_model_dir(model.uri),
