@@ -9,7 +9,7 @@ rating is an interaction, and each batch's other movies are its negatives
 through a factorized top-k index (export/recommend.py); the like model then ranks
 the few hundred it retrieves (export/two_stage.py).
 """
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -65,6 +65,14 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
   logits are corrected by the log of each movie's share of the train split
   (Yi et al., 2019), so the model does not learn to push them down. The ratings'
   labels are not read: a watched film is an interaction whether it was liked or not.
+
+  With `hparams.towers` > 1 it is an ensemble: that many independently initialised
+  pairs of towers, each trained by its own softmax on the same batches, and the
+  score is the mean of their dot products. Each pair's ranking carries the noise
+  of where it started; the mean ranks better than any one pair
+  (docs/experiments.md). The mean of k dot products is
+  one dot product of the concatenated vectors, the user's scaled by 1/k, so the
+  ensemble is served by one top-k index over k x embedding_dim dimensions.
   """
 
   factorizes = True  # export/recommend.py ranks it through a top-k index
@@ -78,20 +86,29 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
     user_fields = features.USER_FIELDS if hparams.side_features else (features.USER_ID,)
     movie_fields = ((features.MOVIE_ID, features.MOVIE_DECADE, features.MOVIE_GENRES)
                     if hparams.side_features else (features.MOVIE_ID,))
-    self.user_tower = Tower(user_fields, vocabulary_sizes, hparams.embedding_dim,
-                            name="user_tower")
-    self.movie_tower = Tower(movie_fields, vocabulary_sizes, hparams.embedding_dim,
-                             name="movie_tower")
-    self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+    self.user_towers = [Tower(user_fields, vocabulary_sizes, hparams.embedding_dim,
+                              name=f"user_tower_{i}") for i in range(hparams.towers)]
+    self.movie_towers = [Tower(movie_fields, vocabulary_sizes, hparams.embedding_dim,
+                               name=f"movie_tower_{i}") for i in range(hparams.towers)]
+    self.tasks = [tfrs.tasks.Retrieval(remove_accidental_hits=True)
+                  for _ in range(hparams.towers)]
+
+  def _user_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    # Scaled, so that its dot product with _movie_vector is the towers' mean score.
+    vectors = [tower(inputs) for tower in self.user_towers]
+    return tf.concat(vectors, -1) / float(len(vectors))
+
+  def _movie_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+    return tf.concat([tower(inputs) for tower in self.movie_towers], -1)
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The engagement score of each (user, movie) pair, [batch, 1]."""
-    return tf.reduce_sum(self.user_tower(inputs) * self.movie_tower(inputs), -1,
+    return tf.reduce_sum(self._user_vector(inputs) * self._movie_vector(inputs), -1,
                          keepdims=True)
 
   def query_vectors(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Per user: the query vector [batch, dim] and a score offset (0) [batch]."""
-    users = self.user_tower(inputs)
+    """Per user: the query vector [batch, towers x dim] and a score offset (0) [batch]."""
+    users = self._user_vector(inputs)
     return users, tf.zeros_like(users[:, 0])
 
   def probability(self, scores: tf.Tensor) -> tf.Tensor:
@@ -99,11 +116,16 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
     return scores
 
   def candidate_vectors(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
-    """Per movie: the candidate vector [movies, dim]."""
-    return self.movie_tower(inputs)
+    """Per movie: the candidate vector [movies, towers x dim]."""
+    return self._movie_vector(inputs)
 
   def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
                    training: bool = False) -> tf.Tensor:
+    # Each pair of towers learns alone: the sum of their losses has no cross terms.
+    return tf.add_n(self.pair_losses(inputs))
+
+  def pair_losses(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor]) -> List[tf.Tensor]:
+    """Each pair of towers' softmax loss on a batch of (features, labels)."""
     features_, labels = inputs
     # A liked film says more about what to offer than one watched and disliked.
     weights = 1.0 + (self.hparams.liked_weight - 1.0) * tf.cast(tf.reshape(labels, [-1]),
@@ -115,9 +137,11 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
       # factor, so counts are scaled by the batch's largest.
       counts = tf.math.expm1(tf.cast(features_[_MOVIE_RATING_COUNT], tf.float32))
       sampling_probability = counts / tf.reduce_max(counts)
-    return self.task(self.user_tower(features_), self.movie_tower(features_),
-                     sample_weight=weights, candidate_sampling_probability=sampling_probability,
-                     candidate_ids=features_[_MOVIE])
+    return [task(user_tower(features_), movie_tower(features_), sample_weight=weights,
+                 candidate_sampling_probability=sampling_probability,
+                 candidate_ids=features_[_MOVIE])
+            for user_tower, movie_tower, task in zip(self.user_towers, self.movie_towers,
+                                                     self.tasks)]
 
 
 def build(vocabulary_sizes: Dict[str, int], hparams: hp.RetrievalHparams) -> Retrieval:

@@ -13,6 +13,7 @@ from models import deepfm
 from models import features
 from models import hparams as hp
 from models import layers
+from models import retrieval
 from models import runtime
 from models import training
 
@@ -114,6 +115,37 @@ def test_export_and_reload_give_identical_predictions(model_name, preset, transf
   transformed = loaded.signatures["transform_features"](examples=examples)
   np.testing.assert_array_equal(transformed[features.transformed_name(features.USER_ID)],
                                 columns[features.transformed_name(features.USER_ID)][4000:4500])
+
+
+def test_an_ensemble_of_towers_scores_the_mean_of_its_pairs_through_one_index(
+    transformed_1m):
+  """What the BruteForce index serves (query . candidate) is the towers' mean score."""
+  tf.keras.utils.set_random_seed(0)
+  model = retrieval.build(data.vocabulary_sizes(transformed_1m.output),
+                          dataclasses.replace(hp.preset("retrieval", "best"), towers=3))
+  inputs = _inputs(transformed_1m, slice(0, 200))
+  pair_scores = [tf.reduce_sum(user(inputs) * movie(inputs), -1)
+                 for user, movie in zip(model.user_towers, model.movie_towers)]
+  # Different starting points: the pairs disagree, or averaging would buy nothing.
+  assert np.corrcoef(pair_scores[0].numpy(), pair_scores[1].numpy())[0, 1] < 0.9
+  expected = tf.reduce_mean(tf.stack(pair_scores), 0).numpy()
+  np.testing.assert_allclose(model(inputs).numpy()[:, 0], expected, rtol=1e-5, atol=1e-6)
+  queries, offsets = model.query_vectors(inputs)
+  candidates = model.candidate_vectors(inputs)
+  assert queries.shape == candidates.shape == (200, 3 * model.hparams.embedding_dim)
+  np.testing.assert_allclose(tf.reduce_sum(queries * candidates, -1) + offsets, expected,
+                             rtol=1e-5, atol=1e-6)
+  # Training lowers every pair's own softmax loss.
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+  batch = (_inputs(transformed_1m, slice(0, 1024)),
+           tf.constant(transformed_1m.columns[features.LABEL][:1024]))
+
+  def losses():
+    return np.array([float(loss) for loss in model.pair_losses(batch)])
+  before = losses()
+  for _ in range(20):
+    model.train_step(batch)
+  assert np.all(losses() < before), (before, losses())
 
 
 def test_same_seed_same_auc(transformed_1m, tmp_path):
