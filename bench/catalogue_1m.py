@@ -14,8 +14,9 @@ back as TF Serving would, and measures:
   Serving has no ScaNN ops): the same for a TFRS ScaNN index in process, and its
   speed-up. Without it, the JSON says so; `make bench-catalogue` installs it
   into a throwaway folder for the measurement.
-The vectors are random (64 dimensions, the retrieval model's): latency does not
-depend on what they mean.
+The vectors are random, of the served retrieval model's width (its towers x
+embedding_dim: 3 x 64) and of one pair of towers' (64), for BruteForce; ScaNN at
+the served width. Latency does not depend on what the vectors mean.
 
   .venv/bin/python bench/catalogue_1m.py --output bench/results/catalogue_1m.json
 """
@@ -35,9 +36,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
 
+from models import hparams as hp  # pylint: disable=g-import-not-at-top
+
 NUM_MOVIES = 1_000_000
 NUM_USERS = 6_040
-DIM = 64
+_SERVED = hp.preset("retrieval", "best")
+SERVED_DIMENSIONS = _SERVED.towers * _SERVED.embedding_dim
 CANDIDATES = 200
 TARGETS = {"candidates_p50_ms": 25.0}
 
@@ -79,7 +83,7 @@ def measure(index_name: str, index, user_vectors, movie_vectors, users) -> dict:
   module = CatalogueIndex(user_vectors, movie_vectors, index)
   folder = tempfile.mkdtemp(prefix=f"catalogue-{index_name}-")
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
-             if index_name == "scann" else None)
+             if index_name.startswith("scann") else None)
   tf.saved_model.save(module, folder, options=options)
   loaded = tf.saved_model.load(folder)
   built = time.perf_counter() - started
@@ -102,14 +106,19 @@ def main() -> int:
   parser.add_argument("--output", default="bench/results/catalogue_1m.json")
   args = parser.parse_args()
   rng = np.random.default_rng(0)
-  user_vectors = rng.normal(0, 1, (NUM_USERS, DIM)).astype(np.float32)
-  movie_vectors = rng.normal(0, 1, (args.movies, DIM)).astype(np.float32)
   users = rng.choice(NUM_USERS, 300, replace=False).astype(np.int64)
-  results = {"movies": args.movies, "dimensions": DIM, "cpu_count": os.cpu_count(),
-             "targets": TARGETS, "indexes": {}}
-  results["indexes"]["brute_force"] = measure(
-      "brute_force", tfrs.layers.factorized_top_k.BruteForce(k=CANDIDATES),
-      user_vectors, movie_vectors, users)
+  results = {"movies": args.movies, "served_dimensions": SERVED_DIMENSIONS,
+             "cpu_count": os.cpu_count(), "targets": TARGETS, "indexes": {}}
+  vectors = {}
+  for dimensions in sorted({SERVED_DIMENSIONS, _SERVED.embedding_dim}, reverse=True):
+    user_vectors = rng.normal(0, 1, (NUM_USERS, dimensions)).astype(np.float32)
+    movie_vectors = rng.normal(0, 1, (args.movies, dimensions)).astype(np.float32)
+    vectors[dimensions] = user_vectors, movie_vectors
+    results["indexes"][f"brute_force_{dimensions}d"] = measure(
+        f"brute_force_{dimensions}d",
+        tfrs.layers.factorized_top_k.BruteForce(k=CANDIDATES), user_vectors,
+        movie_vectors, users)
+  served = results["indexes"][f"brute_force_{SERVED_DIMENSIONS}d"]
   try:
     import scann  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
@@ -117,18 +126,17 @@ def main() -> int:
                                    "(pip install scann==1.3.2 to measure it)"}
   else:
     # 1,000 partitions of ~1,000 movies, 100 searched, 1,000 rescored exactly.
-    results["indexes"]["scann"] = measure(
-        "scann", tfrs.layers.factorized_top_k.ScaNN(
+    results["indexes"][f"scann_{SERVED_DIMENSIONS}d"] = measure(
+        f"scann_{SERVED_DIMENSIONS}d", tfrs.layers.factorized_top_k.ScaNN(
             k=CANDIDATES, num_leaves=1000, num_leaves_to_search=100,
             num_reordering_candidates=1000),
-        user_vectors, movie_vectors, users)
+        *vectors[SERVED_DIMENSIONS], users)
     results["scann_speedup_top200"] = round(
-        results["indexes"]["brute_force"][f"top{CANDIDATES}_p50_ms"]
-        / results["indexes"]["scann"][f"top{CANDIDATES}_p50_ms"], 1)
+        served[f"top{CANDIDATES}_p50_ms"]
+        / results["indexes"][f"scann_{SERVED_DIMENSIONS}d"][f"top{CANDIDATES}_p50_ms"], 1)
   results["targets_met"] = {
-      f"candidates p50 under {TARGETS['candidates_p50_ms']} ms":
-          results["indexes"]["brute_force"][f"top{CANDIDATES}_p50_ms"]
-          < TARGETS["candidates_p50_ms"]}
+      f"candidates p50 under {TARGETS['candidates_p50_ms']} ms at the served width":
+          served[f"top{CANDIDATES}_p50_ms"] < TARGETS["candidates_p50_ms"]}
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(results, f, indent=1)

@@ -126,10 +126,12 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
 
 
 # End-to-end runs: one Beam worker thread (reproducible, light on 2 cores), a few
-# epochs, and a blessing floor the planted signal of a small synthetic set passes
-# (its test AUC is ~0.7-0.85).
+# epochs, one pair of retrieval towers (the ensemble is tested in test_models.py
+# and through exported_models), and a blessing floor the planted signal of a small
+# synthetic set passes (its test AUC is ~0.7-0.85).
 E2E_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-FEW_EPOCHS = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4}, "retrieval": {"epochs": 5}}
+BRIEF_TRAINING = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4},
+                  "retrieval": {"epochs": 5, "towers": 1}}
 E2E_AUC_FLOOR = 0.6
 # The synthetic release of `finished_run`; write_release gives the same files each
 # time. Users watch to their taste, so that there is something for retrieval to find.
@@ -160,7 +162,7 @@ def finished_run(tmp_path_factory):
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("synthetic-run")
   release = synthetic.write_release(str(root / "data"), **E2E_RELEASE)
-  config = pipeline_config(root / "data", root / "run", overrides=FEW_EPOCHS)
+  config = pipeline_config(root / "data", root / "run", overrides=BRIEF_TRAINING)
   config.auc_floor = E2E_AUC_FLOOR
   console = io.StringIO()
   private_tmp = root / "tmp"
@@ -180,7 +182,7 @@ def copy_of_finished_run(finished_run_value, folder: pathlib.Path):
   """
   _, config, _ = finished_run_value
   shutil.copytree(config.output_dir, folder)
-  copy = pipeline_config(config.data_dir, folder, overrides=FEW_EPOCHS)
+  copy = pipeline_config(config.data_dir, folder, overrides=BRIEF_TRAINING)
   copy.auc_floor = config.auc_floor
   return copy
 

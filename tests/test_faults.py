@@ -27,7 +27,7 @@ from pipeline import run_state
 from testing import synthetic
 from tests.conftest import E2E_AUC_FLOOR
 from tests.conftest import E2E_RELEASE
-from tests.conftest import FEW_EPOCHS
+from tests.conftest import BRIEF_TRAINING
 from tests.conftest import REPO
 from tests.conftest import first_report
 from tests.conftest import pipeline_config
@@ -37,7 +37,7 @@ def _cli_run_args(data_dir, output_dir):
   """`recsys run` with the settings of `finished_run`."""
   args = ["--dataset", "1m", "--data-dir", str(data_dir), "--output-dir", str(output_dir),
           "--beam-arg=--direct_num_workers=1", "--auc-floor", str(E2E_AUC_FLOOR)]
-  for model, overrides in FEW_EPOCHS.items():
+  for model, overrides in BRIEF_TRAINING.items():
     for name, value in overrides.items():
       args += ["--set", f"{model}.{name}={value}"]
   return args

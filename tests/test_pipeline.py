@@ -32,7 +32,7 @@ from pipeline import local_runner
 from pipeline import pipeline as pipeline_dsl
 from pipeline import run_state
 from pipeline import run_store
-from tests.conftest import FEW_EPOCHS
+from tests.conftest import BRIEF_TRAINING
 from tests.conftest import REPO
 from tests.conftest import RUN_CONSOLE
 from tests.conftest import RUN_TEMPORARY_FILES
@@ -109,7 +109,7 @@ def test_the_console_shows_every_stage_start_and_end(finished_run):
     assert any(re.search(rf"{re.escape(stage)} done in \d+\.\d s$", line)
                for line in lines), stage
   # And from inside the Trainers, each model's epochs.
-  for model, epochs in FEW_EPOCHS.items():
+  for model, epochs in BRIEF_TRAINING.items():
     assert any(f"train {model}: epoch 1/{epochs['epochs']}: " in line for line in lines)
 
 
@@ -139,7 +139,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     # mean label's, up to the sampling noise of ~2,000 test ratings.
     assert result["calibration"] == pytest.approx(1.0, abs=0.05), result["calibration"]
     assert result["blessing_reason"].startswith(f"auc {result['auc']:.4f} >= floor 0.6")
-    assert result["epochs"] == FEW_EPOCHS[model]["epochs"]
+    assert result["epochs"] == BRIEF_TRAINING[model]["epochs"]
     # The confusion matrix at 0.5 holds every test example and agrees with the
     # accuracy, precision and recall TFMA reported beside it.
     matrix = result["confusion_matrix"]
@@ -161,7 +161,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert sum(s["example_count"] for s in result["slices"][features.MOVIE_GENRES].values()
                ) > result["example_count"]  # a movie counts in each of its genres
     history = json.loads((pathlib.Path(_model_run(config, model)) / "history.json").read_text())
-    assert len(history["val_auc"]) == FEW_EPOCHS[model]["epochs"]
+    assert len(history["val_auc"]) == BRIEF_TRAINING[model]["epochs"]
     assert list(pathlib.Path(_model_run(config, model)).rglob("events.out.tfevents.*"))
     versions = _pushed_versions(config, model)
     assert len(versions) == 1 and versions[0].isdigit()
