@@ -1,5 +1,7 @@
 """Reads MovieLens 1M (`*.dat`) and 100K (`u.*`) files into Arrow record batches.
 
+Files are read through tf.io.gfile, so a release may lie in a bucket (gs://...).
+
 The features are those of tensorflow-datasets' MovieLens builder, computed the
 way its parsers compute them (`tensorflow_datasets/structured/movielens_parsing.py`:
 ISO-8859-1 text, "Children's" read as "Children", 1M occupation codes and 100K
@@ -108,15 +110,61 @@ def no_rows_error(path: str, what: str) -> MovieLensDataError:
   return _fail(path, None, f"no {what} found (the file holds only blank lines)")
 
 
-def read_bytes(path: str) -> bytes:
-  """Returns a file's bytes; a missing, unreadable or empty file is a MovieLensDataError."""
+def is_uri(path: str) -> bool:
+  """Whether `path` names object storage (gs://bucket/...) rather than a local path."""
+  return "://" in path
+
+
+def _tensorflow():
+  """TensorFlow, imported on first use: the command line checks a local data folder
+  (`sources.check_available`) before it pays for importing TensorFlow."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def _reason(error, path: str) -> str:
+  """A file system error's message, without the path TensorFlow's local file system
+  puts first (our messages name the path themselves)."""
+  return error.message.removeprefix(f"{path}; ") or type(error).__name__
+
+
+def is_file(path: str) -> bool:
+  """Whether `path` is a file. A URI is asked through tf.io.gfile; a local path
+  through os.path, which `sources.check_available` can call without TensorFlow."""
+  if not is_uri(path):
+    return os.path.isfile(path)
+  tf = _tensorflow()
   try:
-    with open(path, "rb") as f:
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+  except tf.errors.OpError as e:  # e.g. a scheme no file system is registered for
+    raise _fail(path, None, f"cannot read ({_reason(e, path)})") from None
+
+
+def is_dir(path: str) -> bool:
+  """Whether `path` is a folder; like `is_file`, without TensorFlow for a local path."""
+  if not is_uri(path):
+    return os.path.isdir(path)
+  tf = _tensorflow()
+  try:
+    return tf.io.gfile.isdir(path)
+  except tf.errors.OpError as e:
+    raise _fail(path, None, f"cannot read ({_reason(e, path)})") from None
+
+
+def read_bytes(path: str) -> bytes:
+  """Returns a file's bytes; a missing, unreadable or empty file is a MovieLensDataError.
+
+  Local files too are read through tf.io.gfile, so that the tests of local files
+  cover the one read path a bucket's files take on the run's workers.
+  """
+  tf = _tensorflow()
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
-  except FileNotFoundError:
+  except tf.errors.NotFoundError:
     raise _fail(path, None, "file not found") from None
-  except OSError as e:
-    raise _fail(path, None, f"cannot read the file ({e.strerror})") from None
+  except tf.errors.OpError as e:
+    raise _fail(path, None, f"cannot read the file ({_reason(e, path)})") from None
   if not data.strip():
     raise _fail(path, None, "file is empty")
   return data
@@ -327,7 +375,7 @@ def plan_ratings_shards(path: str, lines_per_shard: int) -> List[RatingsShard]:
 
 
 def read_shard_bytes(shard: RatingsShard) -> bytes:
-  with open(shard.path, "rb") as f:
+  with _tensorflow().io.gfile.GFile(shard.path, "rb") as f:
     f.seek(shard.start)
     return f.read(shard.end - shard.start)
 
@@ -533,7 +581,7 @@ class TemporalCutoffs:
 def find_folder(folder: str, layout: Layout) -> Optional[str]:
   """The folder holding the layout's files: `folder` itself or its `ml-<name>/`."""
   for candidate in (folder, os.path.join(folder, f"ml-{layout.name}")):
-    if all(os.path.isfile(os.path.join(candidate, f)) for f in layout.files):
+    if all(is_file(os.path.join(candidate, f)) for f in layout.files):
       return candidate
   return None
 
