@@ -62,7 +62,8 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
     Args:
       dataset: "1m" (default) or "100k".
       data_dir: None to download through TFDS; else a folder holding the official
-        zip or its extracted files.
+        zip or its extracted files. A URI (gs://..., read through tf.io.gfile)
+        must hold the extracted files.
       download_dir: where TFDS keeps downloads (default ~/tensorflow_datasets/downloads).
       source_fingerprint: changes whenever the files under `data_dir` change, so
         a rerun on edited files is not served from the cache.

@@ -1,7 +1,9 @@
-"""Finds a MovieLens release on disk: downloaded by TFDS, an official zip, or a folder.
+"""Finds a MovieLens release: downloaded by TFDS, an official zip, or a folder.
 
 Downloads and zips go through tensorflow-datasets' DownloadManager, so the archive
 is the one TFDS's `movielens` builder uses and its registered checksum is checked.
+A folder may also be a URI (gs://bucket/ml-1m, any tf.io.gfile file system), which
+the run's workers read directly.
 """
 import dataclasses
 import os
@@ -86,7 +88,8 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
     dataset: "1m" or "100k".
     data_dir: None to download through TFDS; else a folder holding the official
       `ml-<dataset>.zip` (checked against TFDS's checksum), or the extracted files
-      (directly or in an `ml-<dataset>/` subfolder).
+      (directly or in an `ml-<dataset>/` subfolder). A URI (gs://...) must hold
+      the extracted files.
     download_dir: where TFDS keeps downloads and extractions.
     url_infos: expected checksums by URL, overriding TFDS's registered ones (tests).
   """
@@ -95,9 +98,16 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
   if data_dir is None:
     folder = _tfds_download(dataset, download_dir, None, url_infos)
     return Source(folder, "download", f"downloaded through TFDS into {download_dir}")
-  kind, path = _local_release(dataset, data_dir)
+  kind, path = _find_release(dataset, data_dir)
   if kind == "folder":
     return Source(path, "folder", f"extracted files in {path}")
+  if parsing.is_uri(path):
+    # Not copied here to be extracted: an extraction on this machine's disk would be
+    # out of reach of a distributed run's workers.
+    raise parsing.MovieLensDataError(
+        f"{path}: a zip in object storage is not extracted (TFDS checks and extracts "
+        f"archives on local disk only); unzip it and copy its ml-{dataset}/ folder "
+        f"({', '.join(parsing.LAYOUTS[dataset].files)}) into {os.path.dirname(path)}")
   folder = _tfds_download(dataset, download_dir, os.path.dirname(path), url_infos)
   return Source(folder, "zip", f"{path}, checksum verified by TFDS")
 
@@ -111,8 +121,8 @@ def check_available(dataset: str, data_dir: Optional[str]) -> None:
   _check_dataset(dataset)
   if data_dir is None:
     _check_reachable(DOWNLOAD_HOST, dataset)
-  elif "://" not in data_dir:  # a bucket is read by the run's workers, not here
-    _local_release(dataset, data_dir)
+  elif not parsing.is_uri(data_dir):  # a bucket is read by the run's workers, not here
+    _find_release(dataset, data_dir)
 
 
 def _check_dataset(dataset: str) -> None:
@@ -121,21 +131,22 @@ def _check_dataset(dataset: str) -> None:
         f"Unknown dataset {dataset!r}: choose one of {sorted(features.DATASETS)}")
 
 
-def _local_release(dataset: str, data_dir: str) -> Tuple[str, str]:
+def _find_release(dataset: str, data_dir: str) -> Tuple[str, str]:
   """("folder", the extracted folder) or ("zip", the official zip) under `data_dir`."""
   layout = parsing.LAYOUTS[dataset]
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  if os.path.isfile(data_dir) and data_dir.endswith(".zip"):
+  if not parsing.is_uri(data_dir):
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  if parsing.is_file(data_dir) and data_dir.endswith(".zip"):
     data_dir = os.path.dirname(data_dir)
-  if not os.path.isdir(data_dir):
+  if not parsing.is_dir(data_dir):
     raise parsing.MovieLensDataError(f"{data_dir}: data folder not found")
   folder = parsing.find_folder(data_dir, layout)
   if folder:
     return "folder", folder
   zip_path = os.path.join(data_dir, f"ml-{dataset}.zip")
-  if os.path.isfile(zip_path):
+  if parsing.is_file(zip_path):
     return "zip", zip_path
-  present = [f for f in layout.files if os.path.isfile(os.path.join(data_dir, f))]
+  present = [f for f in layout.files if parsing.is_file(os.path.join(data_dir, f))]
   if present:
     missing = [f for f in layout.files if f not in present]
     raise parsing.MovieLensDataError(
