@@ -93,12 +93,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
   from pipeline import kubeflow_v2_runner  # pylint: disable=g-import-not-at-top
-  if args.data_dir and configs.is_uri(args.data_dir):
-    raise UsageError(
-        f"--data-dir {args.data_dir}: the ingestion reads files through the step's "
-        "file system; give the folder as the containers see it (on Vertex AI a "
-        "bucket's Cloud Storage FUSE path, /gcs/BUCKET/...), or omit --data-dir to "
-        "download through TFDS")
   # The pipeline root is the run's folder on the cluster (serving dir default
   # <pipeline-root>/serving); the cluster keeps ML Metadata itself.
   config = _pipeline_config(args, output_dir=args.pipeline_root,
