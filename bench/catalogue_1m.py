@@ -14,9 +14,10 @@ back as TF Serving would, and measures:
   Serving has no ScaNN ops): the same for a TFRS ScaNN index in process, and its
   speed-up. Without it, the JSON says so; `make bench-catalogue` installs it
   into a throwaway folder for the measurement.
-The vectors are random, of the served retrieval model's width (its towers x
-embedding_dim: 3 x 64) and of one pair of towers' (64), for BruteForce; ScaNN at
-the served width. Latency does not depend on what the vectors mean.
+The vectors are random, for BruteForce of the served retrieval model's width (its
+towers x embedding_dim: 3 x 64), of the same towers at the width set for large
+catalogues (LARGE_CATALOGUE_RETRIEVAL in models/hparams.py: 3 x 32) and of one pair
+of towers (64); for ScaNN of the served width. Latency does not depend on what the vectors mean.
 
   .venv/bin/python bench/catalogue_1m.py --output bench/results/catalogue_1m.json
 """
@@ -42,6 +43,8 @@ NUM_MOVIES = 1_000_000
 NUM_USERS = 6_040
 _SERVED = hp.preset("retrieval", "best")
 SERVED_DIMENSIONS = _SERVED.towers * _SERVED.embedding_dim
+# The same ensemble, as configured for a large catalogue.
+LARGE_CATALOGUE_DIMENSIONS = _SERVED.towers * hp.LARGE_CATALOGUE_RETRIEVAL["embedding_dim"]
 CANDIDATES = 200
 TARGETS = {"candidates_p50_ms": 25.0}
 
@@ -110,7 +113,9 @@ def main() -> int:
   results = {"movies": args.movies, "served_dimensions": SERVED_DIMENSIONS,
              "cpu_count": os.cpu_count(), "targets": TARGETS, "indexes": {}}
   vectors = {}
-  for dimensions in sorted({SERVED_DIMENSIONS, _SERVED.embedding_dim}, reverse=True):
+  results["large_catalogue_dimensions"] = LARGE_CATALOGUE_DIMENSIONS
+  for dimensions in sorted({SERVED_DIMENSIONS, LARGE_CATALOGUE_DIMENSIONS,
+                            _SERVED.embedding_dim}, reverse=True):
     user_vectors = rng.normal(0, 1, (NUM_USERS, dimensions)).astype(np.float32)
     movie_vectors = rng.normal(0, 1, (args.movies, dimensions)).astype(np.float32)
     vectors[dimensions] = user_vectors, movie_vectors
@@ -134,9 +139,13 @@ def main() -> int:
     results["scann_speedup_top200"] = round(
         served[f"top{CANDIDATES}_p50_ms"]
         / results["indexes"][f"scann_{SERVED_DIMENSIONS}d"][f"top{CANDIDATES}_p50_ms"], 1)
+  large = results["indexes"][f"brute_force_{LARGE_CATALOGUE_DIMENSIONS}d"]
   results["targets_met"] = {
-      f"candidates p50 under {TARGETS['candidates_p50_ms']} ms at the served width":
-          served[f"top{CANDIDATES}_p50_ms"] < TARGETS["candidates_p50_ms"]}
+      f"candidates p50 under {TARGETS['candidates_p50_ms']} ms at the served width "
+      f"({SERVED_DIMENSIONS})": served[f"top{CANDIDATES}_p50_ms"] < TARGETS["candidates_p50_ms"],
+      f"candidates p50 under {TARGETS['candidates_p50_ms']} ms at the large-catalogue "
+      f"width ({LARGE_CATALOGUE_DIMENSIONS})":
+          large[f"top{CANDIDATES}_p50_ms"] < TARGETS["candidates_p50_ms"]}
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
     json.dump(results, f, indent=1)

@@ -71,6 +71,9 @@ def main(argv=None) -> int:
   parser.add_argument("--towers", type=int, nargs="+", default=TOWERS)
   parser.add_argument("--liked-weights", type=float, nargs="+", default=LIKED_WEIGHTS)
   parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
+  parser.add_argument("--embedding-dim", type=int,
+                      default=hp.preset("retrieval", "best").embedding_dim,
+                      help="each tower's width")
   parser.add_argument("--output", required=True)
   args = parser.parse_args(argv)
   store = run_store.RunStore(args.run_dir)
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
   ease = max(ranking.evaluate(ranking.ease_lists(splits, users, ("train",), l2), splits,
                               users).metrics["ndcg@10"] for l2 in ranking.EASE_L2_GRID)
   results = {"run_dir": os.path.abspath(args.run_dir), "eval_users": len(users),
+             "embedding_dim": args.embedding_dim,
              "candidates": args.candidates, "popularity_ndcg@10": popularity,
              "ease_ndcg@10": ease, "cells": []}
   print(f"{len(users)} eval users; NDCG@10 of popularity {popularity:.4f}, of EASE "
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
       for seed in args.seeds:
         started = time.monotonic()
         hparams = dataclasses.replace(hp.preset("retrieval", "best"), towers=towers,
-                                      liked_weight=liked_weight)
+                                      liked_weight=liked_weight,
+                                      embedding_dim=args.embedding_dim)
         tf.keras.utils.set_random_seed(seed)
         name = f"towers-{towers}-liked-{liked_weight:g}-seed-{seed}"
         model, _ = training.fit(tf.distribute.get_strategy(), "retrieval", retrieval.build,

@@ -135,6 +135,12 @@ LARGE_DATA_OVERRIDES = {
 }
 
 
+# For a catalogue far larger than MovieLens's: towers half as wide halve the
+# BruteForce index's scoring time, for a little NDCG (docs/experiments.md;
+# bench/catalogue_1m.py). `--set retrieval.embedding_dim=32`.
+LARGE_CATALOGUE_RETRIEVAL = {"embedding_dim": 32}
+
+
 def preset(model: str, name: str, num_ratings: int = 0):
   """The `name` preset ("seed" or "best") of `model` ("cf" or "deepfm").
 
