@@ -30,10 +30,20 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
                            "recommenders", "both_evaluations"})
 
 
+# `make test` schedules tests by group (pytest-xdist --dist loadgroup): each
+# module's tests run in one worker, as they share module fixtures, except that
+# every test reading `finished_run` joins one group, so that the run is built once.
+SHARED_RUN_GROUP = "finished_run"
+
+
 def pytest_collection_modifyitems(items):
   for item in items:
     if SLOW_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.slow)
+    if not item.get_closest_marker("xdist_group"):
+      group = (SHARED_RUN_GROUP if "finished_run" in item.fixturenames
+               else item.module.__name__)
+      item.add_marker(pytest.mark.xdist_group(group))
 
 
 def requires(path: pathlib.Path):

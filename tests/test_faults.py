@@ -25,9 +25,9 @@ from pipeline import cli
 from pipeline import run_lock
 from pipeline import run_state
 from testing import synthetic
+from tests.conftest import BRIEF_TRAINING
 from tests.conftest import E2E_AUC_FLOOR
 from tests.conftest import E2E_RELEASE
-from tests.conftest import BRIEF_TRAINING
 from tests.conftest import REPO
 from tests.conftest import first_report
 from tests.conftest import pipeline_config
