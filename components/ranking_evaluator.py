@@ -14,7 +14,7 @@ has no like probability of its own for TFMA to judge: on its lists (`judge`).
 import json
 import os
 import time
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import tensorflow as tf
 from tfx import types
@@ -45,7 +45,7 @@ class RankingEvaluation(types.Artifact):
   TYPE_NAME = "recsys.RankingEvaluation"
 
 
-def evaluate_models(split_patterns: Dict[str, str], model_dirs: Dict[str, str]) -> Dict:
+def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, str]) -> Dict:
   """Top-k results of each SavedModel in `model_dirs` and of the baselines, as JSON."""
   splits = ranking.read_splits(split_patterns)
   users = ranking.test_users(splits)
@@ -89,10 +89,26 @@ def judge(results: Dict, max_drop: float) -> Dict:
           "checks": [{"check": text, "passed": ok} for text, ok in checks]}
 
 
-def split_patterns(examples: standard_artifacts.Examples) -> Dict[str, str]:
-  """Split name -> the file pattern of its examples in the Examples artifact."""
-  return {split: os.path.join(artifact_utils.get_split_uri([examples], split), "*")
-          for split in features.SPLIT_NAMES}
+def split_patterns(examples: standard_artifacts.Examples,
+                   history: Sequence[standard_artifacts.Examples] = ()
+                   ) -> Dict[str, List[str]]:
+  """Split name -> the file patterns of its examples.
+
+  Without `history`, the Examples artifact's own train, eval and test splits. With
+  it (continuous training: `history` the spans the models learned from, `examples`
+  the span after them), test is every rating of the newer span, train is the
+  history's train splits and eval the rest of the history: everything the users
+  had rated before the span the models are judged on.
+  """
+  def patterns(artifacts, splits):
+    return [os.path.join(uri, "*") for split in splits
+            for uri in artifact_utils.get_split_uris(list(artifacts), split)]
+
+  if not history:
+    return {split: patterns([examples], [split]) for split in features.SPLIT_NAMES}
+  return {"train": patterns(history, ["train"]),
+          "eval": patterns(history, ["eval", "test"]),
+          "test": patterns([examples], features.SPLIT_NAMES)}
 
 
 def load(folder: str) -> Dict:
@@ -111,16 +127,19 @@ def RankingEvaluator(examples: InputArtifact[standard_artifacts.Examples],
                      blessing: OutputArtifact[standard_artifacts.ModelBlessing],
                      max_ndcg_drop: Parameter[float],
                      code_fingerprint: Parameter[str],
-                     baseline_model: InputArtifact[standard_artifacts.Model] = None):
+                     baseline_model: InputArtifact[standard_artifacts.Model] = None,
+                     history: InputArtifact[List[standard_artifacts.Examples]] = None):
   """Writes ranking.json for every model and the baselines, and blesses the recommender.
 
   `baseline_model`: the last blessed recommender, if any (a LatestBlessedModelStrategy
-  resolver). The blessing carries the custom properties TFX's Pusher and that
-  resolver read ("blessed", "current_model_id"). `code_fingerprint`
+  resolver). `history`: with spans, the spans the models learned from, and
+  `examples` the span after them (`split_patterns`). The blessing carries the
+  custom properties TFX's Pusher and that resolver read ("blessed",
+  "current_model_id"). `code_fingerprint`
   (common.code_fingerprint) only keys the cache.
   """
   del code_fingerprint
-  patterns = split_patterns(examples)
+  patterns = split_patterns(examples, history or ())
   models = {"cf": path_utils.serving_model_path(cf_model.uri),
             "deepfm": path_utils.serving_model_path(deepfm_model.uri),
             "retrieval": path_utils.serving_model_path(retrieval_model.uri),

@@ -11,6 +11,7 @@ ratings any user has outside train and eval), so that excluding more movies
 changes nothing else about the lists.
 """
 import time
+from typing import List
 
 import numpy as np
 import tensorflow as tf
@@ -85,14 +86,16 @@ def RecommenderBuilder(examples: InputArtifact[standard_artifacts.Examples],
                        served_model: OutputArtifact[standard_artifacts.Model],
                        candidates: Parameter[int], like_weight: Parameter[float],
                        popularity_weight: Parameter[float],
-                       code_fingerprint: Parameter[str]):
+                       code_fingerprint: Parameter[str],
+                       history: InputArtifact[List[standard_artifacts.Examples]] = None):
   """The two-stage recommender, as evaluated (`model`) and as pushed (`served_model`).
 
   `candidates`, `like_weight`, `popularity_weight`: models.hparams.RecommenderHparams.
-  `code_fingerprint` (common.code_fingerprint) only keys the cache.
+  `code_fingerprint` (common.code_fingerprint) only keys the cache. `history`: with
+  spans, the spans the models learned from (ranking_evaluator.split_patterns).
   """
   del code_fingerprint
-  build(ranking_evaluator.split_patterns(examples),
+  build(ranking_evaluator.split_patterns(examples, history or ()),
         path_utils.serving_model_path(retrieval_model.uri),
         path_utils.serving_model_path(ranking_model.uri),
         tft.TFTransformOutput(transform_graph.uri), candidates, like_weight,

@@ -10,7 +10,7 @@ own exclusion of rated movies; the baselines rank the same candidates:
   its L2 weight chosen on the eval split among EASE_L2_GRID (fitted on train).
 """
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Set
+from typing import Callable, Dict, List, Sequence, Set, Union
 
 import numpy as np
 import tensorflow as tf
@@ -62,16 +62,20 @@ class Splits:
     return self._sets[key]
 
 
-def read_splits(split_patterns: Dict[str, str]) -> Splits:
-  """The (user, movie, like) of every example, from gzipped tf.Example files per split."""
+def read_splits(split_patterns: Dict[str, Union[str, Sequence[str]]]) -> Splits:
+  """The (user, movie, like) of every example, from gzipped tf.Example files per split.
+
+  Each split's files are those its pattern, or any of its patterns, matches.
+  """
   spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string),
           features.MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
           features.LABEL: tf.io.FixedLenFeature([], tf.int64)}
   raw = {}
-  for name, pattern in split_patterns.items():
-    files = sorted(tf.io.gfile.glob(pattern))
+  for name, patterns in split_patterns.items():
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
     if not files:
-      raise ValueError(f"no examples match {pattern}")
+      raise ValueError(f"no examples match {' or '.join(patterns)}")
     columns = {key: [] for key in spec}
     dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP")
                .batch(_READ_BATCH).map(lambda x: tf.io.parse_example(x, spec)))

@@ -60,17 +60,21 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
                                            features.DATASET_RATINGS[args.dataset])
   except ValueError as e:
     raise UsageError(str(e)) from None
-  return configs.PipelineConfig(
-      dataset=args.dataset, data_dir=args.data_dir or None,
-      download_dir=args.download_dir, seed=args.seed, split=args.split,
-      beam_args=beam_args,
-      enable_cache=not args.no_cache,
-      presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
-               "retrieval": args.retrieval_config},
-      overrides=_overrides(args.set),
-      auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
-      max_ndcg_drop=args.max_ndcg_drop, serving_dir=args.serving_dir,
-      distribution=args.distribution, **paths)
+  try:
+    return configs.PipelineConfig(
+        dataset=args.dataset, data_dir=args.data_dir or None,
+        download_dir=args.download_dir, seed=args.seed, split=args.split,
+        span_days=args.span_days, span_months=args.span_months, span=args.span,
+        until=args.until, window_spans=args.window_spans, beam_args=beam_args,
+        enable_cache=not args.no_cache,
+        presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
+                 "retrieval": args.retrieval_config},
+        overrides=_overrides(args.set),
+        auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
+        max_ndcg_drop=args.max_ndcg_drop, serving_dir=args.serving_dir,
+        distribution=args.distribution, **paths)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -185,8 +189,9 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dataset", choices=sorted(features.DATASETS),
                       default=features.DEFAULT_DATASET, help="MovieLens release")
   parser.add_argument("--data-dir", help="folder with the official zip or the "
-                      "extracted files; omit to download through TFDS. On a cluster, the "
-                      "folder as the steps see it (Vertex AI: /gcs/BUCKET/...)")
+                      "extracted files; omit to download through TFDS. On a cluster, a "
+                      "bucket holding the extracted files (gs://BUCKET/ml-1m) or the "
+                      "folder as the steps see it")
   parser.add_argument("--download-dir", help="TFDS download cache "
                       "(default ~/tensorflow_datasets/downloads)")
   parser.add_argument("--seed", type=int, default=42, help="seeds splits and shuffles")
@@ -194,6 +199,17 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       help="train/eval/test by a hash of each rating (random, as the "
                       "reference study) or by time: each user's latest ratings are "
                       "the test, the ones before them the eval split (temporal)")
+  parser.add_argument("--span-days", type=int, default=0, help="continuous training: "
+                      "cut the ratings into spans of this many days; a run ingests one "
+                      "span, learns from the spans before it and is judged on it")
+  parser.add_argument("--span-months", type=int, default=0,
+                      help="likewise, spans of this many calendar months")
+  parser.add_argument("--span", type=int, default=-1, help="the span this run ingests "
+                      "(default: the last one with ratings up to --until)")
+  parser.add_argument("--until", metavar="YYYY-MM-DD", help="leave out the ratings "
+                      "after this day, as if the data had been read at its end")
+  parser.add_argument("--window-spans", type=int, default=0, help="learn from this "
+                      "many spans before the run's one (default 0: all of them)")
   parser.add_argument("--beam-runner", choices=configs.BEAM_RUNNERS,
                       default=configs.DIRECT_RUNNER, help="Beam runner of the "
                       "Beam-based steps (ingestion, statistics, Transform, evaluation)")

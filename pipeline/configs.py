@@ -4,6 +4,7 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from components.movielens_example_gen import spans
 from models import features
 from models import hparams as hparams_lib
 
@@ -129,6 +130,15 @@ class PipelineConfig:
   # How ratings are split into train/eval/test: "random" (comparable to the
   # reference study's AUC) or "temporal" (each user's latest ratings are the test).
   split: str = "random"
+  # Continuous training (docs/continuous-training.md): the ratings cut into spans of
+  # this many days or calendar months; a run ingests one span (`span`; -1, the last
+  # one with ratings up to the day `until`), learns from the `window_spans` spans
+  # before it (0: all of them) and is judged on it, the future of its data.
+  span_days: int = 0
+  span_months: int = 0
+  span: int = -1
+  until: Optional[str] = None
+  window_spans: int = 0
   beam_args: Optional[List[str]] = None  # default: beam_pipeline_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(
@@ -165,6 +175,12 @@ class PipelineConfig:
     if self.distribution not in hparams_lib.DISTRIBUTIONS:
       raise ValueError(f"distribution must be one of {', '.join(hparams_lib.DISTRIBUTIONS)}, "
                        f"got {self.distribution!r}")
+    spans.SpanLength(self.span_days, self.span_months)  # a ValueError if both
+    spans.end_of_day(self.until)  # likewise for a malformed day
+    if self.window_spans < 0:
+      raise ValueError(f"window_spans must be 0 (all) or more, got {self.window_spans}")
+    if (self.span >= 0 or self.window_spans) and not self.spans_enabled:
+      raise ValueError("span and window_spans need spans: set span_days or span_months")
     if self.output_dir is None:
       self.output_dir = os.path.join(DEFAULT_OUTPUT_ROOT, self.pipeline_name)
     self.output_dir = _absolute(self.output_dir)
@@ -190,6 +206,11 @@ class PipelineConfig:
     """How the served recommender combines its models; `--set recommender.NAME=VALUE`."""
     return dataclasses.replace(hparams_lib.RecommenderHparams(),
                                **self.overrides.get("recommender", {}))
+
+  @property
+  def spans_enabled(self) -> bool:
+    """Whether the ratings come in spans, each run learning from those before its own."""
+    return bool(self.span_days or self.span_months)
 
   @property
   def pipeline_name(self) -> str:

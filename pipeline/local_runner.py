@@ -12,6 +12,7 @@ their unpublished output folders, and reuses every completed component from the
 cache.
 """
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -21,10 +22,15 @@ import warnings
 from typing import Iterator
 
 from common import progress
+from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
+from components.movielens_example_gen import spans
 from pipeline import configs
 from pipeline import preflight
 from pipeline import run_lock
+
+# Ratings per shard of the in-process pass that finds the spans.
+_LINES_PER_SHARD = 100_000
 
 
 @contextlib.contextmanager
@@ -92,6 +98,52 @@ def run(config: configs.PipelineConfig, verbose: bool = False):
     return _run_locked(config, verbose)
 
 
+def _ingest_earlier_spans(config: configs.PipelineConfig, tfx, pipeline_dsl
+                          ) -> configs.PipelineConfig:
+  """Continuous training: the run's span found, the spans of its window ingested.
+
+  Each earlier span is ingested by a run of its own (ingestion and statistics
+  only, under the whole pipeline's node ids), so that the whole run's rolling
+  range finds it in ML Metadata; a span ingested before is a cache hit, never read
+  again. Empty spans are reported and skipped. Returns the whole run's settings:
+  its span by number, and `until` only where it ends that span early (a complete
+  span's ingestion does not depend on it, so later runs find it in the cache).
+  """
+  source = sources.resolve(config.dataset, config.data_dir, config.download_dir)
+  layout = parsing.LAYOUTS[config.dataset]
+  shards = parsing.plan_ratings_shards(f"{source.folder}/{layout.ratings_file}",
+                                       _LINES_PER_SHARD)
+  keys = parsing.read_rating_keys(shards, layout, parsing.read_users(source.folder, layout),
+                                  parsing.read_movies(source.folder, layout))
+  until = spans.end_of_day(config.until)
+  plan = spans.SpanPlan.of(keys.timestamps,
+                           spans.SpanLength(config.span_days, config.span_months), until)
+  try:
+    span = plan.choose(config.span)
+  except spans.EmptySpanError as e:
+    raise parsing.MovieLensDataError(f"{shards[0].path}: {e}") from None
+  earlier = [n for n in plan.with_ratings if n < span.number]
+  if config.window_spans:
+    earlier = earlier[-config.window_spans:]
+  empty = [n for n, count in plan.counts.items()
+           if not count and earlier and earlier[0] < n < span.number]
+  progress.report("spans", f"this run: {span.describe()}, {plan.counts[span.number]:,} "
+                  f"ratings; it learns from {len(earlier)} span(s) before it"
+                  + (f" ({len(empty)} empty span(s) skipped: {empty})" if empty else ""))
+  if not earlier:
+    raise parsing.MovieLensDataError(
+        f"{shards[0].path}: {span.describe()} has no span with ratings before it to "
+        "learn from; start at a later span")
+  for position, number in enumerate(earlier, 1):
+    progress.report("spans", f"ingesting {position}/{len(earlier)}: "
+                    f"{plan.cutter.span(number).describe()}")
+    tfx.orchestration.LocalDagRunner().run(pipeline_dsl.create_pipeline(
+        dataclasses.replace(config, span=number, until=None), ingestion_only=True))
+  return dataclasses.replace(
+      config, span=span.number,
+      until=config.until if until is not None and until < span.end else None)
+
+
 def _run_locked(config: configs.PipelineConfig, verbose: bool):
   # TFX and TensorFlow load here, after the checks above have had their say in
   # seconds: missing data, an unusable folder, a full disk, a busy folder.
@@ -100,6 +152,8 @@ def _run_locked(config: configs.PipelineConfig, verbose: bool):
   from pipeline import console  # pylint: disable=g-import-not-at-top
   from pipeline import pipeline as pipeline_dsl  # pylint: disable=g-import-not-at-top
   from pipeline import run_state  # pylint: disable=g-import-not-at-top
+  if config.spans_enabled:
+    config = _ingest_earlier_spans(config, tfx, pipeline_dsl)
   tfx_pipeline = pipeline_dsl.create_pipeline(config)
   node_ids = [c.id for c in tfx_pipeline.components]
   interrupted = run_state.cancel_interrupted_executions(config)

@@ -4,6 +4,7 @@ from typing import List
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node
+from tfx.dsl.input_resolution import canned_resolver_functions
 from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
@@ -16,6 +17,7 @@ from components.pusher import Pusher
 from components.ranking_evaluator import RankingEvaluator
 from components.recommender_builder import RecommenderBuilder
 from evaluation import tfma_config
+from models import features
 from models import hparams
 from pipeline import configs
 
@@ -73,19 +75,41 @@ def _schema_fingerprint(config: configs.PipelineConfig) -> str:
   return code_fingerprint.of_file(here)
 
 
-def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode]:
-  """The pipeline's components, in the order they run."""
+def create_components(config: configs.PipelineConfig,
+                      ingestion_only: bool = False) -> List[base_node.BaseNode]:
+  """The pipeline's components, in the order they run.
+
+  `ingestion_only`: the ingestion and its statistics alone, with the node ids of
+  the whole pipeline's, so that its runs (continuous training's earlier spans)
+  are the ones the whole pipeline's resolvers find.
+  """
   # MovieLens ratings joined with users and movies, as train/eval/test tf.Examples.
   example_gen = MovieLensExampleGen(
       dataset=config.dataset, data_dir=config.data_dir,
       download_dir=config.download_dir,
       source_fingerprint=configs.fingerprint_folder(config.data_dir),
       code_fingerprint=code_fingerprint_of("MovieLensExampleGen"), seed=config.seed,
-      split=config.split)
+      split=config.split, span_days=config.span_days, span_months=config.span_months,
+      span=config.span, until=config.until)
+  newest = example_gen.outputs["examples"]
+
+  # With spans, the models learn from the spans before the newest one (TFX's
+  # rolling range over every span ingested so far) and are judged on the newest:
+  # the future of their data. Without, everything comes from the one Examples.
+  history = None
+  if config.spans_enabled:
+    # Every run's output, not only this run's: a channel named by its producer.
+    every_span = tfx.dsl.Channel(type=standard_artifacts.Examples,
+                                 producer_component_id=example_gen.id,
+                                 output_key="examples")
+    history = canned_resolver_functions.rolling_range(
+        every_span, num_spans=config.window_spans, skip_num_recent_spans=1, min_spans=1)
+  learned_from = history if history is not None else newest
 
   # Feature statistics of every split (TFDV).
-  statistics_gen = tfx.components.StatisticsGen(
-      examples=example_gen.outputs["examples"])
+  statistics_gen = tfx.components.StatisticsGen(examples=newest)
+  if ingestion_only:
+    return [example_gen, statistics_gen]
 
   # The fixed schema checked into the repo, not one inferred from the data.
   schema_gen = ImportSchemaGen(schema_file=config.schema_file,
@@ -107,7 +131,7 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   # applying the graph in TensorFlow 4 s. No statistics of its own: StatisticsGen
   # has described the raw data.
   transform = tfx.components.Transform(
-      examples=example_gen.outputs["examples"],
+      examples=learned_from,
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
@@ -118,11 +142,11 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   transform.add_upstream_node(anomalies_gate)
 
   # The three models, trained from the same examples through the same Transform graph.
-  trainers = {model: _trainer(model, run_fn, example_gen, transform, schema_gen, config)
+  trainers = {model: _trainer(model, run_fn, learned_from, transform, schema_gen, config)
               for model, run_fn in MODELS.items()}
 
   # Each like model judged on the test split (TFMA), blessed or not, and pushed if blessed.
-  judged = {model: _evaluate_and_push(model, trainers[model], example_gen, config)
+  judged = {model: _evaluate_and_push(model, trainers[model], newest, config)
             for model in LIKE_MODELS}
   evaluators = {model: nodes[1] for model, nodes in judged.items()}
 
@@ -131,7 +155,7 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   # train and eval) and once as served (excluding every rating).
   recommender_hparams = config.recommender_hparams()
   recommender_builder = RecommenderBuilder(
-      examples=example_gen.outputs["examples"],
+      examples=newest, history=history,
       transform_graph=transform.outputs["transform_graph"],
       retrieval_model=trainers["retrieval"].outputs["model"],
       ranking_model=trainers[RANKING_MODEL].outputs["model"],
@@ -154,7 +178,7 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
   # popularity and EASE baselines on the same candidates; the recommender is
   # blessed on them.
   ranking_evaluator = RankingEvaluator(
-      examples=example_gen.outputs["examples"],
+      examples=newest, history=history,
       cf_model=trainers["cf"].outputs["model"],
       deepfm_model=trainers["deepfm"].outputs["model"],
       retrieval_model=trainers["retrieval"].outputs["model"],
@@ -185,12 +209,12 @@ def create_components(config: configs.PipelineConfig) -> List[base_node.BaseNode
 
 
 
-def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
+def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
              config: configs.PipelineConfig) -> tfx.components.Trainer:
   """A Trainer for `model` with its hyperparameter preset, the run's seed and distribution."""
   return tfx.components.Trainer(
       run_fn=run_fn,
-      examples=example_gen.outputs["examples"],
+      examples=examples,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
@@ -201,7 +225,7 @@ def _trainer(model: str, run_fn: str, example_gen, transform, schema_gen,
   ).with_id(trainer_id(model))
 
 
-def _evaluate_and_push(model: str, trainer, example_gen,
+def _evaluate_and_push(model: str, trainer, examples,
                        config: configs.PipelineConfig) -> List[base_node.BaseNode]:
   """Resolver, Evaluator and Pusher of one model."""
   # The latest blessed model of the same kind, the baseline of the change threshold.
@@ -216,10 +240,12 @@ def _evaluate_and_push(model: str, trainer, example_gen,
   ).with_id(f"LatestBlessed.{model}")
 
   evaluator = tfx.components.Evaluator(
-      examples=example_gen.outputs["examples"],
+      examples=examples,
       model=trainer.outputs["model"],
       baseline_model=latest_blessed.outputs["model"],
-      example_splits=[tfma_config.EVAL_SPLIT],
+      # With spans, the whole newest span is the test; without, its test split.
+      example_splits=(list(features.SPLIT_NAMES) if config.spans_enabled
+                      else [tfma_config.EVAL_SPLIT]),
       eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(evaluator_id(model))
 
@@ -240,8 +266,8 @@ def _pusher(model: str, model_channel, blessing, config: configs.PipelineConfig)
   ).with_id(pusher_id(model))
 
 
-def create_pipeline(config: configs.PipelineConfig,
-                    local_metadata: bool = True) -> tfx.dsl.Pipeline:
+def create_pipeline(config: configs.PipelineConfig, local_metadata: bool = True,
+                    ingestion_only: bool = False) -> tfx.dsl.Pipeline:
   """The whole pipeline.
 
   Args:
@@ -249,11 +275,12 @@ def create_pipeline(config: configs.PipelineConfig,
     local_metadata: record ML Metadata in SQLite in the run's output folder, as
       LocalDagRunner needs; False where the orchestrator brings its own store
       (Kubeflow Pipelines, Vertex AI).
+    ingestion_only: only the ingestion and its statistics (`create_components`).
   """
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
-      components=create_components(config),
+      components=create_components(config, ingestion_only),
       enable_cache=config.enable_cache,
       metadata_connection_config=(
           metadata.sqlite_metadata_connection_config(config.metadata_path)

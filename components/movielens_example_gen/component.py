@@ -10,6 +10,7 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
 from components.movielens_example_gen import executor
+from components.movielens_example_gen import spans
 from models import features
 
 
@@ -25,6 +26,10 @@ class MovieLensExampleGenSpec(types.ComponentSpec):
       "seed": ExecutionParameter(type=int),
       "lines_per_shard": ExecutionParameter(type=int),
       "split": ExecutionParameter(type=str, optional=True),
+      "span_days": ExecutionParameter(type=int, optional=True),
+      "span_months": ExecutionParameter(type=int, optional=True),
+      "span": ExecutionParameter(type=int, optional=True),
+      "until": ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {}
   OUTPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -56,7 +61,9 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                source_fingerprint: Optional[str] = None,
                code_fingerprint: Optional[str] = None,
                output_config: Optional[example_gen_pb2.Output] = None,
-               seed: int = 42, lines_per_shard: int = 100_000, split: str = "random"):
+               seed: int = 42, lines_per_shard: int = 100_000, split: str = "random",
+               span_days: int = 0, span_months: int = 0, span: int = -1,
+               until: Optional[str] = None):
     """Creates the component.
 
     Args:
@@ -75,16 +82,26 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
       split: "random" (by the hash of each rating, comparable to the reference
         study) or "temporal" (per user, the latest ratings in time go to test and
         the ones before them to eval, in the shares of `output_config`).
+      span_days, span_months: cut the ratings into spans of this many days or
+        calendar months (spans.py); the run ingests one span, split as above, and
+        its artifact carries TFX's `span` property and the span's first and last
+        day. 0 and 0: the whole release is span 0.
+      span: the span to ingest; -1, the last one holding ratings (up to `until`).
+      until: a day, YYYY-MM-DD: the ratings after it are left out, as if the file
+        had been read at the end of that day.
     """
     if split not in features.SPLIT_METHODS:
       raise ValueError(f"split must be one of {features.SPLIT_METHODS}, got {split!r}")
     if dataset not in features.DATASETS:
       raise ValueError(f"dataset must be one of {sorted(features.DATASETS)}, "
                        f"got {dataset!r}")
+    spans.SpanLength(span_days, span_months)  # a ValueError now, not mid-run
+    spans.end_of_day(until)
     spec = MovieLensExampleGenSpec(
         dataset=dataset, data_dir=data_dir, download_dir=download_dir,
         source_fingerprint=source_fingerprint, code_fingerprint=code_fingerprint,
         output_config=output_config or default_output_config(), seed=seed,
-        lines_per_shard=lines_per_shard, split=split,
+        lines_per_shard=lines_per_shard, split=split, span_days=span_days,
+        span_months=span_months, span=span, until=until,
         examples=types.Channel(type=standard_artifacts.Examples))
     super().__init__(spec=spec)

@@ -26,6 +26,7 @@ from tfx_bsl.coders import example_coder
 from common import progress
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
+from components.movielens_example_gen import spans
 from models import features
 
 EXAMPLES_KEY = "examples"
@@ -40,9 +41,11 @@ class _ParseShard(beam.DoFn):
 
   def __init__(self, layout, users, movies, seed: int, hash_buckets: List[int],
                files_per_split: List[int], num_shards: int,
-               cutoffs: Optional[parsing.TemporalCutoffs] = None):
+               cutoffs: Optional[parsing.TemporalCutoffs] = None,
+               time_range: Optional[Tuple[int, int]] = None):
     self._layout = layout
     self._cutoffs = cutoffs
+    self._time_range = time_range
     self._users = users
     self._movies = movies
     self._seed = seed
@@ -55,6 +58,8 @@ class _ParseShard(beam.DoFn):
     index, shard = indexed_shard
     parsed = parsing.parse_ratings(shard, parsing.read_shard_bytes(shard),
                                    self._layout, self._users, self._movies)
+    if parsed is not None and self._time_range is not None:
+      parsed = parsed.within(*self._time_range)
     if parsed is None:
       return
     encoded = np.array(example_coder.RecordBatchToExamples(parsed.batch), dtype=object)
@@ -126,28 +131,36 @@ def _movielens_error(error: BaseException) -> Optional[parsing.MovieLensDataErro
   return None
 
 
-def _temporal_cutoffs(shards: List[parsing.RatingsShard], layout, users, movies,
-                      shares: Dict[str, int]) -> parsing.TemporalCutoffs:
-  """Each user's split boundaries in time, from one pass over the ratings.
-
-  The same parser as the Beam step's, so a malformed line fails here with the same
-  message; the pass costs a second parse of the ratings, only for this split.
-  """
+def _temporal_cutoffs(keys: parsing.ParsedRatings, split_names: List[str],
+                      hash_buckets: List[int]) -> parsing.TemporalCutoffs:
+  """Each user's split boundaries in time."""
+  shares = dict(zip(split_names, hash_buckets))
   if list(shares) != list(features.SPLIT_NAMES):
     raise ValueError(f"the temporal split needs the splits {features.SPLIT_NAMES}, "
                      f"got {list(shares)}")
-  keys = [parsing.parse_ratings(shard, parsing.read_shard_bytes(shard), layout, users,
-                                movies) for shard in shards]
-  keys = [k for k in keys if k is not None]
-  if not keys:
-    raise parsing.no_rows_error(shards[0].path, "ratings")
-  cutoffs = parsing.TemporalCutoffs.of(
-      np.concatenate([k.user_ids for k in keys]),
-      np.concatenate([k.movie_ids for k in keys]),
-      np.concatenate([k.timestamps for k in keys]), shares)
+  cutoffs = parsing.TemporalCutoffs.of(keys.user_ids, keys.movie_ids, keys.timestamps,
+                                       shares)
   progress.report("ingest", f"temporal split: each of {len(cutoffs.users):,} users' "
                   "latest ratings to test, the ones before them to eval")
   return cutoffs
+
+
+def _choose_span(keys: parsing.ParsedRatings, length: spans.SpanLength,
+                 requested: int, until: Optional[int], ratings_path: str) -> spans.Span:
+  """The span this run ingests: `requested`, or the last one with ratings by `until`.
+
+  An empty span is a MovieLensDataError naming it and the spans that do hold
+  ratings, so that a caller replaying spans can report and skip it.
+  """
+  plan = spans.SpanPlan.of(keys.timestamps, length, until)
+  try:
+    span = plan.choose(requested)
+  except spans.EmptySpanError as e:
+    raise parsing.MovieLensDataError(f"{ratings_path}: {e}") from None
+  progress.report("ingest", f"{span.describe()}: {plan.counts[span.number]:,} ratings "
+                  f"(spans of {length}; {len(plan.with_ratings)} of {len(plan.counts)} "
+                  "hold ratings)")
+  return span
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -176,13 +189,29 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     num_lines = sum(s.num_lines for s in shards)
     progress.report("ingest", f"{len(users.ids):,} users, {len(movies.ids):,} movies, "
                     f"{num_lines:,} rating lines in {len(shards)} shard(s)")
-    files_per_split = [max(1, round(num_lines * b / sum(hash_buckets)
-                                    / _ROWS_PER_OUTPUT_FILE)) for b in hash_buckets]
     split_method = exec_properties.get("split") or "random"
-    cutoffs = None
-    if split_method == "temporal":
-      cutoffs = _temporal_cutoffs(shards, layout, users, movies,
-                                  dict(zip(split_names, hash_buckets)))
+    span_length = spans.SpanLength(int(exec_properties.get("span_days") or 0),
+                                   int(exec_properties.get("span_months") or 0))
+    until = spans.end_of_day(exec_properties.get("until") or None)
+    span, time_range, cutoffs = None, None, None
+    if span_length.enabled or until is not None or split_method == "temporal":
+      keys = parsing.read_rating_keys(shards, layout, users, movies)
+      if span_length.enabled:
+        span = _choose_span(keys, span_length, int(exec_properties.get("span", -1)),
+                            until, shards[0].path)
+        time_range = (span.start, span.end if until is None else min(span.end, until))
+      elif until is not None:
+        time_range = (0, until)
+      if time_range is not None:
+        keys = keys.within(*time_range)
+        if keys is None:
+          raise parsing.MovieLensDataError(
+              f"{shards[0].path}: no ratings up to {exec_properties['until']}")
+      if split_method == "temporal":
+        cutoffs = _temporal_cutoffs(keys, split_names, hash_buckets)
+    num_rows = num_lines if time_range is None else len(keys.timestamps)
+    files_per_split = [max(1, round(num_rows * b / sum(hash_buckets)
+                                    / _ROWS_PER_OUTPUT_FILE)) for b in hash_buckets]
 
     examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
     examples.split_names = artifact_utils.encode_split_names(split_names)
@@ -196,7 +225,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         | "Distribute" >> beam.Reshuffle()
         | "ParseShards" >> beam.ParDo(_ParseShard(
             layout, users, movies, seed, hash_buckets, files_per_split, len(shards),
-            cutoffs))
+            cutoffs, time_range))
         | "GroupByOutputFile" >> beam.GroupByKey()
         | "WriteOutputFiles" >> beam.ParDo(_WriteOutputFile(
             split_uris, files_per_split, seed)))
@@ -215,7 +244,16 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     if sum(counts.values()) == 0:
       raise parsing.no_rows_error(shards[0].path, "ratings")
 
-    examples.span = 0
+    # TFX's span convention: resolvers such as rolling_range pick spans by number
+    # (and the latest version of each).
+    examples.span = span.number if span else 0
+    examples.version = 0
+    if span:
+      examples.set_string_custom_property("span_length", str(span_length))
+      examples.set_string_custom_property("span_first_day", span.first_day)
+      examples.set_string_custom_property("span_last_day", span.last_day)
+    if until is not None:
+      examples.set_string_custom_property("until", exec_properties["until"])
     examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
     examples.set_string_custom_property("dataset", features.DATASETS[dataset])

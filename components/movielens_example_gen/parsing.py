@@ -430,10 +430,19 @@ def _as_lists(values: pa.Array) -> pa.ListArray:
 @dataclasses.dataclass
 class ParsedRatings:
   """A shard's examples as an Arrow batch, plus the ids and times splits are keyed on."""
-  batch: pa.RecordBatch
+  batch: Optional[pa.RecordBatch]  # None when only the keys are kept
   user_ids: np.ndarray
   movie_ids: np.ndarray
   timestamps: np.ndarray
+
+  def within(self, start: int, end: int) -> Optional["ParsedRatings"]:
+    """The ratings with start <= timestamp < end, or None if there are none."""
+    keep = (self.timestamps >= start) & (self.timestamps < end)
+    if not keep.any():
+      return None
+    batch = None if self.batch is None else self.batch.filter(pa.array(keep))
+    return ParsedRatings(batch, self.user_ids[keep], self.movie_ids[keep],
+                         self.timestamps[keep])
 
 
 def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
@@ -507,6 +516,23 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
       pa.list_(pa.binary()))
   batch = pa.RecordBatch.from_arrays(list(arrays.values()), list(arrays.keys()))
   return ParsedRatings(batch, user_ids, movie_ids, timestamps)
+
+
+def read_rating_keys(shards: Sequence[RatingsShard], layout: Layout, users: UserTable,
+                     movies: MovieTable) -> ParsedRatings:
+  """Every rating's user, movie and time, from one pass over the ratings in this
+  process: the temporal split and the spans are cut from them before Beam runs.
+
+  The same parser as the Beam step's, so a malformed line fails here with the same
+  message.
+  """
+  keys = [parse_ratings(shard, read_shard_bytes(shard), layout, users, movies)
+          for shard in shards]
+  keys = [k for k in keys if k is not None]
+  if not keys:
+    raise no_rows_error(shards[0].path, "ratings")
+  return ParsedRatings(None, *(np.concatenate([getattr(k, name) for k in keys])
+                               for name in ("user_ids", "movie_ids", "timestamps")))
 
 
 def stable_hash(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int,
