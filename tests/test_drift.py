@@ -1,0 +1,248 @@
+"""Drift between spans (pipeline/drift.py): TFDV's statistics of two spans compared
+through the schema's drift comparators and the chosen thresholds.
+
+Synthetic spans are a synthetic release cut in two at its median rating time (its
+ratings' times are drawn independently of everything else, so the halves differ by
+sampling alone); a planted shift is made on the later half. Real spans are two
+consecutive months of MovieLens 100K.
+"""
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import tensorflow_data_validation as tfdv
+from tensorflow_data_validation.statistics import stats_impl
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from components.movielens_example_gen import parsing
+from models import features
+from pipeline import configs
+from pipeline import drift
+from tests.conftest import REAL_100K
+from tests.conftest import requires
+
+L_INFTY_HIGH = anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH
+_DESCRIBED_DISTANCE = re.compile(r" is (\S+) \(up to six significant digits\)")
+
+
+@pytest.fixture(scope="module")
+def schema() -> schema_pb2.Schema:
+  return tfdv.load_schema_text(configs.SCHEMA_FILE)
+
+
+@pytest.fixture(scope="module")
+def drift_schema(schema) -> schema_pb2.Schema:
+  return drift.with_drift_comparators(schema)
+
+
+def _statistics(table: pa.Table, schema=None):
+  """A span's statistics as StatisticsGen computes them (with the schema, unless None)."""
+  batch = table.combine_chunks().to_batches()[0]
+  return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
+
+
+def _values(table: pa.Table, name: str) -> np.ndarray:
+  return pc.list_flatten(table.column(name)).to_numpy()
+
+
+def _halves(folder: str, layout: str):
+  """A release's ratings before and after its median rating time."""
+  table = parsing.read_release(folder, parsing.LAYOUTS[layout])
+  times = _values(table, features.TIMESTAMP)
+  later = times > np.median(times)
+  return table.filter(pa.array(~later)), table.filter(pa.array(later))
+
+
+@pytest.fixture(scope="module")
+def synthetic_spans(synthetic_100k, schema):
+  """(earlier, later, earlier's statistics) of the synthetic 100K-layout release."""
+  earlier, later = _halves(synthetic_100k.folder, "100k")
+  return earlier, later, _statistics(earlier, schema)
+
+
+def _shares(values: np.ndarray) -> dict:
+  labels, counts = np.unique(values, return_counts=True)
+  return dict(zip(labels.tolist(), (counts / counts.sum()).tolist()))
+
+
+def _linf(before: np.ndarray, after: np.ndarray) -> float:
+  """The largest change of one value's share: L-infinity, computed without TFDV."""
+  a, b = _shares(before), _shares(after)
+  return max(abs(a.get(v, 0.0) - b.get(v, 0.0)) for v in set(a) | set(b))
+
+
+def _drift_measurements(anomalies) -> dict:
+  return {".".join(info.path.step): [(m.type, m.value, m.threshold)
+                                     for m in info.drift_measurements]
+          for info in anomalies.drift_skew_info}
+
+
+def _described_distance(anomalies, name: str) -> float:
+  (reason,) = anomalies.anomaly_info[name].reason
+  assert reason.type == L_INFTY_HIGH, reason
+  return float(_DESCRIBED_DISTANCE.search(reason.description).group(1))
+
+
+@pytest.mark.parametrize("layout", ["100k", "1m"])
+def test_clean_synthetic_spans_pass_and_every_comparator_runs(layout, request, schema,
+                                                              drift_schema):
+  release = request.getfixturevalue(f"synthetic_{layout}")
+  earlier, later = _halves(release.folder, layout)
+  anomalies = tfdv.validate_statistics(_statistics(later, schema), drift_schema,
+                                       previous_statistics=_statistics(earlier, schema))
+  assert not anomalies.anomaly_info, anomalies
+  measured = _drift_measurements(anomalies)
+  # 1M has no raw ages: that comparator has nothing to compare, and says nothing.
+  expected = {name for name in drift.THRESHOLDS
+              if layout == "100k" or name != features.RAW_USER_AGE}
+  assert set(measured) == expected
+  for name, [(kind, value, threshold)] in measured.items():
+    comparator, chosen = drift.THRESHOLDS[name]
+    assert threshold == pytest.approx(chosen)
+    assert kind == {drift.INFINITY_NORM: anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY,
+                    drift.JENSEN_SHANNON: anomalies_pb2.DriftSkewInfo.Measurement
+                    .JENSEN_SHANNON_DIVERGENCE}[comparator]
+    assert 0 < value <= threshold, (name, value)  # sampling noise, never exactly 0
+
+
+def _with_share_tripled(table: pa.Table, name: str, value: bytes) -> pa.Table:
+  """As many ratings as `table`, drawn from it so that `value`'s share of `name` is
+  three times what it was (the rest in proportion)."""
+  is_value = _values(table, name) == value
+  share = is_value.mean()
+  assert share < 1 / 3
+  rng = np.random.default_rng(0)
+  with_value = round(3 * share * table.num_rows)
+  rows = np.concatenate([
+      rng.choice(np.flatnonzero(is_value), with_value),
+      rng.choice(np.flatnonzero(~is_value), table.num_rows - with_value)])
+  return table.take(pa.array(np.sort(rows)))
+
+
+def test_a_tripled_occupation_share_is_flagged_with_its_distance(synthetic_spans, schema,
+                                                                  drift_schema):
+  earlier, later, earlier_stats = synthetic_spans
+  name = features.OCCUPATION_LABEL
+  commonest = max(_shares(_values(later, name)).items(), key=lambda item: item[1])[0]
+  shifted = _with_share_tripled(later, name, commonest)
+  assert _shares(_values(shifted, name))[commonest] == pytest.approx(
+      3 * _shares(_values(later, name))[commonest], rel=1e-3)
+
+  anomalies = tfdv.validate_statistics(_statistics(shifted, schema), drift_schema,
+                                       previous_statistics=earlier_stats)
+  assert name in anomalies.anomaly_info
+  distance = _linf(_values(earlier, name), _values(shifted, name))
+  assert distance > drift.THRESHOLDS[name][1]
+  assert _described_distance(anomalies, name) == pytest.approx(distance, rel=1e-5)
+  [(_, measured, _)] = _drift_measurements(anomalies)[name]
+  assert measured == pytest.approx(distance, rel=1e-9)
+  # The anomaly names the value that moved.
+  assert commonest.decode() in anomalies.anomaly_info[name].reason[0].description
+
+
+def _with_genders_swapped(table: pa.Table) -> pa.Table:
+  swapped = 1 - _values(table, features.USER_GENDER)
+  one_each = pa.ListArray.from_arrays(pa.array(np.arange(len(swapped) + 1, dtype=np.int32)),
+                                      pa.array(swapped))
+  index = table.schema.get_field_index(features.USER_GENDER)
+  return table.set_column(index, features.USER_GENDER, one_each)
+
+
+def test_a_swapped_gender_field_is_flagged_and_nothing_else(synthetic_spans, schema,
+                                                            drift_schema):
+  earlier, later, earlier_stats = synthetic_spans
+  swapped = _with_genders_swapped(later)
+  anomalies = tfdv.validate_statistics(_statistics(swapped, schema), drift_schema,
+                                       previous_statistics=earlier_stats)
+  assert set(anomalies.anomaly_info) == {features.USER_GENDER}
+  distance = _linf(_values(earlier, features.USER_GENDER),
+                   _values(swapped, features.USER_GENDER))
+  assert distance > drift.THRESHOLDS[features.USER_GENDER][1]
+  assert _described_distance(anomalies, features.USER_GENDER) == pytest.approx(
+      distance, rel=1e-5)
+
+
+def test_statistics_without_the_schema_hide_a_gender_swap(synthetic_spans, drift_schema):
+  """Why StatisticsGen must be given the schema (pipeline/drift.py): without it the
+  int gender is described as a number, and its L-infinity distance is always 0."""
+  earlier, later, _ = synthetic_spans
+  anomalies = tfdv.validate_statistics(_statistics(_with_genders_swapped(later)),
+                                       drift_schema,
+                                       previous_statistics=_statistics(earlier))
+  assert features.USER_GENDER not in anomalies.anomaly_info
+  [(_, value, _)] = _drift_measurements(anomalies)[features.USER_GENDER]
+  assert value == 0
+
+
+@requires(REAL_100K)
+def test_two_real_consecutive_months_pass(schema, drift_schema):
+  table = parsing.read_release(str(REAL_100K), parsing.LAYOUTS["100k"])
+  months = _values(table, features.TIMESTAMP).astype("datetime64[s]").astype(
+      "datetime64[M]")
+  # The pair where the like rate and the ratings moved most (bench/drift_thresholds.py).
+  spans = [table.filter(pa.array(months == np.datetime64(month)))
+           for month in ("1997-12", "1998-01")]
+  anomalies = tfdv.validate_statistics(_statistics(spans[1], schema), drift_schema,
+                                       previous_statistics=_statistics(spans[0], schema))
+  assert not anomalies.anomaly_info, anomalies
+  measured = _drift_measurements(anomalies)
+  assert set(measured) == set(drift.THRESHOLDS)
+  assert all(0 < value <= threshold for [(_, value, threshold)] in measured.values())
+
+
+def test_with_drift_comparators_changes_only_the_drift_comparators(schema):
+  before = schema_pb2.Schema()
+  before.CopyFrom(schema)
+  drifted = drift.with_drift_comparators(schema)
+  assert schema == before  # the argument is left as it was
+  assert not any(f.HasField("drift_comparator") for f in schema.feature)
+  for feature in drifted.feature:
+    if feature.name in drift.THRESHOLDS:
+      comparator, threshold = drift.THRESHOLDS[feature.name]
+      assert [(field.name, value.threshold)
+              for field, value in feature.drift_comparator.ListFields()] == [
+                  (comparator, pytest.approx(threshold))]
+    else:
+      assert not feature.HasField("drift_comparator"), feature.name
+  stripped = schema_pb2.Schema()
+  stripped.CopyFrom(drifted)
+  for feature in stripped.feature:
+    feature.ClearField("drift_comparator")
+  assert stripped == schema
+
+
+def test_an_existing_drift_comparator_is_replaced(schema):
+  with_old = schema_pb2.Schema()
+  with_old.CopyFrom(schema)
+  gender = next(f for f in with_old.feature if f.name == features.USER_GENDER)
+  gender.drift_comparator.infinity_norm.threshold = 0.9
+  gender.drift_comparator.normalized_abs_difference.threshold = 0.9
+  replaced = next(f for f in drift.with_drift_comparators(with_old).feature
+                  if f.name == features.USER_GENDER)
+  assert [field.name for field, _ in replaced.drift_comparator.ListFields()] == [
+      drift.INFINITY_NORM]
+  assert replaced.drift_comparator.infinity_norm.threshold == pytest.approx(
+      drift.THRESHOLDS[features.USER_GENDER][1])
+
+
+@pytest.mark.parametrize("thresholds, complaint", [
+    ({features.USER_RATING: (drift.INFINITY_NORM, 0.1)}, "is numeric"),
+    ({features.USER_GENDER: (drift.JENSEN_SHANNON, 0.1)}, "is categorical"),
+    ({"user_mood": (drift.INFINITY_NORM, 0.1)}, "does not have"),
+    ({features.USER_GENDER: ("normalized_abs_difference", 0.1)}, "unknown drift comparator"),
+    ({features.USER_GENDER: (drift.INFINITY_NORM, -0.1)}, "not a distance"),
+    ({features.USER_GENDER: (drift.INFINITY_NORM, float("nan"))}, "not a distance"),
+])
+def test_a_comparator_tfdv_would_not_apply_is_refused(schema, thresholds, complaint):
+  with pytest.raises(ValueError, match=complaint):
+    drift.with_drift_comparators(schema, thresholds)
+
+
+def test_every_feature_is_compared_or_left_out_with_a_reason(schema):
+  names = {feature.name for feature in schema.feature}
+  assert set(drift.THRESHOLDS) | set(drift.NOT_COMPARED) == names
+  assert not set(drift.THRESHOLDS) & set(drift.NOT_COMPARED)
+  assert all(reason.strip() for reason in drift.NOT_COMPARED.values())
