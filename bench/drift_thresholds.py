@@ -1,6 +1,6 @@
 """Month-to-month drift of the real MovieLens ratings, as TFDV measures it.
 
-What pipeline/drift.py's thresholds rest on. Each release's ratings, parsed as
+What components/drift.py's thresholds rest on. Each release's ratings, parsed as
 MovieLensExampleGen parses them, are cut into calendar months (UTC, by the
 `timestamp` feature); each month gets the statistics StatisticsGen computes with
 the schema (TFDV's generators, run in memory rather than on Beam); and for every
@@ -8,7 +8,7 @@ pair of consecutive months, each feature's drift distance is the one TFDV's
 `validate_statistics(..., previous_statistics=...)` reports with the feature's
 comparator at threshold 0: L-infinity for categorical features, Jensen-Shannon
 divergence for numeric ones. Every feature is measured, compared in the pipeline
-or not (pipeline/drift.py says which and why). The distances are read from the
+or not (components/drift.py says which and why). The distances are read from the
 anomalies' drift measurements and checked against the numbers in the anomaly
 descriptions, and, recomputed here from the statistics, against TFDV's formula
 (every L-infinity; each Jensen-Shannon divergence whose two histograms share
@@ -46,10 +46,10 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-impo
 from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
 from tensorflow_metadata.proto.v0 import statistics_pb2  # pylint: disable=g-import-not-at-top
 
+from components import drift  # pylint: disable=g-import-not-at-top
 from components.movielens_example_gen import parsing  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
-from pipeline import drift  # pylint: disable=g-import-not-at-top
 
 # The real GroupLens files live beside the repository, never in it (as in tests/conftest.py).
 DEFAULT_DATA_DIR = os.environ.get("MOVIELENS_REAL_DATA",
@@ -269,7 +269,7 @@ def print_tables(result: dict) -> None:
       print(f"{pair['previous'] + ' -> ' + pair['current']:<20}"
             + "".join(f"{pair['distances'].get(f, float('nan')):>15.4f}" for f in compared))
   measured = [n for n, r in releases.items() if "pairs" in r]
-  print("\nper feature: max / p95 over the month pairs; threshold (pipeline/drift.py); "
+  print("\nper feature: max / p95 over the month pairs; threshold (components/drift.py); "
         f"the rule ({drift.THRESHOLD_MARGIN} x max, 2 digits up)")
   header = f"{'feature':<24}{'comp.':>7}" + "".join(
       f"{'ml-' + n + ' max':>13}{'p95':>9}" for n in measured) + f"{'threshold':>11}{'rule':>8}"

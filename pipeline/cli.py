@@ -65,7 +65,8 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
         dataset=args.dataset, data_dir=args.data_dir or None,
         download_dir=args.download_dir, seed=args.seed, split=args.split,
         span_days=args.span_days, span_months=args.span_months, span=args.span,
-        until=args.until, window_spans=args.window_spans, beam_args=beam_args,
+        until=args.until, window_spans=args.window_spans,
+        accept_drift=args.accept_drift, beam_args=beam_args,
         enable_cache=not args.no_cache,
         presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
                  "retrieval": args.retrieval_config},
@@ -210,6 +211,8 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       "after this day, as if the data had been read at its end")
   parser.add_argument("--window-spans", type=int, default=0, help="learn from this "
                       "many spans before the run's one (default 0: all of them)")
+  parser.add_argument("--accept-drift", action="store_true", help="train on the span "
+                      "even if its data drifted from the previous span's")
   parser.add_argument("--beam-runner", choices=configs.BEAM_RUNNERS,
                       default=configs.DIRECT_RUNNER, help="Beam runner of the "
                       "Beam-based steps (ingestion, statistics, Transform, evaluation)")

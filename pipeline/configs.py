@@ -139,6 +139,8 @@ class PipelineConfig:
   span: int = -1
   until: Optional[str] = None
   window_spans: int = 0
+  # Train on a span whose data drifted from the previous span's (components/drift.py).
+  accept_drift: bool = False
   beam_args: Optional[List[str]] = None  # default: beam_pipeline_args() for the data set
   enable_cache: bool = True
   presets: Dict[str, str] = dataclasses.field(

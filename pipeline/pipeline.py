@@ -10,6 +10,7 @@ from tfx.types import standard_artifacts
 
 from common import code_fingerprint
 from components.anomalies_gate import AnomaliesGate
+from components.drift_validator import DriftValidator
 from components.import_schema_gen import ImportSchemaGen
 from components.model_report import ModelReport
 from components.movielens_example_gen.component import MovieLensExampleGen
@@ -54,6 +55,7 @@ def pusher_id(model: str) -> str:
 ENTRY_MODULES = {
     "MovieLensExampleGen": "components.movielens_example_gen.component",
     "AnomaliesGate": "components.anomalies_gate",
+    "DriftValidator": "components.drift_validator",
     "Transform": PREPROCESSING_FN.rpartition(".")[0],
     **{trainer_id(model): run_fn.rpartition(".")[0] for model, run_fn in MODELS.items()},
     "RecommenderBuilder": "components.recommender_builder",
@@ -106,14 +108,17 @@ def create_components(config: configs.PipelineConfig,
         every_span, num_spans=config.window_spans, skip_num_recent_spans=1, min_spans=1)
   learned_from = history if history is not None else newest
 
-  # Feature statistics of every split (TFDV).
-  statistics_gen = tfx.components.StatisticsGen(examples=newest)
-  if ingestion_only:
-    return [example_gen, statistics_gen]
-
   # The fixed schema checked into the repo, not one inferred from the data.
   schema_gen = ImportSchemaGen(schema_file=config.schema_file,
                                schema_fingerprint=_schema_fingerprint(config))
+
+  # Feature statistics of every split (TFDV). With spans, computed with the schema:
+  # the drift check needs the categorical ints' value counts (components/drift.py).
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=newest,
+      schema=schema_gen.outputs["schema"] if config.spans_enabled else None)
+  if ingestion_only:
+    return [example_gen, schema_gen, statistics_gen]
 
   # Every split's statistics checked against the schema.
   example_validator = tfx.components.ExampleValidator(
@@ -123,6 +128,19 @@ def create_components(config: configs.PipelineConfig,
   # Stops the run on any anomaly, naming the feature and the problem.
   anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
                                  code_fingerprint=code_fingerprint_of("AnomaliesGate"))
+
+  # With spans: the newest span's statistics against the previous span's; a drift
+  # over threshold stops the run before anything trains.
+  drift_validator = None
+  if config.spans_enabled:
+    drift_validator = DriftValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"],
+        every_span=tfx.dsl.Channel(type=standard_artifacts.ExampleStatistics,
+                                   producer_component_id=statistics_gen.id,
+                                   output_key="statistics"),
+        accept_drift=int(config.accept_drift),
+        code_fingerprint=code_fingerprint_of("DriftValidator"))
 
   # The Transform graph: vocabularies and per-id statistics of the train split
   # (tf.Transform on Beam). The Trainers apply it to the raw examples themselves
@@ -140,6 +158,8 @@ def create_components(config: configs.PipelineConfig,
       # preprocessing_fn does not read it; it keys the cache.
       custom_config={"code_fingerprint": code_fingerprint_of("Transform")})
   transform.add_upstream_node(anomalies_gate)
+  if drift_validator is not None:
+    transform.add_upstream_node(drift_validator)
 
   # The three models, trained from the same examples through the same Transform graph.
   trainers = {model: _trainer(model, run_fn, learned_from, transform, schema_gen, config)
@@ -203,6 +223,7 @@ def create_components(config: configs.PipelineConfig,
       code_fingerprint=code_fingerprint_of("ModelReport"))
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
+          *([drift_validator] if drift_validator is not None else []),
           transform, *trainers.values(),
           *[node for nodes in judged.values() for node in nodes], recommender_builder,
           latest_blessed_recommender, ranking_evaluator, recommender_pusher, model_report]

@@ -1,4 +1,4 @@
-"""Drift between spans (pipeline/drift.py): TFDV's statistics of two spans compared
+"""Drift between spans (components/drift.py): TFDV's statistics of two spans compared
 through the schema's drift comparators and the chosen thresholds.
 
 Synthetic spans are a synthetic release cut in two at its median rating time (its
@@ -16,11 +16,13 @@ import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.statistics import stats_impl
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx.types import standard_artifacts
 
+from components import drift
+from components import drift_validator
 from components.movielens_example_gen import parsing
 from models import features
 from pipeline import configs
-from pipeline import drift
 from tests.conftest import REAL_100K
 from tests.conftest import requires
 
@@ -166,7 +168,7 @@ def test_a_swapped_gender_field_is_flagged_and_nothing_else(synthetic_spans, sch
 
 
 def test_statistics_without_the_schema_hide_a_gender_swap(synthetic_spans, drift_schema):
-  """Why StatisticsGen must be given the schema (pipeline/drift.py): without it the
+  """Why StatisticsGen must be given the schema (components/drift.py): without it the
   int gender is described as a number, and its L-infinity distance is always 0."""
   earlier, later, _ = synthetic_spans
   anomalies = tfdv.validate_statistics(_statistics(_with_genders_swapped(later)),
@@ -246,3 +248,34 @@ def test_every_feature_is_compared_or_left_out_with_a_reason(schema):
   assert set(drift.THRESHOLDS) | set(drift.NOT_COMPARED) == names
   assert not set(drift.THRESHOLDS) & set(drift.NOT_COMPARED)
   assert all(reason.strip() for reason in drift.NOT_COMPARED.values())
+
+
+def test_the_drift_validator_reports_every_distance_and_names_the_drifted_feature(
+    synthetic_spans, schema):
+  earlier, later, earlier_stats = synthetic_spans
+  swapped = _with_genders_swapped(later)
+  distances = drift_validator.compare(_statistics(swapped, schema), earlier_stats, schema)
+  assert set(distances) == set(drift.THRESHOLDS)
+  assert [name for name, d in distances.items() if d["drifted"]] == [features.USER_GENDER]
+  gender = distances[features.USER_GENDER]
+  assert gender["distance"] == pytest.approx(
+      _linf(_values(earlier, features.USER_GENDER), _values(swapped, features.USER_GENDER)))
+  (line,) = drift_validator.describe(distances)
+  assert line == (f"feature '{features.USER_GENDER}': L-infinity distance "
+                  f"{gender['distance']:.4g} above its threshold "
+                  f"{drift.THRESHOLDS[features.USER_GENDER][1]:g}")
+  clean = drift_validator.compare(_statistics(later, schema), earlier_stats, schema)
+  assert not drift_validator.describe(clean)
+  assert all(0 < d["distance"] <= d["threshold"] for d in clean.values()), clean
+
+
+def test_the_previous_span_is_the_latest_before_the_newest():
+  def statistics(span, artifact_id):
+    artifact = standard_artifacts.ExampleStatistics()
+    artifact.span, artifact.id = span, artifact_id
+    return artifact
+  newest = statistics(5, 10)
+  # Span 4 ingested twice (the later one counts), span 3 once, and the newest itself.
+  every = [statistics(3, 1), statistics(4, 2), statistics(4, 7), newest]
+  assert drift_validator.previous_span(newest, every).id == 7
+  assert drift_validator.previous_span(statistics(3, 1), every) is None
