@@ -1,5 +1,5 @@
 """Collaborative filtering with TensorFlow Recommenders: a ranking model over ids only."""
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -61,6 +61,15 @@ class CollaborativeFiltering(layers.ChunkedTrainStep, tfrs.Model):
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """Like probabilities, shape [batch, 1]."""
     return self._score(inputs)[0]
+
+  def vocabulary_tables(self) -> List[layers.VocabularyTable]:
+    """The tables indexed by the user and the movie vocabulary (models/warm_start.py)."""
+    tables = [layers.VocabularyTable(self.user_embedding.embeddings, (features.USER_ID,)),
+              layers.VocabularyTable(self.movie_embedding.embeddings, (features.MOVIE_ID,))]
+    if self.use_biases:
+      tables += [layers.VocabularyTable(self.user_bias.embeddings, (features.USER_ID,)),
+                 layers.VocabularyTable(self.movie_bias.embeddings, (features.MOVIE_ID,))]
+    return tables
 
   # The same score factorised for retrieval: logit = query . candidate + offset,
   # so a TFRS BruteForce index over the candidates ranks every movie at once. (The

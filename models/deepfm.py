@@ -1,5 +1,5 @@
 """DeepFM in Keras: FM first- and second-order terms and a DNN over shared field embeddings."""
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +43,9 @@ class FieldEmbeddings(tf.keras.layers.Layer):
     genres = self.table(tf.maximum(genre_ids, 0) + self._genre_offset) * present
     pooled = tf.reduce_sum(genres, 1) / tf.maximum(tf.reduce_sum(present, 1), 1.0)
     return tf.concat([fields, pooled[:, tf.newaxis, :]], axis=1)
+
+  def vocabulary_table(self) -> layers.VocabularyTable:
+    return layers.VocabularyTable(self.table.embeddings, features.DEEPFM_FIELDS)
 
 
 class FactorizationMachine(tf.keras.layers.Layer):
@@ -98,6 +101,10 @@ class DeepFM(layers.ChunkedTrainStep, tfrs.Model):
   def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     """Like probabilities, shape [batch, 1]."""
     return tf.sigmoid(self._logits(inputs, training))
+
+  def vocabulary_tables(self) -> List[layers.VocabularyTable]:
+    """The two tables of every field's rows (models/warm_start.py)."""
+    return [self.embeddings.vocabulary_table(), self.first_order.vocabulary_table()]
 
   def _logits(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     fields = self.embeddings(inputs)

@@ -1,5 +1,6 @@
 """Layers, losses and the train-step mixin both like-prediction models share."""
-from typing import Dict, Optional
+import dataclasses
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -66,6 +67,19 @@ class ChunkedTrainStep:
                             lambda start, _: (start + rows, one_batch(batch(start))),
                             (tf.constant(rows), logs))
     return logs
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularyTable:
+  """An embedding table whose rows are vocabulary indices, as a model declares it.
+
+  Each of `fields` owns a block of consecutive rows, in this order: its vocabulary,
+  in the Transform graph's order, then its out-of-vocabulary buckets. A new span's
+  vocabulary orders ids differently, so a warm start carries these rows over by id
+  rather than by index (models/warm_start.py).
+  """
+  variable: tf.Variable
+  fields: Tuple[str, ...]
 
 
 def id_statistics(inputs: Dict[str, tf.Tensor]) -> tf.Tensor:

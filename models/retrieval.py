@@ -27,6 +27,7 @@ class FieldEmbedding(tf.keras.layers.Layer):
 
   def __init__(self, key: str, size: int, dim: int, **kwargs):
     super().__init__(name=f"{key}_embedding", **kwargs)
+    self.field = key
     self.key = features.transformed_name(key)
     self.table = tf.keras.layers.Embedding(
         size, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
@@ -38,6 +39,9 @@ class FieldEmbedding(tf.keras.layers.Layer):
     present = tf.cast(ids != features.GENRE_PADDING, self.table.dtype)[..., tf.newaxis]
     pooled = tf.reduce_sum(self.table(tf.maximum(ids, 0)) * present, 1)
     return pooled / tf.maximum(tf.reduce_sum(present, 1), 1.0)
+
+  def vocabulary_table(self) -> layers.VocabularyTable:
+    return layers.VocabularyTable(self.table.embeddings, (self.field,))
 
 
 class Tower(tf.keras.layers.Layer):
@@ -92,6 +96,12 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
                                name=f"movie_tower_{i}") for i in range(hparams.towers)]
     self.tasks = [tfrs.tasks.Retrieval(remove_accidental_hits=True)
                   for _ in range(hparams.towers)]
+
+  def vocabulary_tables(self) -> List[layers.VocabularyTable]:
+    """Every field's table in every tower (models/warm_start.py)."""
+    return [embedding.vocabulary_table()
+            for tower in [*self.user_towers, *self.movie_towers]
+            for embedding in tower.embeddings]
 
   def _user_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     # Scaled, so that its dot product with _movie_vector is the towers' mean score.
