@@ -6,7 +6,7 @@ re-parses tf.Examples. TensorBoard logs go to the Trainer's model_run_dir. The
 model is built and trained inside the tf.distribute strategy the run chose.
 """
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -40,18 +40,28 @@ def _build_seeded(build: Callable, sizes: Dict[str, int], hparams,
 
 def fit(strategy: tf.distribute.Strategy, model_name: str, build: Callable,
         sizes: Dict[str, int], hparams, train_examples: Dict[str, np.ndarray],
-        eval_examples: Dict[str, np.ndarray], log_dir: str, seed: int):
+        eval_examples: Dict[str, np.ndarray], log_dir: str, seed: int,
+        before_training: Optional[Callable[[tf.keras.Model], None]] = None):
   """Builds and trains the model inside `strategy`'s scope; returns (model, history).
 
   In the scope the strategy places (and mirrors) the variables and optimizer state.
   `sizes` are the vocabulary sizes (`data.vocabulary_sizes`); the batch size of `hparams`
-  is the global batch, split between the strategy's replicas.
+  is the global batch, split between the strategy's replicas. `before_training`
+  gets the built model before it is compiled (a warm start sets its weights there).
   """
   with strategy.scope():
     model = _build_seeded(build, sizes, hparams, seed)
+    if before_training is not None:
+      before_training(model)
     history = train(model, model_name, hparams, train_examples, eval_examples, log_dir,
                     seed)
   return model, history
+
+
+def create_variables(model: tf.keras.Model, examples: Dict[str, np.ndarray]) -> None:
+  """Calls the model on one example, so that Keras creates its variables (which it
+  otherwise does on the first training step) and they can be set before training."""
+  model({k: v[:1] for k, v in examples.items() if k != features.LABEL})
 
 
 # The like models log log_loss and AUC; the retrieval model only its softmax loss.

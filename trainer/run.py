@@ -16,6 +16,7 @@ from models import history as training_history
 from models import hparams as hp
 from models import runtime
 from models import training
+from models import warm_start
 
 _PREDICT_BATCH = 65_536
 
@@ -26,6 +27,10 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
   str}; the pipeline fills it from `models.hparams` and the run's settings, and
   adds "code_fingerprint", which only keys the cache.
+
+  With `fn_args.base_model` (the latest blessed model of this kind, when the
+  Trainer has a `base_model` input), the model starts from its weights, carried
+  over by id (models/warm_start.py), and trains on from there.
   """
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
@@ -44,15 +49,37 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output)
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
                   f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
+  base_model = _base_model(fn_args, model_name)
+
+  def start_from_base_model(model):
+    training.create_variables(model, train_examples)
+    warm_start.warm_start(model, tf_transform_output, base_model, model_name)
+
   model, history = training.fit(strategy, model_name, build,
                                 data.vocabulary_sizes(tf_transform_output), hparams,
-                                train_examples, eval_examples, model_run_dir, seed)
+                                train_examples, eval_examples, model_run_dir, seed,
+                                before_training=start_from_base_model if base_model else None)
   training_history.write(history, model_run_dir)
   if getattr(model, "predicts_likes", True):
     model.calibration = _calibrate(model, eval_examples, model_name)
   saved_model.export(model, tf_transform_output, raw_feature_keys, serving_model_dir,
                      train_examples, also_rated=[eval_examples])
   progress.report(f"train {model_name}", f"exported to {serving_model_dir}")
+
+
+def _base_model(fn_args, model_name: str):
+  """The base model's serving directory, or None to start from scratch.
+
+  TFX sets `fn_args.base_model` when the Trainer has a `base_model` input and the
+  resolver found a model; a folder that is gone (its artifact deleted) means a
+  cold start, said so, rather than a failed run.
+  """
+  base_model = getattr(fn_args, "base_model", None)
+  if base_model and not tf.io.gfile.isdir(base_model):
+    progress.report(f"train {model_name}", f"base model {base_model} not found: "
+                    "training from scratch")
+    return None
+  return base_model or None
 
 
 def _calibrate(model, eval_examples, model_name: str) -> calibration.Calibration:
