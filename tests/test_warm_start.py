@@ -250,3 +250,12 @@ def test_the_trainer_starts_from_fn_args_base_model(spans, base_models, tmp_path
   shared = [movie for movie in new_ids if movie in set(base_ids)]
   np.testing.assert_array_equal(exported[[new_ids.index(m) for m in shared]],
                                 base_rows[[base_ids.index(m) for m in shared]])
+
+
+def test_a_warm_start_trains_the_epochs_the_hyperparameters_set_for_it():
+  best = hp.preset("retrieval", "best")
+  assert hp.for_warm_start(best).epochs == best.warm_start_epochs < best.epochs
+  assert hp.for_warm_start(dataclasses.replace(best, epochs=2)).epochs == 2  # never more
+  # The like models stop early, warm-started or not: their epochs stay.
+  for model_name in ("cf", "deepfm"):
+    assert hp.for_warm_start(hp.preset(model_name, "best")) == hp.preset(model_name, "best")

@@ -30,7 +30,8 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
 
   With `fn_args.base_model` (the latest blessed model of this kind, when the
   Trainer has a `base_model` input), the model starts from its weights, carried
-  over by id (models/warm_start.py), and trains on from there.
+  over by id (models/warm_start.py), and trains on from there, for
+  `warm_start_epochs` where the hyperparameters set them.
   """
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
@@ -47,9 +48,11 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   train_examples = data.load_examples(fn_args.train_files, tf_transform_output)
   eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output)
+  base_model = _base_model(fn_args, model_name)
+  if base_model:
+    hparams = hp.for_warm_start(hparams)
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
                   f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
-  base_model = _base_model(fn_args, model_name)
 
   def start_from_base_model(model):
     training.create_variables(model, train_examples)
