@@ -6,7 +6,7 @@ re-parses tf.Examples. TensorBoard logs go to the Trainer's model_run_dir. The
 model is built and trained inside the tf.distribute strategy the run chose.
 """
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -109,8 +109,12 @@ def _validation_batch_size(model: tf.keras.Model, hparams) -> int:
 
 
 def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_examples,
-          log_dir: str, seed: int) -> Dict[str, list]:
-  """Fits `model`, early-stopping on eval AUC if the hyperparameters ask; returns the history."""
+          log_dir: str, seed: int,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Dict[str, list]:
+  """Fits `model`, early-stopping on eval AUC if the hyperparameters ask; returns the history.
+
+  `callbacks` run besides the Trainer's own (benchmarks watch each epoch with them).
+  """
   if tf.distribute.has_strategy():
     # Under a tf.distribute strategy an optimizer step synchronises the replicas,
     # which TensorFlow does not support inside a loop of the replica's step: one
@@ -124,7 +128,8 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
                 steps_per_execution=steps_per_execution)
   examples_per_epoch = len(train_examples[features.LABEL])
   speed = TrainingProgress(model_name, hparams.epochs, examples_per_epoch)
-  callbacks = [speed, tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
+  callbacks = [*callbacks, speed,
+               tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
   if hparams.early_stopping_patience:
     callbacks.append(tf.keras.callbacks.EarlyStopping(
         monitor="val_auc", mode="max", patience=hparams.early_stopping_patience,
