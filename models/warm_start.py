@@ -9,9 +9,10 @@ base never saw keep their fresh initialisation, as a cold start would give them;
 base ids the new vocabulary lacks are left behind. Each field's out-of-vocabulary
 bucket carries over as well: it is what the base served for any id it did not
 know, and still means that. (Genres' padding, -1, is masked, never a row.) Every
-other variable (the DNN, biases, the rating head, projections) is copied as it
-is when the base has one at the same place with the same shape; anything else
-stays fresh and is reported by name.
+other variable (the DNN, the global bias, the rating head, the towers'
+projections) is copied as it is when the base has one at the same place with the
+same shape; anything else stays fresh and is reported by name. The optimizer is
+not carried: its moments belong to steps on another span's data.
 
 Where things are found in the base model, the SavedModel its Trainer exported
 (`fn_args.base_model`):
@@ -73,9 +74,8 @@ def warm_start(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput
   """Sets `model`'s weights from the base SavedModel at `base_model_dir`.
 
   `model` is freshly built, and called once so that its variables exist, on the
-  vocabularies of `tf_transform_output` (the new span's Transform graph). Call it
-  before compiling: the optimizer starts afresh, as its state belongs to steps on
-  another span's data.
+  vocabularies of `tf_transform_output` (the new span's Transform graph), and not
+  yet compiled. Returns what was carried over, and prints it as a progress line.
   """
   started = time.perf_counter()
   if not model.variables:
