@@ -142,7 +142,7 @@ bench-deepctr: $(STAMP) | $(UV)
 bench-warm-start: $(STAMP)
 	$(VENV)/bin/python bench/warm_start.py --data-dir $(MOVIELENS_100K) --seeds $(WARM_START_SEEDS) \
 	  --output bench/results/warm_start.json
-WARM_START_SEEDS ?= 42
+WARM_START_SEEDS ?= 42,1,2
 
 clean:
 	rm -rf $(VENV) .tools
