@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Iterator
+from typing import Iterator, List, Tuple
 
 from common import progress
 from components.movielens_example_gen import parsing
@@ -98,16 +98,18 @@ def run(config: configs.PipelineConfig, verbose: bool = False):
     return _run_locked(config, verbose)
 
 
-def _ingest_earlier_spans(config: configs.PipelineConfig, tfx, pipeline_dsl
-                          ) -> configs.PipelineConfig:
-  """Continuous training: the run's span found, the spans of its window ingested.
+def _plan_spans(config: configs.PipelineConfig
+                ) -> Tuple[configs.PipelineConfig, List[configs.PipelineConfig]]:
+  """Continuous training: the run's span, and the ingestions its window needs first.
 
-  Each earlier span is ingested by a run of its own (ingestion and statistics
-  only, under the whole pipeline's node ids), so that the whole run's rolling
-  range finds it in ML Metadata; a span ingested before is a cache hit, never read
-  again. Empty spans are reported and skipped. Returns the whole run's settings:
-  its span by number, and `until` only where it ends that span early (a complete
-  span's ingestion does not depend on it, so later runs find it in the cache).
+  One pass over the ratings' timestamps finds the spans. Each span of the window
+  is ingested by a run of its own (ingestion and statistics only, under the whole
+  pipeline's node ids), so that the whole run's rolling range finds it in ML
+  Metadata; a span ingested before is a cache hit, never read again. Empty spans
+  are reported and skipped. Returns the whole run's settings (its span by number,
+  and `until` only where it ends that span early: a complete span's ingestion does
+  not depend on it, so later runs find it in the cache) and those of each
+  ingestion, oldest span first.
   """
   source = sources.resolve(config.dataset, config.data_dir, config.download_dir)
   layout = parsing.LAYOUTS[config.dataset]
@@ -125,23 +127,22 @@ def _ingest_earlier_spans(config: configs.PipelineConfig, tfx, pipeline_dsl
   earlier = [n for n in plan.with_ratings if n < span.number]
   if config.window_spans:
     earlier = earlier[-config.window_spans:]
-  empty = [n for n, count in plan.counts.items()
-           if not count and earlier and earlier[0] < n < span.number]
-  progress.report("spans", f"this run: {span.describe()}, {plan.counts[span.number]:,} "
-                  f"ratings; it learns from {len(earlier)} span(s) before it"
-                  + (f" ({len(empty)} empty span(s) skipped: {empty})" if empty else ""))
   if not earlier:
     raise parsing.MovieLensDataError(
         f"{shards[0].path}: {span.describe()} has no span with ratings before it to "
         "learn from; start at a later span")
-  for position, number in enumerate(earlier, 1):
-    progress.report("spans", f"ingesting {position}/{len(earlier)}: "
-                    f"{plan.cutter.span(number).describe()}")
-    tfx.orchestration.LocalDagRunner().run(pipeline_dsl.create_pipeline(
-        dataclasses.replace(config, span=number, until=None), ingestion_only=True))
-  return dataclasses.replace(
+  empty = [n for n, count in plan.counts.items()
+           if not count and earlier[0] < n < span.number]
+  progress.report("spans", f"this run: {span.describe()}, {plan.counts[span.number]:,} "
+                  f"ratings; it learns from {len(earlier)} span(s) before it, "
+                  f"{plan.cutter.span(earlier[0]).first_day} to "
+                  f"{plan.cutter.span(earlier[-1]).last_day}"
+                  + (f" (empty, skipped: span {', '.join(map(str, empty))})" if empty else ""))
+  run_config = dataclasses.replace(
       config, span=span.number,
       until=config.until if until is not None and until < span.end else None)
+  ingestions = [dataclasses.replace(config, span=number, until=None) for number in earlier]
+  return run_config, ingestions
 
 
 def _run_locked(config: configs.PipelineConfig, verbose: bool):
@@ -152,8 +153,9 @@ def _run_locked(config: configs.PipelineConfig, verbose: bool):
   from pipeline import console  # pylint: disable=g-import-not-at-top
   from pipeline import pipeline as pipeline_dsl  # pylint: disable=g-import-not-at-top
   from pipeline import run_state  # pylint: disable=g-import-not-at-top
+  ingestions = []
   if config.spans_enabled:
-    config = _ingest_earlier_spans(config, tfx, pipeline_dsl)
+    config, ingestions = _plan_spans(config)
   tfx_pipeline = pipeline_dsl.create_pipeline(config)
   node_ids = [c.id for c in tfx_pipeline.components]
   interrupted = run_state.cancel_interrupted_executions(config)
@@ -173,6 +175,11 @@ def _run_locked(config: configs.PipelineConfig, verbose: bool):
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="tensorflow_model_analysis")
     try:
+      for position, ingestion in enumerate(ingestions, 1):
+        progress.report("spans", f"ingesting span {ingestion.span} ({position} of "
+                        f"{len(ingestions)}), unless an earlier run did")
+        tfx.orchestration.LocalDagRunner().run(
+            pipeline_dsl.create_pipeline(ingestion, ingestion_only=True))
       tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
     except KeyboardInterrupt:
       # Ctrl-C: record the stopped execution as CANCELED at once, then stop.

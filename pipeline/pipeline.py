@@ -162,13 +162,25 @@ def create_components(config: configs.PipelineConfig,
     transform.add_upstream_node(drift_validator)
 
   # The three models, trained from the same examples through the same Transform graph.
-  trainers = {model: _trainer(model, run_fn, learned_from, transform, schema_gen, config)
+  # The latest blessed model of each like model: the baseline its successor is
+  # judged against and, with spans, the model its successor starts from.
+  latest = {model: _latest_blessed(model) for model in LIKE_MODELS}
+  base_models = {}
+  if config.spans_enabled:
+    base_models = {model: latest[model].outputs["model"] for model in LIKE_MODELS}
+    # Retrieval has no blessing of its own (the recommender it feeds has): its
+    # successor starts from the latest one trained.
+    base_models["retrieval"] = canned_resolver_functions.latest_created(
+        tfx.dsl.Channel(type=standard_artifacts.Model,
+                        producer_component_id=trainer_id("retrieval"), output_key="model"))
+  trainers = {model: _trainer(model, run_fn, learned_from, transform, schema_gen, config,
+                              base_models.get(model))
               for model, run_fn in MODELS.items()}
 
   # Each like model judged on the test split (TFMA), blessed or not, and pushed if blessed.
-  judged = {model: _evaluate_and_push(model, trainers[model], newest, config)
+  judged = {model: _evaluate_and_push(model, trainers[model], latest[model], newest, config)
             for model in LIKE_MODELS}
-  evaluators = {model: nodes[1] for model, nodes in judged.items()}
+  evaluators = {model: nodes[0] for model, nodes in judged.items()}
 
   # The served recommender: retrieval's candidates, the rated ones dropped, ranked
   # by engagement and DeepFM's like probability; built once as evaluated (excluding
@@ -224,18 +236,21 @@ def create_components(config: configs.PipelineConfig,
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           *([drift_validator] if drift_validator is not None else []),
-          transform, *trainers.values(),
+          *latest.values(), transform, *trainers.values(),
           *[node for nodes in judged.values() for node in nodes], recommender_builder,
           latest_blessed_recommender, ranking_evaluator, recommender_pusher, model_report]
 
 
 
 def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
-             config: configs.PipelineConfig) -> tfx.components.Trainer:
-  """A Trainer for `model` with its hyperparameter preset, the run's seed and distribution."""
+             config: configs.PipelineConfig, base_model=None) -> tfx.components.Trainer:
+  """A Trainer for `model` with its hyperparameter preset, the run's seed and
+  distribution; with `base_model` (a resolved channel), it starts from that model's
+  weights (trainer/run.py, models/warm_start.py)."""
   return tfx.components.Trainer(
       run_fn=run_fn,
       examples=examples,
+      base_model=base_model,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       train_args=tfx.proto.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
@@ -246,11 +261,9 @@ def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
   ).with_id(trainer_id(model))
 
 
-def _evaluate_and_push(model: str, trainer, examples,
-                       config: configs.PipelineConfig) -> List[base_node.BaseNode]:
-  """Resolver, Evaluator and Pusher of one model."""
-  # The latest blessed model of the same kind, the baseline of the change threshold.
-  latest_blessed = tfx.dsl.Resolver(
+def _latest_blessed(model: str) -> tfx.dsl.Resolver:
+  """The latest model of `model`'s kind that its Evaluator blessed."""
+  return tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
       model=tfx.dsl.Channel(type=standard_artifacts.Model,
                             producer_component_id=trainer_id(model),
@@ -260,6 +273,11 @@ def _evaluate_and_push(model: str, trainer, examples,
                                      output_key="blessing"),
   ).with_id(f"LatestBlessed.{model}")
 
+
+def _evaluate_and_push(model: str, trainer, latest_blessed, examples,
+                       config: configs.PipelineConfig) -> List[base_node.BaseNode]:
+  """Evaluator and Pusher of one model; `latest_blessed` is the change threshold's
+  baseline."""
   evaluator = tfx.components.Evaluator(
       examples=examples,
       model=trainer.outputs["model"],
@@ -270,7 +288,7 @@ def _evaluate_and_push(model: str, trainer, examples,
       eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(evaluator_id(model))
 
-  return [latest_blessed, evaluator,
+  return [evaluator,
           _pusher(model, trainer.outputs["model"], evaluator.outputs["blessing"], config)]
 
 

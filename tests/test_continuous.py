@@ -24,8 +24,8 @@ pytestmark = pytest.mark.e2e
 SPAN_MONTHS = 12
 
 
-def _spans_read_by(config, node: str):
-  """Per execution of `node` (oldest first): the spans of the Examples it read."""
+def _executions(config, node: str):
+  """Per execution of `node` (oldest first): (the artifacts it read, those it wrote)."""
   with metadata.Metadata(metadata.sqlite_metadata_connection_config(
       config.metadata_path)) as m:
     store = m.store
@@ -33,13 +33,31 @@ def _spans_read_by(config, node: str):
     for execution in sorted(store.get_executions(), key=lambda e: e.id):
       if run_store.execution_node_ids(store, execution.id) != [node]:
         continue
-      read = [e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
-              if e.type == metadata_store_pb2.Event.INPUT]
-      examples_type = store.get_artifact_type("Examples").id
-      runs.append(sorted(a.properties["span"].int_value
-                         for a in store.get_artifacts_by_id(read)
-                         if a.type_id == examples_type))
+      events = store.get_events_by_execution_ids([execution.id])
+      read, wrote = ([store.get_artifacts_by_id([e.artifact_id])[0] for e in events
+                      if e.type == kind]
+                     for kind in (metadata_store_pb2.Event.INPUT,
+                                  metadata_store_pb2.Event.OUTPUT))
+      type_names = {t.id: t.name for t in store.get_artifact_types()}
+      runs.append(([(type_names[a.type_id], a) for a in read],
+                   [(type_names[a.type_id], a) for a in wrote]))
     return runs
+
+
+def _spans_read_by(config, node: str):
+  """Per execution of `node` (oldest first): the spans of the Examples it read."""
+  return [sorted(a.properties["span"].int_value for kind, a in read if kind == "Examples")
+          for read, _ in _executions(config, node)]
+
+
+def _first_blessings(config):
+  """Whether each like model's Evaluator blessed the first model it judged."""
+  blessings = {}
+  for model in ("cf", "deepfm"):
+    _, wrote = _executions(config, f"Evaluator.{model}")[0]
+    (blessing,) = [a for kind, a in wrote if kind == "ModelBlessing"]
+    blessings[model] = bool(blessing.custom_properties["blessed"].int_value)
+  return blessings
 
 
 def _examples_by_span(config):
@@ -73,7 +91,7 @@ def test_a_run_learns_from_the_spans_before_its_own_and_is_judged_on_it(span_run
       "done"}, first.table()
   # Spans 0 and 1 were ingested by runs of their own, and found there by the
   # rolling range: Transform and the Trainers read them, the judges span 2. (Each
-  # node ran twice: once, and cached in the second run, on the same inputs.)
+  # node ran twice: the second run is below.)
   assert _spans_read_by(config, "Trainer.deepfm") == [[0, 1]] * 2
   assert _spans_read_by(config, "Trainer.retrieval") == [[0, 1]] * 2
   assert _spans_read_by(config, "Transform") == [[0, 1]] * 2
@@ -89,14 +107,22 @@ def test_a_run_learns_from_the_spans_before_its_own_and_is_judged_on_it(span_run
   assert not any(d["drifted"] for d in report["features"].values()), report
 
 
-def test_a_span_is_ingested_once_and_its_artifact_says_which(span_runs):
+def test_a_span_is_ingested_once_and_a_rerun_starts_from_the_last_models(span_runs):
   config, _, again = span_runs
-  # The second run found every span, and what was learned from them, in the cache
-  # (the judges ran again: they now have the first run's blessed models to beat).
+  # The second run read the spans, their statistics and the Transform graph from
+  # the cache; its Trainers started from the first run's models (warm start).
   states = {c.node_id: c.state for c in again.components}
-  for node in ("MovieLensExampleGen", "StatisticsGen", "Transform", "Trainer.cf",
-               "Trainer.deepfm", "Trainer.retrieval", "RecommenderBuilder"):
+  for node in ("MovieLensExampleGen", "StatisticsGen", "Transform"):
     assert states[node] == "cached", again.table()
+  # A like model starts from the latest *blessed* one of its kind; retrieval, which
+  # has no blessing of its own, from the latest one.
+  blessed = {**_first_blessings(config), "retrieval": True}
+  for model, was_blessed in blessed.items():
+    (first_read, first_wrote), (second_read, _) = _executions(config, f"Trainer.{model}")
+    assert not [a for kind, a in first_read if kind == "Model"]  # nothing to start from
+    first_model = [a.id for kind, a in first_wrote if kind == "Model"]
+    assert [a.id for kind, a in second_read if kind == "Model"] == (
+        first_model if was_blessed else []), model
   by_span = _examples_by_span(config)
   assert {span: len(artifacts) for span, artifacts in by_span.items()} == {0: 1, 1: 1, 2: 1}
   span_one = by_span[1][0]
