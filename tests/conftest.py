@@ -36,6 +36,9 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
 SHARED_RUN_GROUP = "finished_run"
 
 
+# First: xdist reads the groups in its own hook, which a worker registers after
+# this file is loaded (and so would run before this one).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
   for item in items:
     if SLOW_FIXTURES.intersection(item.fixturenames):
