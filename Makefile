@@ -13,10 +13,9 @@ DATASET ?= 1m
 DATA_DIR ?=
 OUTPUT_DIR ?=
 PYTEST_ARGS ?=
-# make test runs the suite in this many processes, one group of tests per process at
-# a time (pytest-xdist --dist loadgroup; the groups: tests/conftest.py): most of a
-# test's time is single-threaded (Beam's in-process runner, imports), so two
-# processes use two cores.
+# make test runs the suite in this many processes, one test module per process at a
+# time (pytest-xdist --dist loadfile): most of a test's time is single-threaded
+# (Beam's in-process runner, imports), so two processes use two cores.
 TEST_WORKERS ?= 2
 
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
@@ -28,7 +27,7 @@ run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
 
 test: $(STAMP) browser lint
-	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Imports run down the layers of docs/architecture.md (.importlinter), and ruff is clean.
 lint: $(STAMP)
