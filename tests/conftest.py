@@ -30,23 +30,10 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
                            "recommenders", "both_evaluations"})
 
 
-# `make test` schedules tests by group (pytest-xdist --dist loadgroup): each
-# module's tests run in one worker, as they share module fixtures, except that
-# every test reading `finished_run` joins one group, so that the run is built once.
-SHARED_RUN_GROUP = "finished_run"
-
-
-# First: xdist reads the groups in its own hook, which a worker registers after
-# this file is loaded (and so would run before this one).
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
   for item in items:
     if SLOW_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.slow)
-    if not item.get_closest_marker("xdist_group"):
-      group = (SHARED_RUN_GROUP if "finished_run" in item.fixturenames
-               else item.module.__name__)
-      item.add_marker(pytest.mark.xdist_group(group))
 
 
 def requires(path: pathlib.Path):
@@ -60,6 +47,31 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def ingest(data_dir: str, output_uri: str, **exec_properties):
+  """MovieLensExampleGen's executor as TFX runs it, Beam in this process: the
+  Examples artifact it wrote into `output_uri` (a 100K-layout release).
+
+  `exec_properties` add to or replace the defaults (random split, seed 42).
+  """
+  # pylint: disable=g-import-not-at-top
+  from tfx.dsl.components.base import base_beam_executor
+  from tfx.types import standard_artifacts
+  from tfx.utils import proto_utils
+
+  from components.movielens_example_gen import component
+  from components.movielens_example_gen import executor
+  # pylint: enable=g-import-not-at-top
+  examples = standard_artifacts.Examples()
+  examples.uri = output_uri
+  context = base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+  executor.Executor(context).Do({}, {executor.EXAMPLES_KEY: [examples]}, {
+      "dataset": "100k", "data_dir": data_dir, "seed": 42, "lines_per_shard": 700,
+      "output_config": proto_utils.proto_to_json(component.default_output_config()),
+      "split": "random", **exec_properties})
+  return examples
 
 
 def cli_error(capsys, *argv: str) -> str:

@@ -8,16 +8,13 @@ import uuid
 
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
-from tfx.utils import proto_utils
 
-from components.movielens_example_gen import component
-from components.movielens_example_gen import executor
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
 from models import features
+from tests.conftest import ingest
 
 
 @pytest.fixture
@@ -158,19 +155,6 @@ def test_a_local_folder_in_place_of_a_file_still_says_so(synthetic_1m, tmp_path)
   assert str(error.value) == f"{folder / 'movies.dat'}: cannot read the file (Is a directory)"
 
 
-def _run_executor(data_dir: str, output_uri: str) -> standard_artifacts.Examples:
-  """MovieLensExampleGen's executor as TFX runs it, Beam in this process."""
-  examples = standard_artifacts.Examples()
-  examples.uri = output_uri
-  context = base_beam_executor.BaseBeamExecutor.Context(
-      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-  executor.Executor(context).Do({}, {executor.EXAMPLES_KEY: [examples]}, {
-      "dataset": "100k", "data_dir": data_dir, "seed": 42, "lines_per_shard": 700,
-      "output_config": proto_utils.proto_to_json(component.default_output_config()),
-      "split": "random"})
-  return examples
-
-
 def _records(examples: standard_artifacts.Examples):
   """Every output file's examples in order, by (split, file name).
 
@@ -190,8 +174,8 @@ def _records(examples: standard_artifacts.Examples):
 def test_the_executor_writes_the_same_examples_from_storage(synthetic_100k, bucket,
                                                             tmp_path):
   remote = _copy_release(synthetic_100k.folder, f"{bucket}/ml-100k")
-  from_disk = _run_executor(synthetic_100k.folder, str(tmp_path / "from-disk"))
-  from_storage = _run_executor(remote, str(tmp_path / "from-storage"))
+  from_disk = ingest(synthetic_100k.folder, str(tmp_path / "from-disk"))
+  from_storage = ingest(remote, str(tmp_path / "from-storage"))
   assert from_storage.get_string_custom_property("source") == (
       f"extracted files in {remote}")
   counts = from_storage.get_string_custom_property("split_counts")

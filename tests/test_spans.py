@@ -7,16 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
-from tfx.types import standard_artifacts
-from tfx.utils import proto_utils
 
 from components.movielens_example_gen import component
-from components.movielens_example_gen import executor
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import spans
 from models import features
+from tests.conftest import ingest
 
 
 def _seconds(day: str, time: str = "00:00:00") -> int:
@@ -93,19 +90,6 @@ def release_with_a_gap(synthetic_100k, tmp_path_factory):
   return str(folder), per_day
 
 
-def _ingest(data_dir: str, output_uri: str, **span_properties):
-  """MovieLensExampleGen's executor as TFX runs it, Beam in this process."""
-  examples = standard_artifacts.Examples()
-  examples.uri = output_uri
-  context = base_beam_executor.BaseBeamExecutor.Context(
-      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-  executor.Executor(context).Do({}, {executor.EXAMPLES_KEY: [examples]}, {
-      "dataset": "100k", "data_dir": data_dir, "seed": 42, "lines_per_shard": 700,
-      "output_config": proto_utils.proto_to_json(component.default_output_config()),
-      "split": span_properties.pop("split", "random"), **span_properties})
-  return examples
-
-
 def _timestamps(examples) -> np.ndarray:
   times = []
   for split in features.SPLIT_NAMES:
@@ -119,7 +103,7 @@ def _timestamps(examples) -> np.ndarray:
 @pytest.mark.slow  # Beam pipelines
 def test_a_run_ingests_one_span_and_numbers_it(release_with_a_gap, tmp_path):
   data_dir, per_day = release_with_a_gap
-  latest = _ingest(data_dir, str(tmp_path / "latest"), span_months=1, span=-1)
+  latest = ingest(data_dir, str(tmp_path / "latest"), span_months=1, span=-1)
   assert latest.span == 2  # March: January is span 0, the empty February span 1
   assert latest.get_string_custom_property("span_first_day") == "2001-03-01"
   assert latest.get_string_custom_property("span_last_day") == "2001-03-31"
@@ -131,7 +115,7 @@ def test_a_run_ingests_one_span_and_numbers_it(release_with_a_gap, tmp_path):
       len(times))
 
   # --until ends the data: the last span with ratings by then is January's.
-  january = _ingest(data_dir, str(tmp_path / "january"), span_months=1,
+  january = ingest(data_dir, str(tmp_path / "january"), span_months=1,
                     until="2001-02-20", split="temporal")
   assert january.span == 0
   assert january.get_string_custom_property("until") == "2001-02-20"
@@ -143,11 +127,11 @@ def test_an_empty_span_is_named_with_the_spans_that_hold_ratings(release_with_a_
                                                                   tmp_path):
   data_dir, _ = release_with_a_gap
   with pytest.raises(parsing.MovieLensDataError) as error:
-    _ingest(data_dir, str(tmp_path / "february"), span_months=1, span=1)
+    ingest(data_dir, str(tmp_path / "february"), span_months=1, span=1)
   assert str(error.value) == (
       f"{data_dir}/u.data: span 1 (2001-02-01 to 2001-02-28) holds no ratings; spans "
       "of 1 month with ratings: 0 to 2, 1 of them empty")
   with pytest.raises(parsing.MovieLensDataError, match="span 7 .* holds no ratings"):
-    _ingest(data_dir, str(tmp_path / "future"), span_months=1, span=7)
+    ingest(data_dir, str(tmp_path / "future"), span_months=1, span=7)
   # Nothing was written for either.
   assert not os.path.exists(tmp_path / "february" / "Split-train")
