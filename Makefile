@@ -13,8 +13,9 @@ DATASET ?= 1m
 DATA_DIR ?=
 OUTPUT_DIR ?=
 PYTEST_ARGS ?=
-# make test runs the suite in this many processes, one test module per process at a
-# time (pytest-xdist --dist loadfile): most of a test's time is single-threaded
+# make test runs the suite in this many processes, tests handed out one by one
+# (pytest-xdist --dist load: it balanced the long end-to-end tests better than one
+# module per process, docs/testing.md): most of a test's time is single-threaded
 # (Beam's in-process runner, imports), so two processes use two cores.
 TEST_WORKERS ?= 2
 
@@ -27,7 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
 
 test: $(STAMP) browser lint
-	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS)
 
 # Imports run down the layers of docs/architecture.md (.importlinter), and ruff is clean.
 lint: $(STAMP)
