@@ -9,7 +9,9 @@ is atomic on the local file system the serving folder is on; leftovers of a
 killed push are deleted by the next push.
 
 After a push it (re)writes `<serving-dir>/models.config`, listing every model
-folder for `tensorflow_model_server --model_config_file`. And TFX re-evaluates a
+folder for `tensorflow_model_server --model_config_file`, each served with its
+latest `SERVED_VERSIONS` versions, so that a client can roll back to the version
+before the newest by asking for it. And TFX re-evaluates a
 cached model once it has become its own baseline (the latest blessed model), and
 its Pusher would then copy the same SavedModel a second time under a new version
 number. This one compares SavedModel fingerprints (`fingerprint.pb`, written by
@@ -21,6 +23,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 from absl import logging
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 from tfx import types
 from tfx import v1 as tfx
 from tfx.components.pusher import executor as pusher_executor
@@ -67,14 +71,21 @@ MODELS_CONFIG_FILE = "models.config"
 CONTAINER_MODELS_DIR = "/models"
 
 
+# TF Serving keeps this many of a model's newest versions loaded (its version
+# policy); older ones stay on disk for the record.
+SERVED_VERSIONS = 2
+
+
 def models_config(serving_dir: str, base_dir: str = CONTAINER_MODELS_DIR) -> str:
   """TF Serving's model_config_list for every model folder in `serving_dir`."""
   names = sorted(name.rstrip("/") for name in fileio.listdir(serving_dir)
                  if fileio.isdir(os.path.join(serving_dir, name)))
-  entries = "".join(
-      f'  config {{\n    name: "{name}"\n    base_path: "{base_dir}/{name}"\n'
-      f'    model_platform: "tensorflow"\n  }}\n' for name in names)
-  return f"model_config_list {{\n{entries}}}\n"
+  config = model_server_config_pb2.ModelServerConfig()
+  for name in names:
+    entry = config.model_config_list.config.add(
+        name=name, base_path=f"{base_dir}/{name}", model_platform="tensorflow")
+    entry.model_version_policy.latest.num_versions = SERVED_VERSIONS
+  return text_format.MessageToString(config)
 
 
 def write_models_config(serving_dir: str) -> str:

@@ -306,14 +306,16 @@ def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
   """The serving folder as TF Serving reads it (the binary cannot be installed here)."""
   _, config, _ = finished_run
   serving = pathlib.Path(config.serving_dir)
+  policy = ("    model_version_policy {\n      latest {\n        num_versions: 2\n"
+            "      }\n    }\n")
   assert (serving / "models.config").read_text() == (
       'model_config_list {\n'
       '  config {\n    name: "cf"\n    base_path: "/models/cf"\n'
-      '    model_platform: "tensorflow"\n  }\n'
+      f'    model_platform: "tensorflow"\n{policy}  }}\n'
       '  config {\n    name: "deepfm"\n    base_path: "/models/deepfm"\n'
-      '    model_platform: "tensorflow"\n  }\n'
+      f'    model_platform: "tensorflow"\n{policy}  }}\n'
       '  config {\n    name: "recommender"\n    base_path: "/models/recommender"\n'
-      '    model_platform: "tensorflow"\n  }\n}\n')
+      f'    model_platform: "tensorflow"\n{policy}  }}\n}}\n')
   examples = _latest_examples(config)
   user = _read_split(examples, "test")[features.USER_ID][0].decode()
   first_file = tf.io.gfile.glob(os.path.join(

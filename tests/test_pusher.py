@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 import tensorflow as tf
@@ -121,3 +122,44 @@ def test_next_push_removes_what_a_killed_push_left(saved_model, tmp_path):
   pushed = _push(saved_model, serving, tmp_path)
   version = pushed.get_string_custom_property("pushed_version")
   assert sorted(os.listdir(serving / "cf")) == sorted([version, live.name])
+
+
+def _saved_model_scoring(tmp_path, scale: float) -> pathlib.Path:
+  """A model artifact folder whose SavedModel's `score` is `scale` (its own fingerprint)."""
+  model_uri = tmp_path / f"model-{scale:g}"
+  module = tf.Module()
+  module.scale = tf.Variable(scale)
+  module.score = tf.function(lambda: module.scale, input_signature=[])
+  tf.saved_model.save(module, str(model_uri / "Format-Serving"))
+  return model_uri
+
+
+def test_tf_serving_serves_the_latest_two_versions_so_a_client_can_roll_back(
+    tmp_path, monkeypatch):
+  from tests.tf_serving_double import ServingStatus  # pylint: disable=g-import-not-at-top
+  from tests.tf_serving_double import TFServingDouble  # pylint: disable=g-import-not-at-top
+  serving = tmp_path / "serving"
+  models = [_saved_model_scoring(tmp_path, scale) for scale in (1.0, 2.0, 3.0)]
+  # Versions are the push's Unix time; three pushes a minute apart.
+  clock = iter([1_000_000, 1_000_060, 1_000_120])
+  monkeypatch.setattr(pusher, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  for model in models:
+    _push(model, serving, tmp_path)
+  assert pusher.pushed_versions(str(serving / "cf")) == ["1000000", "1000060", "1000120"]
+
+  config = (serving / pusher.MODELS_CONFIG_FILE).read_text()
+  assert "num_versions: 2" in config and 'base_path: "/models/cf"' in config
+  # TF Serving as `--model_config_file` starts it, on the same policy (here the test
+  # double: the binary cannot be installed on these machines).
+  local_config = tmp_path / "local.config"
+  local_config.write_text(pusher.models_config(str(serving), base_dir=str(serving)))
+  with TFServingDouble(model_config_file=str(local_config)) as server:
+    assert [s["version"] for s in server.version_status("cf", None)[
+        "model_version_status"]] == ["1000120", "1000060"]
+    newest, model = server.servable("cf", None)
+    assert (newest, float(model.score())) == (1000120, 3.0)
+    _, previous = server.servable("cf", 1000060)  # the roll-back
+    assert float(previous.score()) == 2.0
+    with pytest.raises(ServingStatus, match=r"Specific\(cf, 1000000\)"):
+      server.servable("cf", 1000000)
+  assert pusher.pushed_versions(str(serving / "cf"))[0] == "1000000"  # kept on disk

@@ -7,7 +7,9 @@ gRPC APIs (https://www.tensorflow.org/tfx/serving/api_rest and the
 
 - The model base path layout: `<base>/<model_name>/<numeric version>/saved_model.pb`;
   every model under `<base>` is loaded at start (`tf.saved_model.load`), and
-  requests without a version go to the highest one.
+  requests without a version go to the highest one. Or, as with
+  `--model_config_file`, the models a models.config lists, each with the versions
+  its `model_version_policy` selects (TF Serving's default: the latest one).
 - REST (`http.server` on a free port): `POST /v1/models/<name>[/versions/N]:predict`
   with the row ("instances") or columnar ("inputs") format, answered with
   {"predictions": ...} or {"outputs": ...} as TF Serving shapes them (a bare
@@ -40,8 +42,10 @@ from typing import Any, Dict, Optional, Tuple
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_SIGNATURE = "serving_default"
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
@@ -71,10 +75,13 @@ _HTTP_STATUS = {
 
 
 class TFServingDouble:
-  """Serves every SavedModel under `base_path` over REST and gRPC, like TF Serving."""
+  """Serves every SavedModel under `base_path` over REST and gRPC, like TF Serving;
+  or those `model_config_file` lists (then `base_path` is ignored)."""
 
-  def __init__(self, base_path: str, host: str = "127.0.0.1"):
+  def __init__(self, base_path: str = "", host: str = "127.0.0.1",
+               model_config_file: Optional[str] = None):
     self.base_path = base_path
+    self.model_config_file = model_config_file
     self.host = host
     self._models: Dict[str, Dict[int, Any]] = {}
     self._http: Optional[http.server.ThreadingHTTPServer] = None
@@ -117,15 +124,31 @@ class TFServingDouble:
   def __exit__(self, *exc_info):
     self.stop()
 
+  def _model_folders(self) -> Dict[str, Tuple[str, Optional[int]]]:
+    """Model name -> (base path, how many of the latest versions to serve; None: all)."""
+    if self.model_config_file is None:
+      return {name: (os.path.join(self.base_path, name), None)
+              for name in sorted(os.listdir(self.base_path))
+              if os.path.isdir(os.path.join(self.base_path, name))}
+    with open(self.model_config_file) as f:
+      config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    folders = {}
+    for entry in config.model_config_list.config:
+      policy = entry.model_version_policy
+      if policy.WhichOneof("policy_choice") not in (None, "latest"):
+        raise NotImplementedError(f"{entry.name}: only the `latest` version policy")
+      folders[entry.name] = (entry.base_path, policy.latest.num_versions or 1)
+    return folders
+
   def _load_models(self) -> None:
-    for name in sorted(os.listdir(self.base_path)):
-      folder = os.path.join(self.base_path, name)
-      if not os.path.isdir(folder):
-        continue
-      versions = {int(v): os.path.join(folder, v) for v in os.listdir(folder)
-                  if v.isdigit() and os.path.isfile(os.path.join(folder, v, "saved_model.pb"))}
+    for name, (folder, latest) in self._model_folders().items():
+      versions = sorted(int(v) for v in os.listdir(folder) if v.isdigit() and
+                        os.path.isfile(os.path.join(folder, v, "saved_model.pb")))
+      if latest is not None:
+        versions = versions[-latest:]
       if versions:
-        self._models[name] = {v: tf.saved_model.load(path) for v, path in versions.items()}
+        self._models[name] = {v: tf.saved_model.load(os.path.join(folder, str(v)))
+                              for v in versions}
 
   # The request path shared by both protocols.
 
