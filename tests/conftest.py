@@ -1,12 +1,21 @@
 """Shared fixtures: synthetic MovieLens releases, the real files when present, and
 one finished end-to-end run that several test modules read."""
 import contextlib
+import fcntl
 import io
 import json
 import os
 import pathlib
+import pickle
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,6 +83,92 @@ def ingest(data_dir: str, output_uri: str, **exec_properties):
   return examples
 
 
+def _sigint_as_from_a_terminal() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class CliProcess:
+  """A `recsys COMMAND` process; its console lines are collected as they come."""
+
+  def __init__(self, command, args, log_path):
+    self.popen = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", command, *args], cwd=REPO,
+        # As from a user's shell: without the suite's TensorFlow log setting.
+        env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+             "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        # As from a terminal: a shell starts background jobs (a CI script run
+        # with `&`) with SIGINT ignored, and the run would inherit that.
+        preexec_fn=_sigint_as_from_a_terminal)
+    self.lines = []
+    self._reader = threading.Thread(target=self._read, args=(log_path,), daemon=True)
+    self._reader.start()
+
+  def _read(self, log_path):
+    with open(log_path, "w", encoding="utf-8") as log:
+      for line in self.popen.stdout:
+        self.lines.append(line)
+        log.write(line)
+        log.flush()
+
+  @property
+  def output(self) -> str:
+    return "".join(self.lines)
+
+  def wait_for(self, pattern, timeout=300, since=0):
+    """The first console line matching `pattern` (from line `since` on); fails if the
+    run ends first."""
+    return self._wait(pattern, lambda: self.lines[since:], timeout)
+
+  def wait_for_log(self, pattern, timeout=300):
+    """The first line of the run's log file (named on its console) matching `pattern`."""
+    log_file = pathlib.Path(re.search(r"logs in (\S+)$", self.wait_for(r"logs in \S+$"),
+                                      re.MULTILINE).group(1))
+
+    def lines():
+      return log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+
+    return self._wait(pattern, lines, timeout)
+
+  def _wait(self, pattern, lines, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+      for line in lines():
+        if re.search(pattern, line):
+          return line
+      if self.popen.poll() is not None and not self._reader.is_alive():
+        raise AssertionError(f"the run ended (exit {self.popen.returncode}) before "
+                             f"{pattern!r}:\n{self.output[-3000:]}")
+      if time.monotonic() > deadline:
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-3000:]}")
+      time.sleep(0.2)
+
+  def finish(self, timeout=600) -> int:
+    returncode = self.popen.wait(timeout=timeout)
+    self._reader.join(timeout=30)
+    return returncode
+
+  def kill(self, signum) -> int:
+    self.popen.send_signal(signum)
+    return self.finish(timeout=120)
+
+
+@pytest.fixture
+def start_cli():
+  """Starts `recsys` processes: start_cli(command, args, log_path) -> CliProcess.
+  Kills those a failed test leaves behind."""
+  started = []
+
+  def start(command, args, log_path):
+    started.append(CliProcess(command, args, log_path))
+    return started[-1]
+
+  yield start
+  for process in started:
+    if process.popen.poll() is None:
+      process.kill(signal.SIGKILL)
+
+
 def cli_error(capsys, *argv: str) -> str:
   """The one `error:` line `recsys ARGV` prints as it fails (exit 1, no traceback)."""
   from pipeline import cli  # pylint: disable=g-import-not-at-top
@@ -83,6 +178,30 @@ def cli_error(capsys, *argv: str) -> str:
   lines = captured.err.strip().splitlines()
   assert len(lines) == 1, captured.err
   return lines[0]
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[pathlib.Path], Any]) -> Any:
+  """`build(folder)`'s result, built once per test session however many
+  pytest-xdist processes ask for it (as pytest-xdist's docs advise for costly
+  session fixtures).
+
+  The first process to ask builds it in a folder all of the session's processes
+  share; the others wait for it (a file lock) and load the result it left
+  (pickled). A build that failed is tried again by the next process that asks.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's folder, above each process's own
+  folder, result = root / f"built-once-{name}", root / f"built-once-{name}.pickle"
+  with open(root / f"built-once-{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if result.exists():
+      return pickle.loads(result.read_bytes())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    value = build(folder)
+    result.write_bytes(pickle.dumps(value))
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -100,12 +219,17 @@ def synthetic_100k(tmp_path_factory) -> synthetic.SyntheticRelease:
 
 
 @pytest.fixture(scope="session")
-def transformed_1m(synthetic_1m):
+def transformed_1m(synthetic_1m, tmp_path_factory):
   """The synthetic 1M-layout release after the project's tf.Transform preprocessing."""
   from components.movielens_example_gen import parsing  # pylint: disable=g-import-not-at-top
   from tests import transform_fixture  # pylint: disable=g-import-not-at-top
-  table = parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"])
-  return transform_fixture.run_transform(transform_fixture.rows_from_table(table))
+
+  def build(folder):
+    table = parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"])
+    return transform_fixture.run_transform(transform_fixture.rows_from_table(table),
+                                           str(folder))
+
+  return built_once(tmp_path_factory, "transformed_1m", build)
 
 
 def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> None:
@@ -144,10 +268,12 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
   """A TF Serving model base path: <base>/cf/1, <base>/deepfm/1 and
   <base>/retrieval/1, the project's models trained briefly on the synthetic 1M
   release, with every signature."""
-  base = tmp_path_factory.mktemp("exported")
-  for model_name in ("cf", "deepfm", "retrieval"):
-    _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
-  return base
+  def build(base):
+    for model_name in ("cf", "deepfm", "retrieval"):
+      _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
+    return base
+
+  return built_once(tmp_path_factory, "exported_models", build)
 
 
 # End-to-end runs: one Beam worker thread (reproducible, light on 2 cores), a few
@@ -185,17 +311,23 @@ def finished_run(tmp_path_factory):
   its own, whatever else the machine does meanwhile.
   """
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("synthetic-run")
-  release = synthetic.write_release(str(root / "data"), **E2E_RELEASE)
-  config = pipeline_config(root / "data", root / "run", overrides=BRIEF_TRAINING)
-  config.auc_floor = E2E_AUC_FLOOR
-  console = io.StringIO()
-  private_tmp = root / "tmp"
-  private_tmp.mkdir()
-  with local_runner.temporary_folder(str(private_tmp)), contextlib.redirect_stderr(console):
-    summary = local_runner.run(config)
-  RUN_CONSOLE[config.output_dir] = console.getvalue()
-  RUN_TEMPORARY_FILES[config.output_dir] = sorted(os.listdir(private_tmp))
+
+  def build(root):
+    release = synthetic.write_release(str(root / "data"), **E2E_RELEASE)
+    config = pipeline_config(root / "data", root / "run", overrides=BRIEF_TRAINING)
+    config.auc_floor = E2E_AUC_FLOOR
+    console = io.StringIO()
+    private_tmp = root / "tmp"
+    private_tmp.mkdir()
+    with local_runner.temporary_folder(str(private_tmp)), \
+        contextlib.redirect_stderr(console):
+      summary = local_runner.run(config)
+    return release, config, summary, console.getvalue(), sorted(os.listdir(private_tmp))
+
+  release, config, summary, console, left = built_once(tmp_path_factory, "finished_run",
+                                                       build)
+  RUN_CONSOLE[config.output_dir] = console
+  RUN_TEMPORARY_FILES[config.output_dir] = left
   return release, config, summary
 
 

@@ -1,19 +1,16 @@
 """Interrupted, concurrent and impossible runs.
 
-The end-to-end test drives real `recsys run` processes on a small synthetic
-release: it kills them (SIGKILL during Transform, SIGINT during a Trainer,
-SIGKILL during the Pusher), starts a second run beside the first, reruns to the
-end, and compares the result with `finished_run`, the uninterrupted run of the
-same data and settings.
+The end-to-end test drives real `recsys run` processes (conftest's `start_cli`) on
+a small synthetic release: it kills them (SIGKILL during Transform, SIGINT during a
+Trainer, SIGKILL during the Pusher), starts a second run beside the first, reruns
+to the end, and compares the result with `finished_run`, the uninterrupted run of
+the same data and settings.
 """
 import json
 import os
 import pathlib
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
@@ -28,7 +25,6 @@ from testing import synthetic
 from tests.conftest import BRIEF_TRAINING
 from tests.conftest import E2E_AUC_FLOOR
 from tests.conftest import E2E_RELEASE
-from tests.conftest import REPO
 from tests.conftest import first_report
 from tests.conftest import pipeline_config
 
@@ -41,75 +37,6 @@ def _cli_run_args(data_dir, output_dir):
     for name, value in overrides.items():
       args += ["--set", f"{model}.{name}={value}"]
   return args
-
-
-def _sigint_as_from_a_terminal() -> None:
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class _Run:
-  """A `recsys run` process; its console lines are collected as they come."""
-
-  def __init__(self, args, log_path):
-    self.popen = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", *args], cwd=REPO,
-        # As from a user's shell: without the suite's TensorFlow log setting.
-        env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
-             "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        # As from a terminal: a shell starts background jobs (a CI script run
-        # with `&`) with SIGINT ignored, and the run would inherit that.
-        preexec_fn=_sigint_as_from_a_terminal)
-    self.lines = []
-    self._reader = threading.Thread(target=self._read, args=(log_path,), daemon=True)
-    self._reader.start()
-
-  def _read(self, log_path):
-    with open(log_path, "w", encoding="utf-8") as log:
-      for line in self.popen.stdout:
-        self.lines.append(line)
-        log.write(line)
-        log.flush()
-
-  @property
-  def output(self) -> str:
-    return "".join(self.lines)
-
-  def wait_for(self, pattern, timeout=300):
-    """The first console line matching `pattern`; fails if the run ends first."""
-    return self._wait(pattern, lambda: list(self.lines), timeout)
-
-  def wait_for_log(self, pattern, timeout=300):
-    """The first line of the run's log file (named on its console) matching `pattern`."""
-    log_file = pathlib.Path(re.search(r"logs in (\S+)$", self.wait_for(r"logs in \S+$"),
-                                      re.MULTILINE).group(1))
-
-    def lines():
-      return log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
-
-    return self._wait(pattern, lines, timeout)
-
-  def _wait(self, pattern, lines, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-      for line in lines():
-        if re.search(pattern, line):
-          return line
-      if self.popen.poll() is not None and not self._reader.is_alive():
-        raise AssertionError(f"the run ended (exit {self.popen.returncode}) before "
-                             f"{pattern!r}:\n{self.output[-3000:]}")
-      if time.monotonic() > deadline:
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-3000:]}")
-      time.sleep(0.2)
-
-  def finish(self, timeout=600) -> int:
-    returncode = self.popen.wait(timeout=timeout)
-    self._reader.join(timeout=30)
-    return returncode
-
-  def kill(self, signum) -> int:
-    self.popen.send_signal(signum)
-    return self.finish(timeout=120)
 
 
 def _states(config):
@@ -158,23 +85,8 @@ def _trainer_model_dir(config, model) -> pathlib.Path:
 _UPSTREAM = ["MovieLensExampleGen", "StatisticsGen", "ExampleValidator", "AnomaliesGate"]
 
 
-@pytest.fixture
-def start_run():
-  """Starts `recsys run` processes; kills those a failed test leaves behind."""
-  started = []
-
-  def start(args, log_path):
-    started.append(_Run(args, log_path))
-    return started[-1]
-
-  yield start
-  for run in started:
-    if run.popen.poll() is None:
-      run.kill(signal.SIGKILL)
-
-
 @pytest.mark.e2e
-def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run, tmp_path):
+def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_cli, tmp_path):
   # The same release as finished_run's, written afresh (its own may be edited later).
   synthetic.write_release(str(tmp_path / "data"), **E2E_RELEASE)
   config = pipeline_config(tmp_path / "data", tmp_path / "run")
@@ -182,13 +94,13 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
 
   # 1. A second run on the same folder is refused while the first runs; SIGKILL
   #    the first during Transform.
-  first = start_run(args, tmp_path / "run-1.log")
+  first = start_cli("run", args, tmp_path / "run-1.log")
   first.wait_for(r"stage \d+/\d+: MovieLensExampleGen running")
   # Paused (SIGSTOP) while the second run starts and is refused, so that the first
   # is still before Transform afterwards however long the second takes to start.
   first.popen.send_signal(signal.SIGSTOP)
   try:
-    second = start_run(args, tmp_path / "run-concurrent.log")
+    second = start_cli("run", args, tmp_path / "run-concurrent.log")
     assert second.finish(timeout=300) == 1
   finally:
     first.popen.send_signal(signal.SIGCONT)
@@ -215,7 +127,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
   #    again. SIGINT (Ctrl-C) during the CF Trainer, which trains long enough here
   #    for the signal to land in `fit` (6 epochs of the small set take about a
   #    second once the first is traced); the canceled Trainer is never reused.
-  second = start_run(args + ["--set", "cf.epochs=2000", "--set", "cf.early_stopping_patience=0"],
+  second = start_cli("run", args + ["--set", "cf.epochs=2000",
+                                    "--set", "cf.early_stopping_patience=0"],
                      tmp_path / "run-2.log")
   second.wait_for(r"an earlier run was interrupted in Transform; resuming")
   second.wait_for(r"train cf: epoch 1/")
@@ -231,7 +144,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
 
   # 3. Rerun; SIGKILL the CF Pusher in the middle of copying the model. A FIFO in
   #    the trained model's folder holds the copy there (reading it blocks).
-  third = start_run(args, tmp_path / "run-3.log")
+  third = start_cli("run", args, tmp_path / "run-3.log")
   third.wait_for(r"Trainer\.cf done")
   hold = _trainer_model_dir(config, "cf") / "hold-the-copy"
   os.mkfifo(hold)
@@ -253,7 +166,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_run,
 
   # 4. Rerun to the end: everything trained comes from the cache, the stale
   #    temporary folder is gone, and the result is the uninterrupted run's.
-  fourth = start_run(args, tmp_path / "run-4.log")
+  fourth = start_cli("run", args, tmp_path / "run-4.log")
   assert fourth.finish() == 0, fourth.output[-3000:]
   # Until the run's summary, the console is our progress lines only: TFX's, Beam's
   # and TensorFlow's logs and warnings, Python's and C++'s, went to the log file.

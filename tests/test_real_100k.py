@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pyarrow.compute as pc
+import pytest
 
 from components import model_report
 from components.movielens_example_gen import parsing
@@ -18,10 +19,15 @@ from tests.test_pipeline import _latest_examples
 from tests.test_pipeline import _read_split
 from tests.test_pipeline import _states
 
+pytestmark = pytest.mark.e2e
+
 
 @requires(REAL_100K)
 def test_real_100k_ingestion(tmp_path):
-  config = pipeline_config(REAL_100K, tmp_path / "run", dataset="100k")
+  # The tuned settings, but one pair of retrieval towers: this checks the data and
+  # the quality gates on real users; the ensemble is test_models.py's subject.
+  config = pipeline_config(REAL_100K, tmp_path / "run", dataset="100k",
+                           overrides={"retrieval": {"towers": 1}})
   summary = local_runner.run(config)
   assert set(_states(summary).values()) == {"done"}
   everything = model_report.load(os.path.dirname(summary.report_path))

@@ -2,7 +2,7 @@
 import dataclasses
 import os
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -44,11 +44,13 @@ def to_tf_example(row: Dict[str, list]) -> bytes:
       feature={k: feature(v) for k, v in row.items()})).SerializeToString()
 
 
-def run_transform(rows: List[Dict[str, list]]) -> Transformed:
-  """Analyzes and transforms `rows` (instance dicts of raw features)."""
+def run_transform(rows: List[Dict[str, list]], output_dir: Optional[str] = None
+                  ) -> Transformed:
+  """Analyzes and transforms `rows` (instance dicts of raw features); the transform
+  graph goes to `output_dir` (default: a new temporary folder)."""
   spec = raw_feature_spec(without=[k for k in raw_feature_spec() if k not in rows[0]])
   metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-  output_dir = tempfile.mkdtemp(prefix="transform_fn_")
+  output_dir = output_dir or tempfile.mkdtemp(prefix="transform_fn_")
   with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
     (transformed, _), transform_fn = (
         (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
