@@ -98,6 +98,27 @@ def run(config: configs.PipelineConfig, verbose: bool = False):
     return _run_locked(config, verbose)
 
 
+def span_plan(config: configs.PipelineConfig) -> Tuple[str, spans.SpanPlan]:
+  """The ratings file and its spans of the configured length, up to `config.until`
+  (one pass over the ratings' timestamps)."""
+  source = sources.resolve(config.dataset, config.data_dir, config.download_dir)
+  layout = parsing.LAYOUTS[config.dataset]
+  shards = parsing.plan_ratings_shards(f"{source.folder}/{layout.ratings_file}",
+                                       _LINES_PER_SHARD)
+  keys = parsing.read_rating_keys(shards, layout, parsing.read_users(source.folder, layout),
+                                  parsing.read_movies(source.folder, layout))
+  return shards[0].path, spans.SpanPlan.of(
+      keys.timestamps, spans.SpanLength(config.span_days, config.span_months),
+      spans.end_of_day(config.until))
+
+
+def window(plan: spans.SpanPlan, span: int, window_spans: int) -> List[int]:
+  """The spans with ratings a run of `span` learns from (all before it, or the last
+  `window_spans` of them)."""
+  earlier = [n for n in plan.with_ratings if n < span]
+  return earlier[-window_spans:] if window_spans else earlier
+
+
 def _plan_spans(config: configs.PipelineConfig
                 ) -> Tuple[configs.PipelineConfig, List[configs.PipelineConfig]]:
   """Continuous training: the run's span, and the ingestions its window needs first.
@@ -111,25 +132,17 @@ def _plan_spans(config: configs.PipelineConfig
   not depend on it, so later runs find it in the cache) and those of each
   ingestion, oldest span first.
   """
-  source = sources.resolve(config.dataset, config.data_dir, config.download_dir)
-  layout = parsing.LAYOUTS[config.dataset]
-  shards = parsing.plan_ratings_shards(f"{source.folder}/{layout.ratings_file}",
-                                       _LINES_PER_SHARD)
-  keys = parsing.read_rating_keys(shards, layout, parsing.read_users(source.folder, layout),
-                                  parsing.read_movies(source.folder, layout))
+  ratings_path, plan = span_plan(config)
   until = spans.end_of_day(config.until)
-  plan = spans.SpanPlan.of(keys.timestamps,
-                           spans.SpanLength(config.span_days, config.span_months), until)
   try:
     span = plan.choose(config.span)
   except spans.EmptySpanError as e:
-    raise parsing.MovieLensDataError(f"{shards[0].path}: {e}") from None
-  earlier = [n for n in plan.with_ratings if n < span.number]
-  if config.window_spans:
-    earlier = earlier[-config.window_spans:]
+    raise parsing.MovieLensDataError(f"{ratings_path}: {e}") from None
+  _refuse_going_back(config, plan.cutter.length, span)
+  earlier = window(plan, span.number, config.window_spans)
   if not earlier:
     raise parsing.MovieLensDataError(
-        f"{shards[0].path}: {span.describe()} has no span with ratings before it to "
+        f"{ratings_path}: {span.describe()} has no span with ratings before it to "
         "learn from; start at a later span")
   empty = [n for n, count in plan.counts.items()
            if not count and earlier[0] < n < span.number]
@@ -143,6 +156,35 @@ def _plan_spans(config: configs.PipelineConfig
       until=config.until if until is not None and until < span.end else None)
   ingestions = [dataclasses.replace(config, span=number, until=None) for number in earlier]
   return run_config, ingestions
+
+
+def _refuse_going_back(config: configs.PipelineConfig, length: spans.SpanLength,
+                       span: spans.Span) -> None:
+  """A span run may only go forward in time in its folder, with the folder's spans.
+
+  Its window is every span the folder holds before the newest one: run after a
+  later span, it would learn from the very span it is judged on (and from later
+  ones); with spans of another length, or beside a run without spans, the numbers
+  would mix different cuts of the ratings.
+  """
+  if not os.path.isfile(config.metadata_path):
+    return
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
+  held = run_store.RunStore(config.output_dir).ingested_spans()
+  other_cuts = sorted({cut for cut in held.values() if cut != str(length)})
+  if other_cuts:
+    what = ", ".join(f"spans of {cut}" if cut else "a run without spans"
+                     for cut in other_cuts)
+    raise run_store.RunFolderError(
+        f"{config.output_dir} holds {what}, not spans of {length}: each folder keeps "
+        "one cut of the ratings; use another --output-dir")
+  newest = max(held, default=-1)
+  if newest > span.number:
+    raise run_store.RunFolderError(
+        f"{config.output_dir} already holds span {newest}, after {span.describe()}: "
+        "a run learns from every span its folder holds before the newest one, so it "
+        "would learn from what it is judged on. Runs go forward in time in a folder; "
+        "run an earlier span in another --output-dir")
 
 
 def _run_locked(config: configs.PipelineConfig, verbose: bool):

@@ -4,7 +4,7 @@
 latest live artifact of a type that a given component produced.
 """
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
@@ -62,6 +62,20 @@ class RunStore:
       # ml_metadata raises its own errors for a locked, corrupt or foreign store.
       raise RunFolderError(f"cannot read {self.metadata_path}: {e}") from e
     return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+  def ingested_spans(self) -> Dict[int, str]:
+    """Span number -> span length ("1 month"; "" for a run without spans) of every
+    live Examples artifact MovieLensExampleGen registered in this folder."""
+    connection = metadata.sqlite_metadata_connection_config(self.metadata_path)
+    with metadata.Metadata(connection) as m:
+      store = m.store
+      contexts = [c for c in store.get_contexts_by_type("node")
+                  if node_id(c) == "MovieLensExampleGen"]
+      made_there = {a.id for c in contexts for a in store.get_artifacts_by_context(c.id)}
+      examples = [a for a in store.get_artifacts_by_type("Examples")
+                  if a.id in made_there and a.state == metadata_store_pb2.Artifact.LIVE]
+    return {a.properties["span"].int_value:
+            a.custom_properties["span_length"].string_value for a in examples}
 
   def require(self, type_name: str, producer: Optional[str] = None,
               what: str = "") -> str:
