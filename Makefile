@@ -22,10 +22,19 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start report tensorboard browser
+.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
+
+# Continuous training replayed: MovieLens-100K span after span on one folder, each
+# span learning from those before it and judged on itself (docs/continuous-training.md).
+# Resumable: run it again after an interruption. DATA_DIR as for `make run`.
+EVERY ?= 1w
+REPLAY_DIR ?= runs/replay-movielens-100k-$(EVERY)
+replay: $(STAMP)
+	$(VENV)/bin/recsys replay --dataset 100k $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	  --every $(EVERY) --output-dir $(REPLAY_DIR)
 
 test: $(STAMP) browser lint
 	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS)
@@ -143,6 +152,13 @@ bench-warm-start: $(STAMP)
 	$(VENV)/bin/python bench/warm_start.py --data-dir $(MOVIELENS_100K) --seeds $(WARM_START_SEEDS) \
 	  --output bench/results/warm_start.json
 WARM_START_SEEDS ?= 42,1,2
+
+# A weekly replay of real MovieLens-100K against a full run of it: each span's time
+# as a share of the full run's (target < 0.4), and the replay's timeline
+# (docs/continuous-training.md). Resumes an interrupted replay in runs/bench-replay.
+bench-replay: $(STAMP)
+	$(VENV)/bin/python bench/replay_time.py --data-dir $(MOVIELENS_100K) --every $(EVERY) \
+	  --output bench/results/replay_100k_$(EVERY).json
 
 clean:
 	rm -rf $(VENV) .tools

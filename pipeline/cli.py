@@ -22,20 +22,6 @@ class UsageError(Exception):
   """Flags that do not go together; reported as argparse reports its own errors."""
 
 
-def _known_error(error: BaseException) -> Optional[errors.RecsysError]:
-  """The RecsysError `error` is or was raised from, if any.
-
-  Known errors get one clear line; anything else is a bug and keeps its
-  traceback. TFX and Beam re-raise a component's error from their own, so the
-  whole chain is searched.
-  """
-  while error is not None:
-    if isinstance(error, errors.RecsysError):
-      return error
-    error = error.__cause__ or error.__context__
-  return None
-
-
 def _overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
   """["cf.epochs=3", "deepfm.dnn_units=[64,32]"] -> {"cf": {"epochs": 3}, ...}."""
   overrides: Dict[str, Dict[str, Any]] = {}
@@ -64,8 +50,9 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
     return configs.PipelineConfig(
         dataset=args.dataset, data_dir=args.data_dir or None,
         download_dir=args.download_dir, seed=args.seed, split=args.split,
-        span_days=args.span_days, span_months=args.span_months, span=args.span,
-        until=args.until, window_spans=args.window_spans,
+        span_days=getattr(args, "span_days", 0),
+        span_months=getattr(args, "span_months", 0), span=getattr(args, "span", -1),
+        until=getattr(args, "until", None), window_spans=args.window_spans,
         accept_drift=args.accept_drift, beam_args=beam_args,
         enable_cache=not args.no_cache,
         presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
@@ -93,6 +80,33 @@ def _run(args: argparse.Namespace) -> int:
   print(summary.table())
   if summary.report_path:
     _print_report(os.path.dirname(summary.report_path))
+  return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+  from pipeline import replay  # pylint: disable=g-import-not-at-top
+  from pipeline import timeline  # pylint: disable=g-import-not-at-top
+  try:
+    length = replay.span_length(args.every)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  args.span_days, args.span_months = length.days, length.months
+  config = _pipeline_config(
+      args, output_dir=args.output_dir or os.path.join(
+          configs.DEFAULT_OUTPUT_ROOT, f"replay-movielens-{args.dataset}-{args.every}"),
+      pipeline_root=None, min_free_gb=args.min_free_gb)
+  try:
+    result = replay.replay(config, args.every, args.start, args.end, verbose=args.verbose)
+  except KeyboardInterrupt:
+    print("\ninterrupted: run the same command again to resume from the span it was "
+          "in", file=sys.stderr)
+    return 130
+  report = os.path.join(config.output_dir, "report")
+  print(f"\nReplay of {len(result.records)} spans. Output: {config.output_dir}")
+  print(timeline.table(result))
+  print(f"\nTimeline: {os.path.join(report, timeline.TIMELINE_FILE)}, "
+        f"{os.path.join(report, timeline.FIGURE_FILE)}; "
+        f"`recsys tensorboard {config.output_dir}` shows it by span")
   return 0
 
 
@@ -185,6 +199,28 @@ def _recommend(args: argparse.Namespace) -> int:
   return 0
 
 
+def _add_span_arguments(parser: argparse.ArgumentParser) -> None:
+  """Continuous training's settings of one run (`recsys replay` sets them per span)."""
+  parser.add_argument("--span-days", type=int, default=0, help="continuous training: "
+                      "cut the ratings into spans of this many days; a run ingests one "
+                      "span, learns from the spans before it and is judged on it")
+  parser.add_argument("--span-months", type=int, default=0,
+                      help="likewise, spans of this many calendar months")
+  parser.add_argument("--span", type=int, default=-1, help="the span this run ingests "
+                      "(default: the last one with ratings up to --until)")
+  parser.add_argument("--until", metavar="YYYY-MM-DD", help="leave out the ratings "
+                      "after this day, as if the data had been read at its end")
+  _add_window_arguments(parser)
+
+
+def _add_window_arguments(parser: argparse.ArgumentParser) -> None:
+  """What each span's run learns from, and whether it trains on drifted data."""
+  parser.add_argument("--window-spans", type=int, default=0, help="learn from this "
+                      "many spans before the run's one (default 0: all of them)")
+  parser.add_argument("--accept-drift", action="store_true", help="train on the span "
+                      "even if its data drifted from the previous span's")
+
+
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
   """The pipeline's settings, shared by `recsys run` and `recsys compile`."""
   parser.add_argument("--dataset", choices=sorted(features.DATASETS),
@@ -200,19 +236,6 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       help="train/eval/test by a hash of each rating (random, as the "
                       "reference study) or by time: each user's latest ratings are "
                       "the test, the ones before them the eval split (temporal)")
-  parser.add_argument("--span-days", type=int, default=0, help="continuous training: "
-                      "cut the ratings into spans of this many days; a run ingests one "
-                      "span, learns from the spans before it and is judged on it")
-  parser.add_argument("--span-months", type=int, default=0,
-                      help="likewise, spans of this many calendar months")
-  parser.add_argument("--span", type=int, default=-1, help="the span this run ingests "
-                      "(default: the last one with ratings up to --until)")
-  parser.add_argument("--until", metavar="YYYY-MM-DD", help="leave out the ratings "
-                      "after this day, as if the data had been read at its end")
-  parser.add_argument("--window-spans", type=int, default=0, help="learn from this "
-                      "many spans before the run's one (default 0: all of them)")
-  parser.add_argument("--accept-drift", action="store_true", help="train on the span "
-                      "even if its data drifted from the previous span's")
   parser.add_argument("--beam-runner", choices=configs.BEAM_RUNNERS,
                       default=configs.DIRECT_RUNNER, help="Beam runner of the "
                       "Beam-based steps (ingestion, statistics, Transform, evaluation)")
@@ -255,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--pipeline-root", help="component outputs (default "
                    "<output-dir>/tfx); a bucket, gs://..., when Beam runs on Dataflow")
   _add_pipeline_arguments(run)
+  _add_span_arguments(run)
   run.add_argument("--min-free-gb", type=float, help="free disk space (GB) the run "
                    f"needs before it starts (default by dataset: {configs.MIN_FREE_GB})")
   run.add_argument("--verbose", action="store_true", help="also show TFX's, Beam's and "
@@ -274,7 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
   compile_.add_argument("--pipeline-root", required=True, help="where the steps write "
                         "their outputs, e.g. gs://BUCKET/movielens")
   _add_pipeline_arguments(compile_)
+  _add_span_arguments(compile_)
   compile_.set_defaults(handler=_compile)
+
+  replay = commands.add_parser(
+      "replay", help="run the pipeline span after span on one folder, as the ratings "
+      "arrived: each span learns from those before it and is judged on itself")
+  replay.add_argument("--every", default="1w", help="span length: days (7d), weeks "
+                      "(1w) or calendar months (1m)")
+  replay.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="the first "
+                      "span judged is the one holding this day (default: the second "
+                      "span with ratings; the first has nothing before it)")
+  replay.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="the last span "
+                      "judged holds this day, and its ratings after it are left out "
+                      "(default: the last rating)")
+  replay.add_argument("--output-dir", help="run folder (default "
+                      "runs/replay-movielens-<dataset>-<every>); run again with the same "
+                      "settings to resume")
+  _add_pipeline_arguments(replay)
+  _add_window_arguments(replay)
+  replay.add_argument("--min-free-gb", type=float, help="free disk space (GB) each "
+                      f"span's run needs (default by dataset: {configs.MIN_FREE_GB})")
+  replay.add_argument("--verbose", action="store_true", help="as for `recsys run`")
+  replay.set_defaults(handler=_replay)
 
   report = commands.add_parser(
       "report", help="print a finished run's comparison table (from ML Metadata)")
@@ -319,7 +365,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   except UsageError as e:
     parser.error(str(e))
   except Exception as e:  # pylint: disable=broad-except
-    known = _known_error(e)
+    # Known errors get one clear line; anything else is a bug and keeps its traceback.
+    known = errors.known_error(e)
     if known is None:
       raise
     print(f"\nerror: {known}", file=sys.stderr)

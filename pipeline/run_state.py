@@ -13,6 +13,7 @@ from tfx.orchestration import metadata
 from components import model_report
 from pipeline import configs
 from pipeline import run_store
+from pipeline import timeline
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "done",
            metadata_store_pb2.Execution.CACHED: "cached",
@@ -36,6 +37,9 @@ class RunSummary:
   run_id: str
   components: List[ComponentRun]
   split_counts: Dict[str, int]
+  # Per Pusher node of the run: the version it pushed (or found already served),
+  # None when its model was not blessed.
+  pushed: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
   log_path: Optional[str] = None
   report_path: Optional[str] = None
 
@@ -68,11 +72,21 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
           node_ids[0] if node_ids else str(execution.type),
           _STATES.get(execution.last_known_state, "unknown"), seconds))
     split_counts = {}
+    pushed_type = store.get_artifact_type("PushedModel").id if any(
+        t.name == "PushedModel" for t in store.get_artifact_types()) else None
+    pushed = {}
     for artifact in store.get_artifacts_by_context(latest.id):
       if "split_counts" in artifact.custom_properties:
         split_counts = json.loads(
             artifact.custom_properties["split_counts"].string_value)
-  return RunSummary(config.output_dir, latest.name, components, split_counts)
+      if artifact.type_id == pushed_type:
+        (event,) = [e for e in store.get_events_by_artifact_ids([artifact.id])
+                    if e.type == metadata_store_pb2.Event.OUTPUT]
+        was_pushed = artifact.custom_properties["pushed"].int_value
+        for node in run_store.execution_node_ids(store, event.execution_id):
+          pushed[node] = (artifact.custom_properties["pushed_version"].string_value
+                          if was_pushed else None)
+  return RunSummary(config.output_dir, latest.name, components, split_counts, pushed)
 
 
 def cancel_interrupted_executions(config: configs.PipelineConfig) -> List[str]:
@@ -107,7 +121,8 @@ def cancel_interrupted_executions(config: configs.PipelineConfig) -> List[str]:
 
 
 def publish_report(config: configs.PipelineConfig) -> Optional[str]:
-  """Copies the latest ModelReport (all but its TensorBoard logs) to `<output_dir>/report/`.
+  """Copies the latest ModelReport (all but its TensorBoard logs) to `<output_dir>/report/`,
+  in place of the previous one (a replay's timeline stays).
 
   Returns the published metrics.json, or None when the run made no report.
   """
@@ -116,11 +131,19 @@ def publish_report(config: configs.PipelineConfig) -> Optional[str]:
   if report is None:
     return None
   target = os.path.join(config.output_dir, "report")
-  shutil.rmtree(target, ignore_errors=True)
+  # A replay's timeline lives beside the latest run's report and outlasts it.
+  for name in (os.listdir(target) if os.path.isdir(target) else []):
+    if name in timeline.FILES:
+      continue
+    path = os.path.join(target, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
   if configs.is_uri(report.uri):  # a pipeline root in a bucket
     _download_folder(report.uri, target, skip=model_report.TENSORBOARD_DIR)
   else:
-    shutil.copytree(report.uri, target,
+    shutil.copytree(report.uri, target, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(model_report.TENSORBOARD_DIR))
   return os.path.join(target, model_report.METRICS_FILE)
 

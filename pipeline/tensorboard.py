@@ -3,17 +3,22 @@
 Runs shown (names as TensorBoard lists them):
 - `<model>/train`, `<model>/validation`: the Trainer's Keras logs (loss, AUC per epoch);
 - `evaluation/<model>`: the test-split evaluation written by ModelReport (TFMA
-  metrics as scalars, per slice, a PR curve, Fairness Indicators).
-Every folder comes from the run's ML Metadata, so the latest artifacts are shown.
+  metrics as scalars, per slice, a PR curve, Fairness Indicators);
+- `timeline/<model or baseline>`, in a folder `recsys replay` ran in: each span's
+  test metrics, blessing, run time and drift distances, the span as the step.
+Every other folder comes from the run's ML Metadata, so the latest artifacts are shown.
 """
+import os
 import warnings
 from typing import Dict, List
 
 from components import model_report
 from pipeline import pipeline as pipeline_dsl
 from pipeline import run_store
+from pipeline import timeline
 
 EVALUATION_RUN = "evaluation"
+TIMELINE_RUN = "timeline"
 
 
 def logdirs(run_dir: str) -> Dict[str, str]:
@@ -25,6 +30,9 @@ def logdirs(run_dir: str) -> Dict[str, str]:
                                    what=f"training logs of {model}")
   report = store.require(model_report.ReportArtifact.TYPE_NAME, what="evaluation report")
   folders[EVALUATION_RUN] = f"{report}/{model_report.TENSORBOARD_DIR}"
+  replay = os.path.join(store.run_dir, "report", timeline.TENSORBOARD_DIR)
+  if os.path.isdir(replay):
+    folders[TIMELINE_RUN] = replay
   return folders
 
 
