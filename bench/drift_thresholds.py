@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -48,8 +48,10 @@ from tensorflow_metadata.proto.v0 import statistics_pb2  # pylint: disable=g-imp
 
 from components import drift  # pylint: disable=g-import-not-at-top
 from components.movielens_example_gen import parsing  # pylint: disable=g-import-not-at-top
+from components.movielens_example_gen import spans  # pylint: disable=g-import-not-at-top
 from models import features  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
+from pipeline import replay  # pylint: disable=g-import-not-at-top
 
 # The real GroupLens files live beside the repository, never in it (as in tests/conftest.py).
 DEFAULT_DATA_DIR = os.environ.get("MOVIELENS_REAL_DATA",
@@ -72,14 +74,18 @@ def measuring_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
       schema, {f.name: (drift.comparator_for(f), 0.0) for f in schema.feature})
 
 
-def monthly_batches(table: pa.Table) -> Dict[str, pa.RecordBatch]:
-  """The release's examples by calendar month (UTC) of their rating, oldest first."""
+def span_batches(table: pa.Table, length: spans.SpanLength
+                 ) -> Dict[int, Tuple[str, pa.RecordBatch]]:
+  """The release's examples by span, cut as MovieLensExampleGen cuts them (UTC):
+  span number -> (its first day, its examples), oldest first."""
   seconds = pc.list_flatten(table.column(features.TIMESTAMP)).to_numpy()
-  months = seconds.astype("datetime64[s]").astype("datetime64[M]")
+  cutter = spans.SpanCutter.starting_at(length, int(seconds.min()))
+  numbers = cutter.numbers(seconds)
   batches = {}
-  for month in np.unique(months):
-    rows = table.take(pa.array(np.flatnonzero(months == month)))
-    batches[str(month)] = rows.combine_chunks().to_batches()[0]
+  for number in np.unique(numbers):
+    rows = table.take(pa.array(np.flatnonzero(numbers == number)))
+    batches[int(number)] = (cutter.span(int(number)).first_day,
+                            rows.combine_chunks().to_batches()[0])
   return batches
 
 
@@ -185,8 +191,8 @@ def summarize(pairs: List[dict]) -> Dict[str, dict]:
   return summary
 
 
-def measure_release(name: str, data_dir: str, min_ratings: int, schema: schema_pb2.Schema,
-                    checks: Dict[str, int]) -> dict:
+def measure_release(name: str, data_dir: str, length: spans.SpanLength, min_ratings: int,
+                    schema: schema_pb2.Schema, checks: Dict[str, int]) -> dict:
   layout = parsing.LAYOUTS[name]
   folder = parsing.find_folder(os.path.join(data_dir, f"ml-{name}"), layout)
   if folder is None:
@@ -195,12 +201,13 @@ def measure_release(name: str, data_dir: str, min_ratings: int, schema: schema_p
     return {"missing": f"{where} lacks {', '.join(missing) or 'the release'}"}
   started = time.time()
   table = parsing.read_release(folder, layout)
-  months = monthly_batches(table)
+  by_span = span_batches(table, length)
+  months = {day: batch for day, batch in by_span.values()}
   counts = {month: batch.num_rows for month, batch in months.items()}
   users = {month: len(pc.unique(pc.list_flatten(batch.column(features.USER_ID))))
            for month, batch in months.items()}
   skipped = {month: n for month, n in counts.items() if n < min_ratings}
-  print(f"ml-{name}: {table.num_rows:,} ratings in {len(months)} months"
+  print(f"ml-{name}: {table.num_rows:,} ratings in {len(months)} spans of {length}"
         + (f"; skipped (fewer than {min_ratings:,} ratings): "
            + ", ".join(f"{m} ({n:,})" for m, n in skipped.items()) if skipped else ""),
         file=sys.stderr)
@@ -208,16 +215,17 @@ def measure_release(name: str, data_dir: str, min_ratings: int, schema: schema_p
                  if month not in skipped}
   schema_at_zero = measuring_schema(schema)
   pairs = []
-  ordered = list(months)
-  for previous, current in zip(ordered, ordered[1:]):
-    consecutive = (np.datetime64(previous, "M") + 1) == np.datetime64(current, "M")
+  numbers = list(by_span)
+  for previous_number, current_number in zip(numbers, numbers[1:]):
+    previous, current = by_span[previous_number][0], by_span[current_number][0]
+    consecutive = current_number == previous_number + 1
     if not consecutive or previous in skipped or current in skipped:
       continue
     distances = drift_distances(month_stats[current], month_stats[previous],
                                 schema_at_zero, checks)
     pairs.append({"previous": previous, "current": current, "distances": distances})
-  return {"folder": folder, "ratings": table.num_rows, "ratings_per_month": counts,
-          "users_per_month": users, "skipped_months": skipped, "pairs": pairs,
+  return {"folder": folder, "ratings": table.num_rows, "ratings_per_span": counts,
+          "users_per_span": users, "skipped_spans": skipped, "pairs": pairs,
           "summary": summarize(pairs), "seconds": round(time.time() - started, 1)}
 
 
@@ -294,11 +302,15 @@ def main(argv=None) -> int:
                       choices=sorted(parsing.LAYOUTS))
   parser.add_argument("--min-ratings", type=int, default=DEFAULT_MIN_RATINGS,
                       help="skip months with fewer ratings (default: %(default)s)")
+  parser.add_argument("--every", default="1m", help="span length, as recsys replay "
+                      "takes it: 1m (calendar months, default), 1w, 14d")
   parser.add_argument("--output", default=DEFAULT_OUTPUT)
   args = parser.parse_args(argv)
   schema = load_schema()
   checks = {"description_agrees": 0, "linf_recomputed": 0, "jsd_recomputed": 0}
-  releases = {name: measure_release(name, args.data_dir, args.min_ratings, schema, checks)
+  length = replay.span_length(args.every)
+  releases = {name: measure_release(name, args.data_dir, length, args.min_ratings, schema,
+                                    checks)
               for name in args.releases}
   result = {
       "what": "drift distance between consecutive calendar months (UTC) of real MovieLens, "
@@ -307,6 +319,7 @@ def main(argv=None) -> int:
       "command": "python bench/drift_thresholds.py " + " ".join(
           argv if argv is not None else sys.argv[1:]),
       "tfdv_version": tfdv.__version__,
+      "every": args.every,
       "min_ratings": args.min_ratings,
       "threshold_margin": drift.THRESHOLD_MARGIN,
       "checks": checks,

@@ -17,13 +17,17 @@ What the comparison needs from whoever runs it (the thresholds assume both):
   them the drift comparators check nothing.
 
 How the thresholds were set: `bench/drift_thresholds.py` cuts the real MovieLens
-ratings into calendar months and measures, as TFDV computes it, each feature's
-distance between every pair of consecutive months (docs/data.md, "Drift between
-spans", has the numbers). Each threshold is THRESHOLD_MARGIN times the largest
-month-to-month distance measured on real data, rounded up to two significant
-digits: every real month passes, and a shift a quarter larger than the largest
-MovieLens itself showed stops the run. Measured on MovieLens 100K only (MovieLens
-1M's ratings were not at hand): rerun the script on 1M and take the larger.
+ratings into spans as the pipeline does and measures, as TFDV computes it, each
+feature's distance between every pair of consecutive spans (docs/data.md, "Drift
+between spans", has the numbers). Each threshold is THRESHOLD_MARGIN times the
+largest distance measured on real data between consecutive spans of that length,
+rounded up to two significant digits: every real span passes, and a shift a
+quarter larger than the largest MovieLens itself showed stops the run. There are
+two sets: THRESHOLDS for calendar months (and longer spans) and WEEKLY_THRESHOLDS
+for spans shorter than 28 days, whose fewer users move the per-rating shares of
+gender, age and occupation much more from one span to the next
+(`thresholds_for`). Measured on MovieLens 100K only (MovieLens 1M's ratings were
+not at hand): rerun the script on 1M and take the larger.
 
 Features not compared, and why, are in NOT_COMPARED.
 """
@@ -51,6 +55,31 @@ THRESHOLDS: Dict[str, Tuple[str, float]] = {
     features.USER_RATING: (JENSEN_SHANNON, 0.007),
     features.RAW_USER_AGE: (JENSEN_SHANNON, 0.082),
 }
+
+# The same features, measured between consecutive 7-day spans of MovieLens 100K
+# (`bench/drift_thresholds.py --every 1w`). A week holds 39 to 129 users, each
+# with dozens of ratings, so the user features' shares are a few users' own and
+# only a gross break (most of a week's users changed) stands out.
+WEEKLY_THRESHOLDS: Dict[str, Tuple[str, float]] = {
+    features.USER_GENDER: (INFINITY_NORM, 0.48),
+    features.AGE_BUCKET: (INFINITY_NORM, 0.64),
+    features.OCCUPATION_LABEL: (INFINITY_NORM, 0.41),
+    features.MOVIE_GENRES: (INFINITY_NORM, 0.057),
+    features.LABEL: (INFINITY_NORM, 0.19),
+    features.USER_RATING: (JENSEN_SHANNON, 0.065),
+    features.RAW_USER_AGE: (JENSEN_SHANNON, 0.48),
+}
+# Spans at least this long are compared with THRESHOLDS, shorter ones with
+# WEEKLY_THRESHOLDS.
+MONTHLY_MIN_DAYS = 28
+
+
+def thresholds_for(span_days: int, span_months: int) -> Dict[str, Tuple[str, float]]:
+  """The thresholds measured on spans like these (`--span-days`, `--span-months`)."""
+  if span_months or span_days >= MONTHLY_MIN_DAYS:
+    return THRESHOLDS
+  return WEEKLY_THRESHOLDS
+
 
 # Features whose month-to-month distance says nothing about the data's health.
 NOT_COMPARED: Dict[str, str] = {

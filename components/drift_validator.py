@@ -4,7 +4,7 @@ TFX 1.16's ExampleValidator checks statistics against the schema alone: it never
 hands TFDV the previous statistics, so the schema's drift comparators check
 nothing there. This component does: the newest span's statistics (its train
 split) against those of the span before it, through `tfdv.validate_statistics`
-with the comparators and thresholds of components/drift.py. Every distance is
+with the comparators and thresholds of components/drift.py for the span length. Every distance is
 written to drift.json (the timeline of a replay reads it); a distance over its
 threshold fails the run before anything trains, naming the feature and the
 distance, unless `accept_drift` (`recsys run --accept-drift`).
@@ -86,10 +86,13 @@ def DriftValidator(statistics: InputArtifact[standard_artifacts.ExampleStatistic
                    schema: InputArtifact[standard_artifacts.Schema],
                    report: OutputArtifact[DriftReport],
                    accept_drift: Parameter[int],
+                   thresholds: Parameter[str],
                    code_fingerprint: Parameter[str],
                    every_span: InputArtifact[List[standard_artifacts.ExampleStatistics]] = None):
   """Compares `statistics` with the previous span's among `every_span` (every
   StatisticsGen output the run folder holds); see the module docstring.
+
+  `thresholds`: JSON of {feature: [comparator, threshold]} (drift.thresholds_for).
 
   `code_fingerprint` (common.code_fingerprint) only keys the cache.
   """
@@ -104,7 +107,8 @@ def DriftValidator(statistics: InputArtifact[standard_artifacts.ExampleStatistic
         io_utils.get_only_uri_in_dir(schema.uri))
     result["previous_span"] = previous.span
     result["features"] = compare(_statistics(statistics), _statistics(previous),
-                                 schema_proto)
+                                 schema_proto, {name: tuple(pair) for name, pair in
+                                                json.loads(thresholds).items()})
   problems = describe(result["features"])
   tf.io.gfile.makedirs(report.uri)
   with tf.io.gfile.GFile(os.path.join(report.uri, REPORT_FILE), "w") as f:

@@ -1,4 +1,5 @@
 """The TFX pipeline: read it top to bottom to read what a run does."""
+import json
 import os
 from typing import List
 
@@ -9,6 +10,7 @@ from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
 from common import code_fingerprint
+from components import drift
 from components.anomalies_gate import AnomaliesGate
 from components.drift_validator import DriftValidator
 from components.import_schema_gen import ImportSchemaGen
@@ -140,6 +142,7 @@ def create_components(config: configs.PipelineConfig,
                                    producer_component_id=statistics_gen.id,
                                    output_key="statistics"),
         accept_drift=int(config.accept_drift),
+        thresholds=json.dumps(drift.thresholds_for(config.span_days, config.span_months)),
         code_fingerprint=code_fingerprint_of("DriftValidator"))
 
   # The Transform graph: vocabularies and per-id statistics of the train split

@@ -4,7 +4,7 @@ through the schema's drift comparators and the chosen thresholds.
 Synthetic spans are a synthetic release cut in two at its median rating time (its
 ratings' times are drawn independently of everything else, so the halves differ by
 sampling alone); a planted shift is made on the later half. Real spans are two
-consecutive months of MovieLens 100K.
+consecutive months, or weeks, of MovieLens 100K.
 """
 import re
 
@@ -21,6 +21,7 @@ from tfx.types import standard_artifacts
 from components import drift
 from components import drift_validator
 from components.movielens_example_gen import parsing
+from components.movielens_example_gen import spans
 from models import features
 from pipeline import configs
 from tests.conftest import REAL_100K
@@ -185,14 +186,47 @@ def test_two_real_consecutive_months_pass(schema, drift_schema):
   months = _values(table, features.TIMESTAMP).astype("datetime64[s]").astype(
       "datetime64[M]")
   # The pair where the like rate and the ratings moved most (bench/drift_thresholds.py).
-  spans = [table.filter(pa.array(months == np.datetime64(month)))
-           for month in ("1997-12", "1998-01")]
-  anomalies = tfdv.validate_statistics(_statistics(spans[1], schema), drift_schema,
-                                       previous_statistics=_statistics(spans[0], schema))
+  pair = [table.filter(pa.array(months == np.datetime64(month)))
+          for month in ("1997-12", "1998-01")]
+  anomalies = tfdv.validate_statistics(_statistics(pair[1], schema), drift_schema,
+                                       previous_statistics=_statistics(pair[0], schema))
   assert not anomalies.anomaly_info, anomalies
   measured = _drift_measurements(anomalies)
   assert set(measured) == set(drift.THRESHOLDS)
   assert all(0 < value <= threshold for [(_, value, threshold)] in measured.values())
+
+
+@pytest.mark.parametrize("span_days, span_months, expected", [
+    (7, 0, "weekly"), (14, 0, "weekly"), (27, 0, "weekly"),
+    (28, 0, "monthly"), (0, 1, "monthly"), (0, 3, "monthly")])
+def test_thresholds_follow_the_span_length(span_days, span_months, expected):
+  chosen = drift.thresholds_for(span_days, span_months)
+  assert chosen is {"weekly": drift.WEEKLY_THRESHOLDS, "monthly": drift.THRESHOLDS}[expected]
+
+
+def test_weekly_thresholds_compare_the_same_features_more_loosely():
+  assert {name: comparator for name, (comparator, _) in drift.WEEKLY_THRESHOLDS.items()} == {
+      name: comparator for name, (comparator, _) in drift.THRESHOLDS.items()}
+  for name, (_, weekly) in drift.WEEKLY_THRESHOLDS.items():
+    assert weekly > drift.THRESHOLDS[name][1], name
+
+
+@requires(REAL_100K)
+def test_two_real_consecutive_weeks_pass_the_weekly_thresholds_only(schema):
+  table = parsing.read_release(str(REAL_100K), parsing.LAYOUTS["100k"])
+  seconds = _values(table, features.TIMESTAMP)
+  cutter = spans.SpanCutter.starting_at(spans.SpanLength(days=7), int(seconds.min()))
+  numbers = cutter.numbers(seconds)
+  # The pair of weeks whose gender and age shares moved most (bench/drift_thresholds.py
+  # --every 1w): 1998-03-07 and 1998-03-14, spans 24 and 25 of the release.
+  assert [cutter.span(n).first_day for n in (24, 25)] == ["1998-03-07", "1998-03-14"]
+  earlier, later = (_statistics(table.filter(pa.array(numbers == n)), schema)
+                    for n in (24, 25))
+  weekly = drift_validator.compare(later, earlier, schema, drift.WEEKLY_THRESHOLDS)
+  assert not drift_validator.describe(weekly), weekly
+  monthly = drift_validator.compare(later, earlier, schema, drift.THRESHOLDS)
+  assert {name for name, d in monthly.items() if d["drifted"]} >= {
+      features.USER_GENDER, features.AGE_BUCKET}
 
 
 def test_with_drift_comparators_changes_only_the_drift_comparators(schema):
