@@ -158,6 +158,11 @@ def create_components(config: configs.PipelineConfig,
       splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
       materialize=False,
       disable_statistics=True,
+      # With its analysis cache on, Transform analyzes each Examples artifact of the
+      # window on its own (to cache each), Beam stages per span; a window of weekly
+      # spans then cost seconds per span however small (docs/continuous-training.md).
+      # Off, it analyzes the window's spans as one dataset.
+      disable_analyzer_cache=True,
       # preprocessing_fn does not read it; it keys the cache.
       custom_config={"code_fingerprint": code_fingerprint_of("Transform")})
   transform.add_upstream_node(anomalies_gate)
