@@ -92,7 +92,7 @@ def _record_of_run(summary, span: spans.Span, until: Optional[str], seconds: flo
       **{m: systems[timeline_lib.RECOMMENDER]["metrics"][m]
          for m in timeline_lib.RANKING_METRICS},
       "blessed": ranking["blessing"]["blessed"],
-      "reason": "; ".join(c["check"] for c in ranking["blessing"]["checks"])}
+      "reason": model_report.ranking_checks(ranking["blessing"])}
   for name, entry in models.items():
     entry["pushed"] = summary.pushed.get(f"Pusher.{name}")
   record["models"] = models

@@ -195,6 +195,8 @@ def test_the_timeline_records_every_verdict_and_push(replayed):
     for model in MODELS:
       entry = record["models"][model]
       assert entry["reason"], entry
+      if model == "recommender":  # each check it failed is marked
+        assert ("(failed)" in entry["reason"]) == (not entry["blessed"]), entry
       assert 0 < entry["ndcg@10" if model == "recommender" else "auc"] <= 1
       assert bool(entry["pushed"]) == entry["blessed"], entry
       if entry["pushed"] and entry["pushed"] not in pushed[model]:
