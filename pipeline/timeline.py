@@ -142,7 +142,8 @@ def figure(timeline: Timeline, path: str) -> None:
     axes.set(xlabel=f"span ({timeline.settings.get('every', '')})", ylabel=metric,
              title=f"test {metric} on each span, learned from the spans before it")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.get_legend_handles_labels()[0]:  # not when every span so far stopped
+      axes.legend(fontsize=8)
   fig.text(0.01, 0.01, "filled: blessed and pushed; hollow: rejected; grey: run stopped",
            fontsize=8)
   fig.tight_layout(rect=(0, 0.04, 1, 1))

@@ -1,5 +1,6 @@
 """The replay's plan and its timeline (JSON, table, figure), without running a pipeline."""
 import json
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -113,3 +114,12 @@ def test_the_table_and_figure_show_verdicts_and_stops(tmp_path):
   timeline.figure(timeline.Timeline({"every": "1w"}, [_record(1, 0.69, True),
                                                      _record(3, 0.71, True)]), str(second))
   assert not np.array_equal(image, matplotlib.image.imread(str(second)))
+
+
+def test_a_timeline_of_stopped_spans_only_draws_quietly(tmp_path):
+  stopped = timeline.Timeline({"every": "1w"}, [_record(1, 0, False, outcome="stopped"),
+                                                _record(2, 0, False, outcome="stopped")])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # matplotlib's warning of a legend with nothing in it
+    timeline.figure(stopped, str(tmp_path / "stopped.png"))
+  assert (tmp_path / "stopped.png").read_bytes()[:4] == b"\x89PNG"
