@@ -11,8 +11,10 @@ by number of likes. `Recommender` turns a model and these tables into
   over the movie embeddings; DeepFM: one batched call over all movies), movies the
   user rated in training are excluded, and the k best are returned with their
   like probabilities;
-- an unknown user (cold start): the k movies most liked in training, scored by
-  their smoothed like rate, never an error.
+- an unknown user (cold start): the k movies most liked in training (by number of
+  likes, the order of the popularity baseline), scored by their smoothed like
+  rate, never an error. Most of a span's ratings come from users it is the first
+  span of (docs/continuous-training.md), so this list is much of what is served.
 k must be between 1 and `contract.MAX_K`; anything else is an InvalidArgument
 error that names the allowed range (TF Serving answers it with HTTP 400). A user
 with fewer than k movies left unrated gets them all, then empty ids ("") with
@@ -48,6 +50,7 @@ class CandidateTables:
   rated_row_splits: np.ndarray  # int64, [num_users + 1]: user i rated ...
   rated_movies: np.ndarray  # int64: ... rated_movies[splits[i]:splits[i + 1]]
   cold_start_scores: np.ndarray  # float32, [num_movies]: smoothed like rate
+  cold_start_likes: np.ndarray  # float32, [num_movies]: likes in training (the order)
 
   @classmethod
   def from_train_split(cls, train: Dict[str, np.ndarray],
@@ -100,7 +103,8 @@ class CandidateTables:
     return cls(user_ids=user_ids, movie_ids=movie_ids, user_features=user_features,
                movie_features=movie_features, rated_row_splits=rated_row_splits,
                rated_movies=pairs[:, 1].astype(np.int64),
-               cold_start_scores=cold.astype(np.float32))
+               cold_start_scores=cold.astype(np.float32),
+               cold_start_likes=likes.astype(np.float32))
 
 
 def unseen_id_features(tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
@@ -185,6 +189,7 @@ class Recommender(tf.Module):
     self.rated = tf.RaggedTensor.from_row_splits(tf.constant(tables.rated_movies),
                                                  tf.constant(tables.rated_row_splits))
     self.cold_start_scores = tf.constant(tables.cold_start_scores)
+    self.cold_start_likes = tf.constant(tables.cold_start_likes)
     self.index = None
     if getattr(model, "factorizes", False):
       import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
@@ -257,10 +262,13 @@ class Recommender(tf.Module):
     user_index = tf.where(known, user_index, 0)  # scored, then replaced below
     scores = self._score_all(user_index)
     scores = tf.where(self._rated_mask(user_index), -np.inf, scores)
-    cold_start = tf.broadcast_to(self.cold_start_scores, tf.shape(scores))
-    scores = tf.where(known[:, tf.newaxis], scores, cold_start)
-    top = tf.math.top_k(scores, k=k)
+    known = known[:, tf.newaxis]
+    # Cold start: ordered by likes, as "most popular" (a new user's first ratings are
+    # of well-known movies), served with the smoothed like rate as the probability.
+    cold_start_order = tf.broadcast_to(self.cold_start_likes, tf.shape(scores))
+    top = tf.math.top_k(tf.where(known, scores, cold_start_order), k=k)
+    served = tf.where(known, top.values, tf.gather(self.cold_start_scores, top.indices))
     # A user who rated all but a few movies: the places left over stay empty.
     empty = tf.math.is_inf(top.values)
     return {contract.MOVIE_IDS: tf.where(empty, "", tf.gather(self.movie_ids, top.indices)),
-            contract.SCORES: tf.where(empty, 0.0, top.values)}
+            contract.SCORES: tf.where(empty, 0.0, served)}

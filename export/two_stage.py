@@ -16,7 +16,7 @@ asks both, as production recommenders do:
    probabilities. Retrieval's training corrects for popularity (logQ); part of it
    is given back here, as much as helped on the eval split (docs/experiments.md).
 A user the models never saw gets retrieval's cold-start list (the most-liked
-movies), with its smoothed like rates as scores. The like model's own signatures
+movies, in its order), with its smoothed like rates as scores. The like model's own signatures
 (`predict`, `predict_raw`, `serving_default`, `transform_features`) are served
 unchanged, so a client of either model can call this one.
 
@@ -94,11 +94,12 @@ class TwoStageRecommender(tf.Module):
                                                        tf.reshape(movie_ids, [-1])),
                       tf.shape(movie_ids))
     known = (self.known_users.lookup(user_id) > 0)[:, tf.newaxis]
-    # Cold start: retrieval's list is already the most-liked movies, in order.
+    # Cold start: retrieval's list is already the most-liked movies, kept in its order.
+    retrieved_order = -tf.cast(tf.range(tf.shape(engagement)[1]), engagement.dtype)
     blend = (engagement
              + self.like_weight * tf.math.log(tf.maximum(like, _SMALLEST_PROBABILITY))
              + self.popularity_weight * self.log_popularity.lookup(movie_ids))
-    order = tf.where(known, blend, engagement)
+    order = tf.where(known, blend, retrieved_order[tf.newaxis, :])
     order = tf.where(excluded, -np.inf, order)
     top = tf.math.top_k(order, k=k)
     served = tf.where(known, like, engagement)
