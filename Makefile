@@ -22,7 +22,7 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay report tensorboard browser
+.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-time-features report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -152,6 +152,12 @@ bench-warm-start: $(STAMP)
 	$(VENV)/bin/python bench/warm_start.py --data-dir $(MOVIELENS_100K) --seeds $(WARM_START_SEEDS) \
 	  --output bench/results/warm_start.json
 WARM_START_SEEDS ?= 42,1,2
+
+# Whether the request time (hour, weekday, the user's recency) helps the like model on
+# the next span of real MovieLens-100K (docs/continuous-training.md).
+bench-time-features: $(STAMP)
+	$(VENV)/bin/python bench/time_features.py --data-dir $(MOVIELENS_100K) \
+	  --output bench/results/time_features.json
 
 # A weekly replay of real MovieLens-100K against a full run of it: each span's time
 # as a share of the full run's (target < 0.4), and the replay's timeline
