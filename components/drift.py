@@ -1,6 +1,6 @@
 """Drift between spans: which features a new span's statistics are compared on.
 
-With continuous training, ratings arrive in spans (a calendar month each). A span
+With continuous training, ratings arrive in spans (a week, a month). A span
 whose data moved far from the previous span's stops the run before training: TFDV
 compares the two spans' statistics feature by feature through the schema's
 `drift_comparator`, L-infinity distance for categorical features (the largest

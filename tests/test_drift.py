@@ -217,7 +217,7 @@ def test_two_real_consecutive_weeks_pass_the_weekly_thresholds_only(schema):
   seconds = _values(table, features.TIMESTAMP)
   cutter = spans.SpanCutter.starting_at(spans.SpanLength(days=7), int(seconds.min()))
   numbers = cutter.numbers(seconds)
-  # The pair of weeks whose gender and age shares moved most (bench/drift_thresholds.py
+  # The pair of weeks whose gender share moved most (bench/drift_thresholds.py
   # --every 1w): 1998-03-07 and 1998-03-14, spans 24 and 25 of the release.
   assert [cutter.span(n).first_day for n in (24, 25)] == ["1998-03-07", "1998-03-14"]
   earlier, later = (_statistics(table.filter(pa.array(numbers == n)), schema)
