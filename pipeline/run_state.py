@@ -80,12 +80,14 @@ def summarize_run(config: configs.PipelineConfig) -> RunSummary:
         split_counts = json.loads(
             artifact.custom_properties["split_counts"].string_value)
       if artifact.type_id == pushed_type:
-        (event,) = [e for e in store.get_events_by_artifact_ids([artifact.id])
-                    if e.type == metadata_store_pb2.Event.OUTPUT]
+        # Output of its Pusher's execution, and of each later one reusing it (cached).
+        producers = {e.execution_id for e in store.get_events_by_artifact_ids([artifact.id])
+                     if e.type == metadata_store_pb2.Event.OUTPUT}
         was_pushed = artifact.custom_properties["pushed"].int_value
-        for node in run_store.execution_node_ids(store, event.execution_id):
-          pushed[node] = (artifact.custom_properties["pushed_version"].string_value
-                          if was_pushed else None)
+        for execution_id in producers:
+          for node in run_store.execution_node_ids(store, execution_id):
+            pushed[node] = (artifact.custom_properties["pushed_version"].string_value
+                            if was_pushed else None)
   return RunSummary(config.output_dir, latest.name, components, split_counts, pushed)
 
 
