@@ -14,9 +14,9 @@ DATA_DIR ?=
 OUTPUT_DIR ?=
 PYTEST_ARGS ?=
 # make test runs the suite in this many processes, tests handed out one by one
-# (pytest-xdist --dist load; docs/testing.md has the times against one module per
-# process): most of a test's time is single-threaded (Beam's in-process runner,
-# imports), so two processes use two cores.
+# (pytest-xdist --dist load; docs/testing.md has the times): most of a test's time
+# is single-threaded (Beam's in-process runner, imports), so two processes use two
+# cores.
 TEST_WORKERS ?= 2
 
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
