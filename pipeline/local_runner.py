@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Set, Tuple
 
 from common import progress
 from components.movielens_example_gen import parsing
@@ -126,11 +126,14 @@ def _plan_spans(config: configs.PipelineConfig
   One pass over the ratings' timestamps finds the spans. Each span of the window
   is ingested by a run of its own (ingestion and statistics only, under the whole
   pipeline's node ids), so that the whole run's rolling range finds it in ML
-  Metadata; a span ingested before is a cache hit, never read again. Empty spans
-  are reported and skipped. Returns the whole run's settings (its span by number,
-  and `until` only where it ends that span early: a complete span's ingestion does
-  not depend on it, so later runs find it in the cache) and those of each
-  ingestion, oldest span first.
+  Metadata. A span whose ingestion an earlier run finished (its Examples, whole,
+  and their statistics) is not run again, not even as a cache hit: a late span of
+  a long replay would otherwise spend a second per earlier span on it, and a
+  ratings file that grew since (its fingerprint keys the cache) would have every
+  earlier span read again. Empty spans are reported and skipped. Returns the whole
+  run's settings (its span by number, and `until` only where it ends that span
+  early: a complete span's ingestion does not depend on it) and those of each
+  ingestion still to run, oldest span first.
   """
   ratings_path, plan = span_plan(config)
   until = spans.end_of_day(config.until)
@@ -146,16 +149,26 @@ def _plan_spans(config: configs.PipelineConfig
         "learn from; start at a later span")
   empty = [n for n, count in plan.counts.items()
            if not count and earlier[0] < n < span.number]
+  done = _spans_with_statistics(config)
   progress.report("spans", f"this run: {span.describe()}, {plan.counts[span.number]:,} "
                   f"ratings; it learns from {len(earlier)} span(s) before it, "
                   f"{plan.cutter.span(earlier[0]).first_day} to "
                   f"{plan.cutter.span(earlier[-1]).last_day}"
-                  + (f" (empty, skipped: span {', '.join(map(str, empty))})" if empty else ""))
+                  + (f" (empty, skipped: span {', '.join(map(str, empty))})" if empty else "")
+                  + f"; {len(done.intersection(earlier))} of them ingested before")
   run_config = dataclasses.replace(
       config, span=span.number,
       until=config.until if until is not None and until < span.end else None)
-  ingestions = [dataclasses.replace(config, span=number, until=None) for number in earlier]
+  ingestions = [dataclasses.replace(config, span=number, until=None)
+                for number in earlier if number not in done]
   return run_config, ingestions
+
+
+def _spans_with_statistics(config: configs.PipelineConfig) -> Set[int]:
+  if not os.path.isfile(config.metadata_path):
+    return set()
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
+  return run_store.RunStore(config.output_dir).spans_with_statistics()
 
 
 def _refuse_going_back(config: configs.PipelineConfig, length: spans.SpanLength,

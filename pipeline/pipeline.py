@@ -1,7 +1,7 @@
 """The TFX pipeline: read it top to bottom to read what a run does."""
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node
@@ -23,6 +23,7 @@ from evaluation import tfma_config
 from models import features
 from models import hparams
 from pipeline import configs
+from pipeline import resolvers
 
 # Model name -> its Trainer entry point.
 MODELS = {"cf": "trainer.cf.run_fn", "deepfm": "trainer.deepfm.run_fn",
@@ -172,15 +173,17 @@ def create_components(config: configs.PipelineConfig,
   # The three models, trained from the same examples through the same Transform graph.
   # The latest blessed model of each like model: the baseline its successor is
   # judged against and, with spans, the model its successor starts from.
-  latest = {model: _latest_blessed(model) for model in LIKE_MODELS}
-  base_models = {}
+  latest = {model: _latest_model(f"LatestBlessed.{model}", trainer_id(model), config,
+                                 blessed_by=evaluator_id(model))
+            for model in LIKE_MODELS}
+  base_models, latest_retrieval = {}, []
   if config.spans_enabled:
     base_models = {model: latest[model].outputs["model"] for model in LIKE_MODELS}
     # Retrieval has no blessing of its own (the recommender it feeds has): its
     # successor starts from the latest one trained.
-    base_models["retrieval"] = canned_resolver_functions.latest_created(
-        tfx.dsl.Channel(type=standard_artifacts.Model,
-                        producer_component_id=trainer_id("retrieval"), output_key="model"))
+    latest_retrieval = [_latest_model("LatestTrained.retrieval", trainer_id("retrieval"),
+                                      config)]
+    base_models["retrieval"] = latest_retrieval[0].outputs["model"]
   trainers = {model: _trainer(model, run_fn, learned_from, transform, schema_gen, config,
                               base_models.get(model))
               for model, run_fn in MODELS.items()}
@@ -205,14 +208,9 @@ def create_components(config: configs.PipelineConfig,
       code_fingerprint=code_fingerprint_of("RecommenderBuilder"))
 
   # The last blessed recommender, the baseline of the NDCG change threshold.
-  latest_blessed_recommender = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=standard_artifacts.Model,
-                            producer_component_id="RecommenderBuilder", output_key="model"),
-      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
-                                     producer_component_id="RankingEvaluator",
-                                     output_key="blessing"),
-  ).with_id(f"LatestBlessed.{RECOMMENDER}")
+  latest_blessed_recommender = _latest_model(f"LatestBlessed.{RECOMMENDER}",
+                                             "RecommenderBuilder", config,
+                                             blessed_by="RankingEvaluator")
 
   # The top-k lists each model's `recommend` serves the test users, against the
   # popularity and EASE baselines on the same candidates; the recommender is
@@ -244,7 +242,7 @@ def create_components(config: configs.PipelineConfig,
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           *([drift_validator] if drift_validator is not None else []),
-          *latest.values(), transform, *trainers.values(),
+          *latest.values(), *latest_retrieval, transform, *trainers.values(),
           *[node for nodes in judged.values() for node in nodes], recommender_builder,
           latest_blessed_recommender, ranking_evaluator, recommender_pusher, model_report]
 
@@ -269,17 +267,25 @@ def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
   ).with_id(trainer_id(model))
 
 
-def _latest_blessed(model: str) -> tfx.dsl.Resolver:
-  """The latest model of `model`'s kind that its Evaluator blessed."""
-  return tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=standard_artifacts.Model,
-                            producer_component_id=trainer_id(model),
-                            output_key="model"),
-      model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing,
-                                     producer_component_id=evaluator_id(model),
-                                     output_key="blessing"),
-  ).with_id(f"LatestBlessed.{model}")
+def _latest_model(node_id: str, producer: str, config: configs.PipelineConfig,
+                  blessed_by: Optional[str] = None) -> tfx.dsl.Resolver:
+  """The latest model `producer` made that `blessed_by` blessed (without spans, the
+  only kind asked for), or without `blessed_by` the latest it made.
+
+  With spans, only models of the runs of earlier spans: a span run killed after a
+  blessing and resumed resolves what it did at first (pipeline/resolvers.py).
+  """
+  channels = {"model": tfx.dsl.Channel(type=standard_artifacts.Model,
+                                       producer_component_id=producer, output_key="model")}
+  if blessed_by:
+    channels["model_blessing"] = tfx.dsl.Channel(
+        type=standard_artifacts.ModelBlessing, producer_component_id=blessed_by,
+        output_key="blessing")
+  if config.spans_enabled:
+    return tfx.dsl.Resolver(strategy_class=resolvers.LatestFromEarlierSpans,
+                            config={"span": config.span}, **channels).with_id(node_id)
+  return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+                          **channels).with_id(node_id)
 
 
 def _evaluate_and_push(model: str, trainer, latest_blessed, examples,

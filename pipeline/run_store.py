@@ -3,9 +3,11 @@
 `recsys report` and `recsys tensorboard` read a finished run through this: the
 latest live artifact of a type that a given component produced.
 """
+import contextlib
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
+import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
@@ -24,6 +26,18 @@ def execution_node_ids(store, execution_id: int) -> List[str]:
   """The pipeline nodes an execution ran for (one, for LocalDagRunner's)."""
   return [node_id(c) for c in store.get_contexts_by_execution(execution_id)
           if c.type == "node"]
+
+
+def _node_contexts(store, node: str) -> List[metadata_store_pb2.Context]:
+  return [c for c in store.get_contexts_by_type("node") if node_id(c) == node]
+
+
+def _live_examples(store) -> List[metadata_store_pb2.Artifact]:
+  """Every live Examples artifact MovieLensExampleGen registered."""
+  made_there = {a.id for c in _node_contexts(store, "MovieLensExampleGen")
+                for a in store.get_artifacts_by_context(c.id)}
+  return [a for a in store.get_artifacts_by_type("Examples")
+          if a.id in made_there and a.state == metadata_store_pb2.Artifact.LIVE]
 
 
 class RunFolderError(errors.RecsysError):
@@ -53,9 +67,7 @@ class RunStore:
         artifacts = [a for a in store.get_artifacts_by_type(type_name)
                      if a.state == metadata_store_pb2.Artifact.LIVE]
         if producer is not None:
-          node_contexts = [c for c in store.get_contexts_by_type("node")
-                           if node_id(c) == producer]
-          made_there = {a.id for c in node_contexts
+          made_there = {a.id for c in _node_contexts(store, producer)
                         for a in store.get_artifacts_by_context(c.id)}
           artifacts = [a for a in artifacts if a.id in made_there]
     except Exception as e:  # pylint: disable=broad-except
@@ -66,16 +78,30 @@ class RunStore:
   def ingested_spans(self) -> Dict[int, str]:
     """Span number -> span length ("1 month"; "" for a run without spans) of every
     live Examples artifact MovieLensExampleGen registered in this folder."""
-    connection = metadata.sqlite_metadata_connection_config(self.metadata_path)
-    with metadata.Metadata(connection) as m:
-      store = m.store
-      contexts = [c for c in store.get_contexts_by_type("node")
-                  if node_id(c) == "MovieLensExampleGen"]
-      made_there = {a.id for c in contexts for a in store.get_artifacts_by_context(c.id)}
-      examples = [a for a in store.get_artifacts_by_type("Examples")
-                  if a.id in made_there and a.state == metadata_store_pb2.Artifact.LIVE]
+    with self._store() as store:
+      examples = _live_examples(store)
     return {a.properties["span"].int_value:
             a.custom_properties["span_length"].string_value for a in examples}
+
+  def spans_with_statistics(self) -> Set[int]:
+    """The spans ingested whole (not cut short by `until`) whose statistics
+    StatisticsGen has computed: all that an earlier span's ingestion leaves."""
+    with self._store() as store:
+      whole = {a.id: a.properties["span"].int_value for a in _live_examples(store)
+               if "until" not in a.custom_properties}
+      done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+      executions = [e.id for c in _node_contexts(store, "StatisticsGen")
+                    for e in store.get_executions_by_context(c.id)
+                    if e.last_known_state in done]
+      read = {e.artifact_id for e in store.get_events_by_execution_ids(executions)
+              if e.type == metadata_store_pb2.Event.INPUT}
+    return {span for artifact_id, span in whole.items() if artifact_id in read}
+
+  @contextlib.contextmanager
+  def _store(self) -> Iterator[mlmd.MetadataStore]:
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(
+        self.metadata_path)) as m:
+      yield m.store
 
   def require(self, type_name: str, producer: Optional[str] = None,
               what: str = "") -> str:

@@ -4,7 +4,8 @@ the middle of one and resumed.
 Each span's run ingests it, learns from the spans before it (warm-started from
 the last models) and is judged on it. The replay judges spans 2 and 3 (`--from`);
 the first run ingests spans 0 and 1 as its window. It is a real `recsys replay`
-process, SIGKILLed while span 3's DeepFM trains, then resumed here.
+process, SIGKILLed while span 3's models are ranked (RankingEvaluator, its last
+stage but two), then resumed here.
 """
 import contextlib
 import dataclasses
@@ -59,8 +60,8 @@ def _cli_args(data_dir, output_dir):
   return args
 
 
-def _executions(config, node: str):
-  """Per completed execution of `node` (oldest first): (artifacts read, written)."""
+def _executions(config, node: str, states=(metadata_store_pb2.Execution.COMPLETE,)):
+  """Per execution of `node` in `states` (oldest first): (artifacts read, written)."""
   with metadata.Metadata(metadata.sqlite_metadata_connection_config(
       config.metadata_path)) as m:
     store = m.store
@@ -68,7 +69,7 @@ def _executions(config, node: str):
     runs = []
     for execution in sorted(store.get_executions(), key=lambda e: e.id):
       if (run_store.execution_node_ids(store, execution.id) != [node]
-          or execution.last_known_state != metadata_store_pb2.Execution.COMPLETE):
+          or execution.last_known_state not in states):
         continue
       events = store.get_events_by_execution_ids([execution.id])
       read, wrote = ([(type_names[a.type_id], a) for a in store.get_artifacts_by_id(
@@ -105,7 +106,8 @@ class Replayed:
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory) -> Replayed:
-  """A replay SIGKILLed while span 3's DeepFM trains, then resumed here to the end."""
+  """A replay SIGKILLed while span 3's RankingEvaluator runs, then resumed here to
+  the end."""
   root = tmp_path_factory.mktemp("replay")
   release = synthetic.write_release(str(root / "data"), **RELEASE)
   config = pipeline_config(root / "data", root / "run", overrides=BRIEF_TRAINING)
@@ -115,8 +117,9 @@ def replayed(tmp_path_factory) -> Replayed:
   try:
     process.wait_for(r"replay: span 2 in \d+ s: cf auc", timeout=600)
     process.wait_for(r"replay: span 3 \(2002-07-01 to 2003-03-31\), 2 of 2")
-    # Inside the Trainer's executor (so in ML Metadata), before its first epoch.
-    process.wait_for(r"train deepfm: [\d,]+ train", since=len(process.lines))
+    # Inside RankingEvaluator's executor (so in ML Metadata), with four more models'
+    # lists to compute. Late in the span, so that the resumed run has little to do.
+    process.wait_for(r"rank: cf: [\d,]+ test users' lists", since=len(process.lines))
     assert process.kill(signal.SIGKILL) == -signal.SIGKILL
   finally:
     if process.popen.poll() is None:
@@ -141,14 +144,16 @@ def test_a_killed_replay_resumes_in_the_span_it_was_in(replayed):
   assert ("replay: 2 spans of 9 months, 2001-10-01 to 2003-03-31, on "
           f"{config.output_dir}; 1 done by an earlier replay") in console
   assert "span 2 (2001-10-01" not in console  # not run again
-  assert "an earlier run was interrupted in Trainer.deepfm" in console
+  assert "an earlier run was interrupted in RankingEvaluator" in console
   assert [r["span"] for r in resumed.records] == [2, 3]
   assert {r["outcome"] for r in resumed.records} == {"done"}
   # The resumed span reused what its killed run had completed.
   span_three = resumed.records[1]["stages"]
-  for node in ("MovieLensExampleGen", "StatisticsGen", "DriftValidator", "Transform"):
+  for node in ("MovieLensExampleGen", "StatisticsGen", "DriftValidator", "Transform",
+               "Trainer.cf", "Trainer.deepfm", "Trainer.retrieval", "Evaluator.deepfm",
+               "RecommenderBuilder"):
     assert span_three[node]["state"] == "cached", span_three
-  assert span_three["Trainer.deepfm"]["state"] == "done"
+  assert span_three["RankingEvaluator"]["state"] == "done"
   # Started again once everything is done, it has nothing left to run.
   assert replay.replay(config, EVERY, start=SPAN_STARTS[FIRST_JUDGED]).records == (
       resumed.records)
@@ -165,6 +170,13 @@ def test_each_span_learns_from_the_spans_before_it_and_is_judged_on_it(replayed)
   # From ML Metadata: spans 0 and 1 were ingested by runs of their own, as the
   # window of span 2's run; then the completed runs of spans 2 and 3.
   assert _spans_read_by(config, "StatisticsGen") == [[0], [1], [2], [3]]
+  # Each span was ingested once. Span 3's runs, killed and resumed, found the
+  # window's ingestions finished and ran none of them again, not even from the
+  # cache; the resumed run took its own span's from the cache.
+  done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+  assert [[a.properties["span"].int_value for _, a in wrote]
+          for _, wrote in _executions(config, "MovieLensExampleGen", done)] == [
+              [0], [1], [2], [3], [3]]
   for node in ("Transform", "Trainer.cf", "Trainer.retrieval"):
     assert _spans_read_by(config, node) == [[0, 1], [0, 1, 2]], node
   assert _spans_read_by(config, "Evaluator.deepfm") == [[2], [3]]

@@ -7,12 +7,17 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2 as pb
+from tfx.orchestration import metadata
 from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
 
 from components.movielens_example_gen import component
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import spans
 from models import features
+from pipeline import resolvers
+from pipeline import run_store
 from tests.conftest import ingest
 
 
@@ -135,3 +140,108 @@ def test_an_empty_span_is_named_with_the_spans_that_hold_ratings(release_with_a_
     ingest(data_dir, str(tmp_path / "future"), span_months=1, span=7)
   # Nothing was written for either.
   assert not os.path.exists(tmp_path / "february" / "Split-train")
+
+
+class _Recorded:
+  """An ML Metadata store filled as TFX records runs: executions in node and
+  pipeline-run contexts, and the events that tie them to their artifacts."""
+
+  def __init__(self, store):
+    self.store = store
+    self._node_type = store.put_context_type(pb.ContextType(name="node"))
+    self._run_type = store.put_context_type(pb.ContextType(name="pipeline_run"))
+    self._examples_type = store.put_artifact_type(pb.ArtifactType(
+        name="Examples", properties={"span": pb.INT}))
+    self._model_type = store.put_artifact_type(pb.ArtifactType(name="Model"))
+    self._execution_type = store.put_execution_type(pb.ExecutionType(name="run"))
+    self._contexts = {}
+
+  def _context(self, type_id, name):
+    if name not in self._contexts:
+      [self._contexts[name]] = self.store.put_contexts([pb.Context(type_id=type_id,
+                                                                   name=name)])
+    return self._contexts[name]
+
+  def executed(self, node, state=pb.Execution.COMPLETE, inputs=(), outputs=(), run="run"):
+    [execution_id] = self.store.put_executions([pb.Execution(
+        type_id=self._execution_type, last_known_state=state)])
+    self.store.put_events(
+        [pb.Event(execution_id=execution_id, artifact_id=a, type=pb.Event.INPUT)
+         for a in inputs] + [pb.Event(execution_id=execution_id, artifact_id=a,
+                                      type=pb.Event.OUTPUT) for a in outputs])
+    contexts = [self._context(self._node_type, f"movielens.{node}"),
+                self._context(self._run_type, run)]
+    self.store.put_attributions_and_associations(
+        [pb.Attribution(context_id=c, artifact_id=a) for c in contexts for a in outputs],
+        [pb.Association(context_id=c, execution_id=execution_id) for c in contexts])
+
+  def span(self, number, run="run", **custom):
+    artifact = pb.Artifact(type_id=self._examples_type, state=pb.Artifact.LIVE)
+    artifact.properties["span"].int_value = number
+    for name, value in {"span_length": "1 month", **custom}.items():
+      artifact.custom_properties[name].string_value = value
+    [artifact_id] = self.store.put_artifacts([artifact])
+    self.executed("MovieLensExampleGen", outputs=[artifact_id], run=run)
+    return artifact_id
+
+  def model(self, node, run):
+    [artifact_id] = self.store.put_artifacts([pb.Artifact(type_id=self._model_type,
+                                                          state=pb.Artifact.LIVE)])
+    self.executed(node, outputs=[artifact_id], run=run)
+    return artifact_id
+
+
+def test_only_spans_ingested_whole_with_their_statistics_are_not_ingested_again(tmp_path):
+  """What `recsys run` with spans skips (pipeline/local_runner.py), after three
+  ingestions of span 0, 1 and 2."""
+  with metadata.Metadata(metadata.sqlite_metadata_connection_config(
+      str(tmp_path / run_store.METADATA_FILE))) as m:
+    recorded = _Recorded(m.store)
+    whole, killed_before_its_statistics, cut_short = recorded.span(0), recorded.span(
+        1), recorded.span(2, until="2001-03-10")
+    recorded.executed("StatisticsGen", inputs=[whole])
+    recorded.executed("StatisticsGen", pb.Execution.CACHED, inputs=[whole])
+    recorded.executed("StatisticsGen", pb.Execution.RUNNING,
+                      inputs=[killed_before_its_statistics])
+    recorded.executed("StatisticsGen", inputs=[cut_short])
+
+  folder = run_store.RunStore(str(tmp_path))
+  assert folder.ingested_spans() == {0: "1 month", 1: "1 month", 2: "1 month"}
+  assert folder.spans_with_statistics() == {0}
+
+
+def test_a_span_run_resolves_models_of_earlier_spans_only(tmp_path):
+  """The models a run of span 3 starts from and is judged against: not those of an
+  earlier, killed run of span 3, even blessed, nor any of a later span."""
+  def blessing(model_id, blessed=1):
+    artifact = standard_artifacts.ModelBlessing()
+    artifact.set_int_custom_property("current_model_id", model_id)
+    artifact.set_int_custom_property("blessed", blessed)
+    return artifact
+
+  with metadata.Metadata(metadata.sqlite_metadata_connection_config(
+      str(tmp_path / run_store.METADATA_FILE))) as m:
+    recorded = _Recorded(m.store)
+    made = {}
+    for run, span in (("span 1", 1), ("span 2", 2), ("span 3, killed", 3),
+                      ("span 4", 4)):
+      recorded.span(span, run=run)
+      made[run] = recorded.model("Trainer.cf", run)
+    models = []
+    for model_id in made.values():
+      model = standard_artifacts.Model()
+      model.id = model_id
+      models.append(model)
+    blessings = [blessing(made["span 1"]), blessing(made["span 2"], blessed=0),
+                 blessing(made["span 3, killed"]), blessing(made["span 4"])]
+    strategy = resolvers.LatestFromEarlierSpans(span=3)
+    latest = strategy.resolve_artifacts(m.store, {"model": list(models)})
+    blessed = strategy.resolve_artifacts(m.store, {"model": list(models),
+                                                   "model_blessing": blessings})
+    first = resolvers.LatestFromEarlierSpans(span=1).resolve_artifacts(
+        m.store, {"model": list(models), "model_blessing": blessings})
+  assert [a.id for a in latest["model"]] == [made["span 2"]]
+  assert [a.id for a in blessed["model"]] == [made["span 1"]]
+  assert blessed["model_blessing"][0].get_int_custom_property("current_model_id") == (
+      made["span 1"])
+  assert first == {"model": [], "model_blessing": []}
