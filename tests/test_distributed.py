@@ -243,6 +243,12 @@ def test_compile_rejects_bad_flags(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["compile", "--output", str(tmp_path / "p.json"), "--pipeline-root", ROOT])
   assert "--image" in capsys.readouterr().err
+
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["compile", *required, "--span-months", "1"])
+  assert exit_info.value.code == 2
+  assert "spans (--span-days, --span-months) cannot be compiled for Kubeflow Pipelines v2" in (
+      capsys.readouterr().err)
   assert not (tmp_path / "p.json").exists()
 
 
