@@ -13,8 +13,9 @@ DATASET ?= 1m
 DATA_DIR ?=
 OUTPUT_DIR ?=
 PYTEST_ARGS ?=
-# make test runs the suite in this many processes, tests handed out one by one
-# (pytest-xdist --dist load; docs/testing.md has the times): most of a test's time
+# make test runs the suite in this many processes, handed out a module at a time,
+# the longest first (pytest-xdist --dist loadfile; tests/conftest.py
+# LONGEST_MODULES; docs/testing.md has the times): most of a test's time
 # is single-threaded (Beam's in-process runner, imports), so two processes use two
 # cores.
 TEST_WORKERS ?= 2
@@ -22,7 +23,7 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-time-features report tensorboard browser
+.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-replay-1m bench-time-features report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)

@@ -39,10 +39,20 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
                            "recommenders", "both_evaluations"})
 
 
+# The longest modules, handed out first (`make test` runs `--dist loadfile
+# --no-loadscope-reorder`: a module's tests stay on one worker, which builds its
+# module-scoped fixtures once, and modules go out in this order). Started last,
+# one of them would run on alone while the other worker idles.
+LONGEST_MODULES = ("test_faults.py", "test_replay.py", "test_pipeline.py",
+                   "test_real_100k.py")
+
+
 def pytest_collection_modifyitems(items):
   for item in items:
     if SLOW_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.slow)
+  rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
 def requires(path: pathlib.Path):

@@ -482,13 +482,18 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
           if state != "cached" and not node.startswith("LatestBlessed")} == {
               "ModelReport": "done"}
 
-  # Models trained for one epoch, judged against a floor no model reaches: neither
-  # is blessed or pushed, and the report gives every reason. One epoch of CF is also
-  # worse than the blessed CF by more than the allowed drop.
+  # CF trained for one epoch, and both models judged against a floor no model
+  # reaches: neither is blessed or pushed, and the report gives every reason. One
+  # epoch of CF is also worse than the blessed CF by more than the allowed drop.
+  # (DeepFM, unchanged, comes from the cache, and so does the recommender built on
+  # it; its Evaluator runs again for the new floor.)
   worse = dataclasses.replace(config, auc_floor=0.99,
-                              overrides={"cf": {"epochs": 1}, "deepfm": {"epochs": 1}})
+                              overrides={**config.overrides, "cf": {"epochs": 1}})
   summary = local_runner.run(worse)
-  assert _states(summary)["Pusher.cf"] == "done"
+  states = _states(summary)
+  assert states["Trainer.cf"] == states["Evaluator.deepfm"] == states["Pusher.cf"] == "done"
+  for node in ("Trainer.deepfm", "Trainer.retrieval", "RecommenderBuilder"):
+    assert states[node] == "cached", (node, states)
   report = model_report.load(os.path.dirname(summary.report_path))
   for model in ("cf", "deepfm"):
     result = report["models"][model]
