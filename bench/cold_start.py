@@ -12,6 +12,13 @@ rating's UTC day, from the fifth span on:
   like rate ((likes + 20 x global rate) / (ratings + 20), the served score,
   `export/recommend.py`).
 
+And, over all of the span's ratings, the AUC of a trivial like predictor, the
+movie's smoothed like rate over every earlier rating (the global rate for a movie
+never rated): the bar a like model judged on the span must clear to add anything.
+With `--timeline` (a replay's `report/timeline.json` with the same spans), each
+span's row also shows the replay's CF and DeepFM test AUC, measured through their
+exported signatures by the pipeline's Evaluators.
+
 NDCG@10 as `evaluation/topk.py` computes it (binary gains, ideal list of
 min(10, liked) movies); users who liked nothing in the span are left out. Writes
 JSON.
@@ -41,11 +48,27 @@ def ndcg_at_10(order: np.ndarray, liked: set) -> float:
   return sum(gains) / ideal
 
 
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+  ranks = np.empty(len(scores))
+  order = np.argsort(scores, kind="stable")
+  sorted_scores = scores[order]
+  ranks[order] = np.arange(1, len(scores) + 1)
+  for value in np.unique(sorted_scores):  # average ranks of ties
+    tied = scores == value
+    ranks[tied] = ranks[tied].mean()
+  positives = labels.sum()
+  negatives = len(labels) - positives
+  return float((ranks[labels].sum() - positives * (positives + 1) / 2)
+               / (positives * negatives))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
   parser.add_argument("--span-days", type=int, default=7)
   parser.add_argument("--first-span", type=int, default=4)
+  parser.add_argument("--timeline", help="a replay's report/timeline.json, for its AUCs")
   parser.add_argument("--output", default=os.path.join(REPO, "bench", "results",
                                                        "cold_start.json"))
   args = parser.parse_args(argv)
@@ -58,6 +81,10 @@ def main(argv=None) -> int:
   for user, span in sorted(zip(users, spans), key=lambda pair: pair[1]):
     first_span_of_user.setdefault(user, span)
   is_new = np.array([first_span_of_user[u] == s for u, s in zip(users, spans)])
+  replayed = {}
+  if args.timeline:
+    with open(args.timeline) as f:
+      replayed = {r["span"]: r["models"] for r in json.load(f)["spans"] if r.get("models")}
   per_span, by_order = [], {"likes": [], "smoothed_like_rate": []}
   for span in range(args.first_span, spans.max() + 1):
     before, now = spans < span, spans == span
@@ -79,7 +106,10 @@ def main(argv=None) -> int:
                      "share_by_new_users": round(float(is_new[now].mean()), 3),
                      "new_users_with_a_like": len(scores["likes"]),
                      **{f"ndcg@10_{name}": round(float(np.mean(v)), 4) if v else None
-                        for name, v in scores.items()}})
+                        for name, v in scores.items()},
+                     "auc_movie_like_rate": round(auc(liked[now], rate[movies[now]]), 4),
+                     **{f"auc_{model}": replayed[span][model]["auc"]
+                        for model in ("cf", "deepfm") if span in replayed}})
   result = {"date": datetime.date.today().isoformat(), "data_dir": args.data_dir,
             "span_days": args.span_days, "users": len(by_order["likes"]),
             "ndcg@10": {name: round(float(np.mean(v)), 4) for name, v in by_order.items()},
@@ -92,6 +122,16 @@ def main(argv=None) -> int:
         f"{max(shares):.0%} of a span's ratings by users first seen in it")
   print(f"NDCG@10 of new users ({result['users']}, pooled): " + ", ".join(
       f"by {name} {value:.4f}" for name, value in result["ndcg@10"].items()))
+  trivial = [s["auc_movie_like_rate"] for s in per_span]
+  print(f"AUC of the movie's like rate on a span's ratings: {min(trivial):.3f} to "
+        f"{max(trivial):.3f}, median {np.median(trivial):.3f}")
+  for model in ("cf", "deepfm"):
+    pairs = [(s[f"auc_{model}"], s["auc_movie_like_rate"]) for s in per_span
+             if f"auc_{model}" in s]
+    if pairs:
+      print(f"{model} (replay, through its signature) above it in "
+            f"{sum(a > b for a, b in pairs)} of {len(pairs)} spans; median AUC "
+            f"{np.median([a for a, _ in pairs]):.3f}")
   print(f"wrote {args.output}")
   return 0
 

@@ -17,6 +17,12 @@ JSON.
 
   python bench/replay_time.py --data-dir ../shared/data/movielens/ml-100k --every 1w \
       --output bench/results/replay_100k_1w.json
+
+At 1M scale, on the synthetic release `make bench` uses (written once into
+`--data-dir`), monthly spans and a bounded window:
+
+  python bench/replay_time.py --synthetic-1m --data-dir runs/bench-1m-data --every 1m \
+      --window-spans 6 --from 2002-09-01 --output bench/results/replay_1m_1m.json
 """
 import argparse
 import datetime
@@ -74,7 +80,12 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
   parser.add_argument("--dataset", default="100k", choices=["100k", "1m"])
+  parser.add_argument("--synthetic-1m", action="store_true", help="write the MovieLens-1M-"
+                      "shaped synthetic release of bench/pipeline_1m.py into --data-dir "
+                      "(once) and replay it")
   parser.add_argument("--every", default="1w")
+  parser.add_argument("--window-spans", type=int, default=0,
+                      help="learn from the last W spans (default: all before)")
   parser.add_argument("--from", dest="start")
   parser.add_argument("--to", dest="end")
   parser.add_argument("--work-dir", default=os.path.join(REPO, "runs", "bench-replay"),
@@ -84,23 +95,32 @@ def main(argv=None) -> int:
   parser.add_argument("--output", default=os.path.join(REPO, "bench", "results",
                                                        "replay_100k_1w.json"))
   args = parser.parse_args(argv)
+  if args.synthetic_1m:
+    import pipeline_1m  # pylint: disable=g-import-not-at-top
+    args.dataset = "1m"
+    pipeline_1m.write_data(args.data_dir, seed=0)
 
-  def config(name):
+  def config(name, **settings):
     return configs.PipelineConfig(dataset=args.dataset, data_dir=args.data_dir,
-                                  output_dir=os.path.join(args.work_dir, name))
+                                  output_dir=os.path.join(args.work_dir, name), **settings)
 
   if args.full_run_seconds:
     full = {"seconds": args.full_run_seconds, "given": True}
   else:
     full = _full_run_seconds(config(f"full-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
-  replay_config = config(f"replay-{args.every}")
+  length = replay.span_length(args.every)
+  replay_config = config(f"replay-{args.dataset}-{args.every}"
+                         + (f"-window-{args.window_spans}" if args.window_spans else ""),
+                         span_days=length.days, span_months=length.months,
+                         window_spans=args.window_spans)
   started = time.monotonic()
   result = replay.replay(replay_config, args.every, args.start, args.end)
   rows = [_span_row(r, full["seconds"]) for r in result.records]
   later = [r["ratio_to_full_run"] for r in rows[1:] if r["outcome"] == "done"]
   summary = {
       "date": datetime.date.today().isoformat(), "dataset": args.dataset,
-      "data_dir": args.data_dir, "every": args.every, "cores": configs.available_cores(),
+      "data_dir": args.data_dir, "every": args.every,
+      "window_spans": args.window_spans or "all", "cores": configs.available_cores(),
       "full_run": full, "replay_seconds_this_invocation": round(
           time.monotonic() - started, 1),
       "spans": rows,
