@@ -21,7 +21,7 @@ JSON.
 At 1M scale, on the synthetic release `make bench` uses (written once into
 `--data-dir`), monthly spans and a bounded window:
 
-  python bench/replay_time.py --synthetic-1m --data-dir runs/bench-1m-data --every 1m \
+  python bench/replay_time.py --synthetic-1m --data-dir runs/bench-1m/data/ml-1m --every 1m \
       --window-spans 6 --from 2002-09-01 --output bench/results/replay_1m_1m.json
 """
 import argparse
