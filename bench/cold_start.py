@@ -32,6 +32,7 @@ import os
 import sys
 
 import numpy as np
+import time_features  # bench/, beside this script: its AUC (no TensorFlow either)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(os.environ.get("MOVIELENS_REAL_DATA", os.path.join(
@@ -46,21 +47,6 @@ def ndcg_at_10(order: np.ndarray, liked: set) -> float:
            if movie in liked]
   ideal = sum(1.0 / np.log2(i + 2) for i in range(min(LIST_LENGTH, len(liked))))
   return sum(gains) / ideal
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney, ties counted half)."""
-  ranks = np.empty(len(scores))
-  order = np.argsort(scores, kind="stable")
-  sorted_scores = scores[order]
-  ranks[order] = np.arange(1, len(scores) + 1)
-  for value in np.unique(sorted_scores):  # average ranks of ties
-    tied = scores == value
-    ranks[tied] = ranks[tied].mean()
-  positives = labels.sum()
-  negatives = len(labels) - positives
-  return float((ranks[labels].sum() - positives * (positives + 1) / 2)
-               / (positives * negatives))
 
 
 def main(argv=None) -> int:
@@ -107,7 +93,8 @@ def main(argv=None) -> int:
                      "new_users_with_a_like": len(scores["likes"]),
                      **{f"ndcg@10_{name}": round(float(np.mean(v)), 4) if v else None
                         for name, v in scores.items()},
-                     "auc_movie_like_rate": round(auc(liked[now], rate[movies[now]]), 4),
+                     "auc_movie_like_rate": round(time_features.auc(rate[movies[now]],
+                                                                   liked[now]), 4),
                      **{f"auc_{model}": replayed[span][model]["auc"]
                         for model in ("cf", "deepfm") if span in replayed}})
   result = {"date": datetime.date.today().isoformat(), "data_dir": args.data_dir,
