@@ -16,9 +16,9 @@ asks both, as production recommenders do:
    probabilities. Retrieval's training corrects for popularity (logQ); part of it
    is given back here, as much as helped on the eval split (docs/experiments.md).
 A user the models never saw gets retrieval's cold-start list (the most-liked
-movies, in its order), with its smoothed like rates as scores. The like model's own signatures
-(`predict`, `predict_raw`, `serving_default`, `transform_features`) are served
-unchanged, so a client of either model can call this one.
+movies, in its order), with its smoothed like rates as scores. The like model's
+own signatures (`predict`, `predict_raw`, `serving_default`, `transform_features`)
+are served unchanged, so a client of either model can call this one.
 
 Both SavedModels are loaded and held by this module, so their variables, tables
 and Transform assets are saved with it: one SavedModel, loaded by stock TF
