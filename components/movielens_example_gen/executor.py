@@ -56,10 +56,10 @@ class _ParseShard(beam.DoFn):
   def process(self, indexed_shard: Tuple[int, parsing.RatingsShard]
               ) -> Iterator[Tuple[Tuple[int, int], Tuple[int, np.ndarray]]]:
     index, shard = indexed_shard
+    # Lines outside the time range were checked by the key pass (read_rating_keys).
     parsed = parsing.parse_ratings(shard, parsing.read_shard_bytes(shard),
-                                   self._layout, self._users, self._movies)
-    if parsed is not None and self._time_range is not None:
-      parsed = parsed.within(*self._time_range)
+                                   self._layout, self._users, self._movies,
+                                   time_range=self._time_range)
     if parsed is None:
       return
     encoded = np.array(example_coder.RecordBatchToExamples(parsed.batch), dtype=object)
