@@ -153,7 +153,7 @@ def _interactions(splits: Splits, seen: Sequence[str]) -> np.ndarray:
 
 def _ease_lists(interactions: np.ndarray, gram: np.ndarray, l2: float, rated: List[Set[int]],
                 users: np.ndarray, length: int) -> List[List[int]]:
-  weights = topk.ease_weights(gram, l2).astype(np.float32)
+  weights = topk.ease_weights(gram, l2)
   scores = np.zeros(interactions.shape, np.float32)
   scores[users] = interactions[users] @ weights
   return _lists_from_scores(scores, rated, users, length)
