@@ -29,6 +29,7 @@ without the time spent on NDCG. Writes JSON.
   python bench/warm_start.py --seeds 42,1,2 --output bench/results/warm_start.json
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -257,7 +258,8 @@ def train_new_span(model_name: str, hparams, span: Span, seed: int, work_dir: st
   if base_dir:
     started = time.perf_counter()
     training.create_variables(model, train)
-    summary = warm_start.warm_start(model, span.output, base_dir, model_name)
+    summary = warm_start.warm_start(model, span.output, base_dir, model_name,
+                                    shrink=hparams.warm_start_shrink)
     result["warm_start_seconds"] = round(time.perf_counter() - started, 2)
     result["carried"] = {"tables": len(summary.tables), "rows": summary.rows_carried,
                          "new_ids": summary.ids_new, "copied": len(summary.copied),
@@ -364,6 +366,9 @@ def main() -> None:
   parser.add_argument("--warm-epochs-as-cold", action="store_true",
                       help="train the warm start for the cold start's epochs, not the "
                            "hyperparameters' warm_start_epochs (to see the whole curve)")
+  parser.add_argument("--warm-start-shrink", type=float, default=None,
+                      help="carry shrink * base + (1 - shrink) * fresh (default: each "
+                           "model's warm_start_shrink; 1: the base's values as they are)")
   parser.add_argument("--output", default="bench/results/warm_start.json")
   args = parser.parse_args()
   if not os.path.isdir(args.data_dir):
@@ -380,8 +385,12 @@ def main() -> None:
         base_dir = train_base(model_name, hparams, base, seed, work_dir)
         cold = train_new_span(model_name, hparams, new, seed, work_dir)
         warm_hparams = hparams if args.warm_epochs_as_cold else hp.for_warm_start(hparams)
+        if args.warm_start_shrink is not None:
+          warm_hparams = dataclasses.replace(warm_hparams,
+                                             warm_start_shrink=args.warm_start_shrink)
         warm = train_new_span(model_name, warm_hparams, new, seed, work_dir, base_dir)
         result = {"model": model_name, "seed": seed,
+                  "warm_start_shrink": warm_hparams.warm_start_shrink,
                   "measure": "eval ndcg@10" if model_name == "retrieval" else "eval auc",
                   **compare(cold, warm), "cold": _rounded(cold), "warm": _rounded(warm)}
         print(json.dumps(result), flush=True)

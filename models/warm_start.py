@@ -14,6 +14,14 @@ projections) is copied as it is when the base has one at the same place with the
 same shape; anything else stays fresh and is reported by name. The optimizer is
 not carried: its moments belong to steps on another span's data.
 
+With `shrink` below 1, every carried value is pulled toward the fresh model's:
+shrink * base + (1 - shrink) * fresh, the "shrink and perturb" of Ash and Adams
+(2020, "On Warm-Starting Neural Network Training"), the fresh initialisation
+being the perturbation. A network trained on from its base's exact weights
+settles below a cold start's eval AUC on ratings it mostly fitted already; a
+shrunk start keeps most of the head start and ends above it (bench/warm_start.py,
+docs/models.md#warm-start).
+
 Where things are found in the base model, the SavedModel its Trainer exported
 (`fn_args.base_model`):
 
@@ -60,23 +68,30 @@ class WarmStartSummary:
   copied: List[str]  # paths of the other variables, copied as they are
   left_fresh: Dict[str, str]  # path -> why it could not be matched
   seconds: float
+  shrink: float = 1.0  # carried values are shrink * base + (1 - shrink) * fresh
 
   def describe(self) -> str:
     new = ", ".join(f"{field} {count:,}" for field, count in self.ids_new.items() if count)
     fresh = f" ({', '.join(self.left_fresh)})" if self.left_fresh else ""
+    shrunk = (f", shrunk to {self.shrink:g} of the base's values (the rest fresh)"
+              if self.shrink != 1 else "")
     return (f"{len(self.tables)} tables carried over by id ({self.rows_carried:,} rows; "
             f"new ids: {new or 'none'}), {len(self.copied)} variables copied, "
-            f"{len(self.left_fresh)} left fresh{fresh}, in {self.seconds:.1f} s")
+            f"{len(self.left_fresh)} left fresh{fresh}{shrunk}, in {self.seconds:.1f} s")
 
 
 def warm_start(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
-               base_model_dir: str, model_name: str = "model") -> WarmStartSummary:
+               base_model_dir: str, model_name: str = "model",
+               shrink: float = 1.0) -> WarmStartSummary:
   """Sets `model`'s weights from the base SavedModel at `base_model_dir`.
 
   `model` is freshly built, and called once so that its variables exist, on the
   vocabularies of `tf_transform_output` (the new span's Transform graph), and not
-  yet compiled. Returns what was carried over, and prints it as a progress line.
+  yet compiled. Each carried value becomes shrink * base + (1 - shrink) * fresh.
+  Returns what was carried over, and prints it as a progress line.
   """
+  if not 0 < shrink <= 1:
+    raise ValueError(f"warm start shrink must be in (0, 1], got {shrink}")
   started = time.perf_counter()
   if not model.variables:
     raise ValueError("warm_start needs the model's variables: call the model once first")
@@ -86,7 +101,7 @@ def warm_start(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput
                     "rows cannot be carried over by id")
   base = tf.saved_model.load(base_model_dir)
   paths = variable_paths(model)
-  summary = WarmStartSummary(base_model_dir, [], 0, {}, {}, {}, [], {}, 0.0)
+  summary = WarmStartSummary(base_model_dir, [], 0, {}, {}, {}, [], {}, 0.0, shrink)
   vocabularies = _Vocabularies(lambda field: tf_transform_output.vocabulary_by_name(
       preprocessing.vocabulary_name(field)))
   base_vocabularies = _Vocabularies(lambda field: _read_asset_vocabulary(
@@ -119,7 +134,8 @@ def warm_start(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput
       summary.left_fresh[name] = (f"shape {tuple(variable.shape)}, the base's "
                                   f"{base_values.shape}")
     else:
-      variable.assign(base_values.astype(variable.dtype.as_numpy_dtype))
+      variable.assign(_shrunk(base_values, variable.numpy(), shrink)
+                      .astype(variable.dtype.as_numpy_dtype))
       summary.copied.append(name)
   summary.seconds = time.perf_counter() - started
   progress.report(f"train {model_name}",
@@ -220,13 +236,18 @@ def _carry_by_id(table: layers.VocabularyTable, base_values: np.ndarray,
     oov = np.arange(features.NUM_OOV_BUCKETS)
     new_rows = np.concatenate([new_rows, len(new_ids) + oov])
     base_rows = np.concatenate([base_rows, len(base_index) + oov])
-    values[new_start + new_rows] = base_values[base_start + base_rows]
+    values[new_start + new_rows] = _shrunk(base_values[base_start + base_rows],
+                                           values[new_start + new_rows], summary.shrink)
     summary.rows_carried += len(new_rows)
     summary.ids_kept[field] = len(pairs)
     summary.ids_new[field] = len(new_ids) - len(pairs)
     summary.ids_dropped[field] = len(base_index) - len(pairs)
   table.variable.assign(values)
   return None
+
+
+def _shrunk(base: np.ndarray, fresh: np.ndarray, shrink: float) -> np.ndarray:
+  return base if shrink == 1 else shrink * base + (1 - shrink) * fresh
 
 
 def _unique(variables: Sequence[tf.Variable]) -> List[tf.Variable]:

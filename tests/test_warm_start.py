@@ -163,6 +163,32 @@ def test_every_other_variable_is_copied_by_its_path(model_name, base_models, war
     np.testing.assert_array_equal(variable.numpy(), base_variables[name].numpy(), name)
 
 
+def test_shrink_pulls_every_carried_value_toward_the_fresh_one(spans, base_models,
+                                                                 warm_started):
+  _, new = spans
+  _, base_dir = base_models["cf"]
+  exact, _, fresh = warm_started["cf"]  # shrink 1: the base's values
+  model = _fresh("cf", new)
+  summary = warm_start.warm_start(model, new.output, base_dir, "cf", shrink=0.3)
+  assert "shrunk to 0.3" in summary.describe()
+  fresh_values = {"/".join(path): v.numpy() for v, path in _by_path(fresh)}
+  exact_values = {"/".join(path): v.numpy() for v, path in _by_path(exact)}
+  for variable, path in _by_path(model):
+    name = "/".join(path)
+    np.testing.assert_allclose(variable.numpy(),
+                               0.3 * exact_values[name] + 0.7 * fresh_values[name],
+                               rtol=1e-5, atol=1e-7, err_msg=name)
+  # Rows of ids new to the span stay exactly fresh, since they carry nothing.
+  user_table = model.vocabulary_tables()[0].variable.numpy()
+  new_ids = _vocabulary(new, features.USER_ID)
+  base_ids = set(_vocabulary(spans[0], features.USER_ID))
+  added = [i for i, value in enumerate(new_ids) if value not in base_ids]
+  np.testing.assert_array_equal(user_table[added],
+                                fresh.vocabulary_tables()[0].variable.numpy()[added])
+  with pytest.raises(ValueError, match="shrink"):
+    warm_start.warm_start(_fresh("cf", new), new.output, base_dir, "cf", shrink=0.0)
+
+
 def _by_path(model):
   """(variable, path) of the model's trainable variables (metrics' counters left out)."""
   paths = warm_start.variable_paths(model)
@@ -228,11 +254,11 @@ def _write_examples(path, serialized):
 
 def test_the_trainer_starts_from_fn_args_base_model(spans, base_models, tmp_path, capsys):
   """run.run with the base model and a learning rate of 0: the exported model's rows
-  are the base's, each at its id's new index."""
+  are the base's, each at its id's new index, shrunk as the hyperparameters say."""
   base, new = spans
   base_model, base_dir = base_models["cf"]
   hparams = dataclasses.replace(_hparams("cf"), learning_rate=0.0, epochs=1,
-                                early_stopping_patience=0)
+                                early_stopping_patience=0, warm_start_shrink=0.5)
   transform_dir = os.path.dirname(new.output.transform_savedmodel_dir)
   fn_args = fn_args_utils.FnArgs(
       train_files=[_write_examples(tmp_path / "train.tfrecord", new.serialized[:5000])],
@@ -241,15 +267,19 @@ def test_the_trainer_starts_from_fn_args_base_model(spans, base_models, tmp_path
       model_run_dir=str(tmp_path / "model_run"), base_model=base_dir,
       custom_config={"hparams": hp.to_config(hparams), "seed": 0})
   run.run(fn_args, "cf", cf.build, features.CF_RAW_FEATURES)
-  assert f"train cf: warm start from {base_dir}: 4 tables carried over by id" in (
-      capsys.readouterr().err)
+  log = capsys.readouterr().err
+  assert f"train cf: warm start from {base_dir}: 4 tables carried over by id" in log
+  assert "shrunk to 0.5 of the base's values" in log
   exported = tf.saved_model.load(str(tmp_path / "model")).movie_embedding.embeddings.numpy()
   base_rows = base_model.movie_embedding.embeddings.numpy()
+  fresh_rows = _fresh("cf", new, hparams).movie_embedding.embeddings.numpy()  # seed 0 too
   base_ids = _vocabulary(base, features.MOVIE_ID)
   new_ids = _vocabulary(new, features.MOVIE_ID)
   shared = [movie for movie in new_ids if movie in set(base_ids)]
-  np.testing.assert_array_equal(exported[[new_ids.index(m) for m in shared]],
-                                base_rows[[base_ids.index(m) for m in shared]])
+  rows = [new_ids.index(m) for m in shared]
+  np.testing.assert_allclose(
+      exported[rows], 0.5 * base_rows[[base_ids.index(m) for m in shared]]
+      + 0.5 * fresh_rows[rows], rtol=1e-5, atol=1e-7)
 
 
 def test_a_warm_start_trains_the_epochs_the_hyperparameters_set_for_it():

@@ -30,8 +30,8 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
 
   With `fn_args.base_model` (the latest blessed model of this kind, when the
   Trainer has a `base_model` input), the model starts from its weights, carried
-  over by id (models/warm_start.py), and trains on from there, for
-  `warm_start_epochs` where the hyperparameters set them.
+  over by id (models/warm_start.py) and shrunk by `warm_start_shrink`, and trains
+  on from there, for `warm_start_epochs` where the hyperparameters set them.
   """
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
@@ -56,7 +56,8 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
 
   def start_from_base_model(model):
     training.create_variables(model, train_examples)
-    warm_start.warm_start(model, tf_transform_output, base_model, model_name)
+    warm_start.warm_start(model, tf_transform_output, base_model, model_name,
+                          shrink=hparams.warm_start_shrink)
 
   model, history = training.fit(strategy, model_name, build,
                                 data.vocabulary_sizes(tf_transform_output), hparams,
