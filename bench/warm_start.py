@@ -65,6 +65,8 @@ from models import preprocessing  # pylint: disable=g-import-not-at-top
 from models import retrieval  # pylint: disable=g-import-not-at-top
 from models import training  # pylint: disable=g-import-not-at-top
 from models import warm_start  # pylint: disable=g-import-not-at-top
+# tests/ is not an installed package (setup.py): import its helper from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import transform_fixture  # pylint: disable=g-import-not-at-top
 from trainer import run  # pylint: disable=g-import-not-at-top
 
