@@ -58,7 +58,7 @@ def spans_to_replay(plan: spans.SpanPlan, start: Optional[str], end: Optional[st
     span = plan.cutter.span(number)
     if start_second is not None and span.end <= start_second:
       continue
-    if end_second is not None and span.start > end_second:
+    if end_second is not None and span.start >= end_second:  # starts after day `end`
       break
     cut = end if end_second is not None and end_second < span.end else None
     chosen.append((span, cut))

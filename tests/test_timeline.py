@@ -49,6 +49,9 @@ def test_from_and_to_pick_the_spans_holding_those_days_and_cut_the_last():
   # A `to` on a span's last day cuts nothing; a `from` after it leaves it out.
   chosen = replay.spans_to_replay(plan, "1997-10-06", "1997-10-12")
   assert [(span.number, until) for span, until in chosen] == [(2, None)]
+  # Nor does it reach into the next span, which starts the day after.
+  chosen = replay.spans_to_replay(plan, None, "1997-10-05")
+  assert [(span.number, until) for span, until in chosen] == [(1, None)]
   assert replay.spans_to_replay(plan, "1997-10-27", None) == []
 
 
