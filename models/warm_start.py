@@ -65,7 +65,7 @@ class WarmStartSummary:
   ids_kept: Dict[str, int]  # per field: ids in both vocabularies (their rows carried)
   ids_new: Dict[str, int]  # per field: ids the base never saw (fresh rows)
   ids_dropped: Dict[str, int]  # per field: base ids the new vocabulary lacks
-  copied: List[str]  # paths of the other variables, copied as they are
+  copied: List[str]  # paths of the other variables, copied by path
   left_fresh: Dict[str, str]  # path -> why it could not be matched
   seconds: float
   shrink: float = 1.0  # carried values are shrink * base + (1 - shrink) * fresh

@@ -208,6 +208,33 @@ def test_error_line_numbers_count_across_shards(synthetic_1m, tmp_path):
     parsing.read_release(folder, ML_1M, lines_per_shard=1000)
 
 
+def test_a_time_range_keeps_its_ratings_and_still_checks_every_line(synthetic_1m, tmp_path):
+  """What a span's Beam step parses: the ratings in its time range, with the rows the
+  whole parse gives them; a line outside the range still fails on its format."""
+  users = parsing.read_users(synthetic_1m.folder, ML_1M)
+  movies = parsing.read_movies(synthetic_1m.folder, ML_1M)
+  (shard,) = parsing.plan_ratings_shards(
+      os.path.join(synthetic_1m.folder, "ratings.dat"), 10**9)
+  data = parsing.read_shard_bytes(shard)
+  whole = parsing.parse_ratings(shard, data, ML_1M, users, movies)
+  keys = parsing.parse_ratings(shard, data, ML_1M, users, movies, keys_only=True)
+  assert keys.batch is None
+  np.testing.assert_array_equal(keys.timestamps, whole.timestamps)
+  start, end = np.percentile(whole.timestamps, [25, 50]).astype(int)
+  inside = parsing.parse_ratings(shard, data, ML_1M, users, movies, time_range=(start, end))
+  expected = whole.within(start, end)
+  assert 0 < inside.batch.num_rows == expected.batch.num_rows < whole.batch.num_rows
+  assert inside.batch.equals(expected.batch)
+  assert parsing.parse_ratings(shard, data, ML_1M, users, movies,
+                               time_range=(0, int(whole.timestamps.min()))) is None
+  # The first line, a rating before the range, made unreadable.
+  lines = data.split(b"\n")
+  bad = b"\n".join([b"1::2::five::978300760"] + lines[1:])
+  with pytest.raises(parsing.MovieLensDataError, match="line 1: rating 'five'"):
+    parsing.parse_ratings(shard, bad, ML_1M, users, movies,
+                          time_range=(int(whole.timestamps.max()) + 1, 2**62))
+
+
 def test_100k_malformed_lines(synthetic_100k, tmp_path):
   folder = str(tmp_path / "release")
   shutil.copytree(synthetic_100k.folder, folder)
