@@ -102,7 +102,7 @@ PRESETS = {
         # the best eval AUC on MovieLens-100K of the settings tried; the id
         # statistics did worse here (docs/experiments.md). Warm-started from its
         # exact base weights it settled below a cold start's AUC; shrunk to 0.3
-        # of them it passed it in under half the epochs (docs/models.md#warm-start).
+        # of them it ended above it (docs/models.md#warm-start).
         "best": CFHparams(embedding_dim=64, scoring="dot", use_biases=True,
                           init_stddev=0.05, l2=3e-2, learning_rate=1e-3,
                           batch_size=1024, epochs=80, early_stopping_patience=3,
