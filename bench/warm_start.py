@@ -43,6 +43,8 @@ import warnings
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", category=FutureWarning)
+# tests/ is not an installed package (setup.py): import its helper from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -65,8 +67,6 @@ from models import preprocessing  # pylint: disable=g-import-not-at-top
 from models import retrieval  # pylint: disable=g-import-not-at-top
 from models import training  # pylint: disable=g-import-not-at-top
 from models import warm_start  # pylint: disable=g-import-not-at-top
-# tests/ is not an installed package (setup.py): import its helper from this checkout.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import transform_fixture  # pylint: disable=g-import-not-at-top
 from trainer import run  # pylint: disable=g-import-not-at-top
 
