@@ -165,10 +165,16 @@ def _plan_spans(config: configs.PipelineConfig
 
 
 def _spans_with_statistics(config: configs.PipelineConfig) -> Set[int]:
+  store = _store_if_any(config)
+  return store.spans_with_statistics() if store else set()
+
+
+def _store_if_any(config: configs.PipelineConfig):
+  """The output folder's ML Metadata (a run_store.RunStore), None before its first run."""
   if not os.path.isfile(config.metadata_path):
-    return set()
+    return None
   from pipeline import run_store  # pylint: disable=g-import-not-at-top
-  return run_store.RunStore(config.output_dir).spans_with_statistics()
+  return run_store.RunStore(config.output_dir)
 
 
 def _refuse_going_back(config: configs.PipelineConfig, length: spans.SpanLength,
@@ -180,10 +186,11 @@ def _refuse_going_back(config: configs.PipelineConfig, length: spans.SpanLength,
   ones); with spans of another length, or beside a run without spans, the numbers
   would mix different cuts of the ratings.
   """
-  if not os.path.isfile(config.metadata_path):
+  store = _store_if_any(config)
+  if store is None:
     return
   from pipeline import run_store  # pylint: disable=g-import-not-at-top
-  held = run_store.RunStore(config.output_dir).ingested_spans()
+  held = store.ingested_spans()
   other_cuts = sorted({cut for cut in held.values() if cut != str(length)})
   if other_cuts:
     what = ", ".join(f"spans of {cut}" if cut else "a run without spans"

@@ -32,12 +32,21 @@ def _node_contexts(store, node: str) -> List[metadata_store_pb2.Context]:
   return [c for c in store.get_contexts_by_type("node") if node_id(c) == node]
 
 
+def _live_artifacts(store, type_name: str, producer: Optional[str] = None
+                    ) -> List[metadata_store_pb2.Artifact]:
+  """Every live artifact of `type_name`, made by node `producer` if given."""
+  artifacts = [a for a in store.get_artifacts_by_type(type_name)
+               if a.state == metadata_store_pb2.Artifact.LIVE]
+  if producer is None:
+    return artifacts
+  made_there = {a.id for c in _node_contexts(store, producer)
+                for a in store.get_artifacts_by_context(c.id)}
+  return [a for a in artifacts if a.id in made_there]
+
+
 def _live_examples(store) -> List[metadata_store_pb2.Artifact]:
   """Every live Examples artifact MovieLensExampleGen registered."""
-  made_there = {a.id for c in _node_contexts(store, "MovieLensExampleGen")
-                for a in store.get_artifacts_by_context(c.id)}
-  return [a for a in store.get_artifacts_by_type("Examples")
-          if a.id in made_there and a.state == metadata_store_pb2.Artifact.LIVE]
+  return _live_artifacts(store, "Examples", "MovieLensExampleGen")
 
 
 class RunFolderError(errors.RecsysError):
@@ -60,16 +69,9 @@ class RunStore:
   def latest_artifact(self, type_name: str, producer: Optional[str] = None
                       ) -> Optional[metadata_store_pb2.Artifact]:
     """The newest live artifact of `type_name`, made by node `producer` if given."""
-    connection = metadata.sqlite_metadata_connection_config(self.metadata_path)
     try:
-      with metadata.Metadata(connection) as m:
-        store = m.store
-        artifacts = [a for a in store.get_artifacts_by_type(type_name)
-                     if a.state == metadata_store_pb2.Artifact.LIVE]
-        if producer is not None:
-          made_there = {a.id for c in _node_contexts(store, producer)
-                        for a in store.get_artifacts_by_context(c.id)}
-          artifacts = [a for a in artifacts if a.id in made_there]
+      with self._store() as store:
+        artifacts = _live_artifacts(store, type_name, producer)
     except Exception as e:  # pylint: disable=broad-except
       # ml_metadata raises its own errors for a locked, corrupt or foreign store.
       raise RunFolderError(f"cannot read {self.metadata_path}: {e}") from e
