@@ -428,6 +428,11 @@ def _as_lists(values: pa.Array) -> pa.ListArray:
   return pa.ListArray.from_arrays(offsets, values)
 
 
+def _in_time_range(timestamps: np.ndarray, time_range: Tuple[int, int]) -> np.ndarray:
+  """start <= timestamp < end, the one meaning of a span's or `until`'s time range."""
+  return (timestamps >= time_range[0]) & (timestamps < time_range[1])
+
+
 @dataclasses.dataclass
 class ParsedRatings:
   """A shard's examples as an Arrow batch, plus the ids and times splits are keyed on."""
@@ -438,7 +443,7 @@ class ParsedRatings:
 
   def within(self, start: int, end: int) -> Optional["ParsedRatings"]:
     """The ratings with start <= timestamp < end, or None if there are none."""
-    keep = (self.timestamps >= start) & (self.timestamps < end)
+    keep = _in_time_range(self.timestamps, (start, end))
     if not keep.any():
       return None
     batch = None if self.batch is None else self.batch.filter(pa.array(keep))
@@ -512,7 +517,7 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
                 f"({day}) is before {earliest}, older than any MovieLens rating: is "
                 "the line cut short?")
   if time_range is not None:
-    keep = (timestamps >= time_range[0]) & (timestamps < time_range[1])
+    keep = _in_time_range(timestamps, time_range)
     if not keep.any():
       return None
     line_numbers, user_ids, movie_ids, ratings, timestamps = (
