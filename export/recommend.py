@@ -8,9 +8,9 @@ by number of likes. `Recommender` turns a model and these tables into
 `recommend(user_id, k)`:
 
 - a known user: every movie is scored by the model (CF: a TFRS BruteForce index
-  over the movie embeddings; DeepFM: one batched call over all movies), movies the
-  user rated in training are excluded, and the k best are returned with their
-  like probabilities;
+  over the movie embeddings; DeepFM: its user's and movies' parts computed once
+  each, then combined for every pair), movies the user rated in training are
+  excluded, and the k best are returned with their like probabilities;
 - an unknown user (cold start): the k movies most liked in training (by number of
   likes, the order of the popularity baseline), scored by their smoothed like
   rate, never an error. Most of a span's ratings come from users it is the first
@@ -171,8 +171,10 @@ class Recommender(tf.Module):
 
   A model that `factorizes` its score into `query_vectors`, `candidate_vectors`
   and `probability` (the CF model) ranks through a TFRS BruteForce index over
-  every movie's candidate vector, built here, before saving; any other model
-  scores every (user, movie) pair in one batched call.
+  every movie's candidate vector, built here, before saving. A model with
+  `logits_of_every_pair(users, movies)` (DeepFM) scores a batch of users against
+  every movie with it; any other model scores every (user, movie) pair in one
+  batched call.
   """
 
   def __init__(self, model: tf.keras.Model, tables: CandidateTables):
@@ -212,6 +214,9 @@ class Recommender(tf.Module):
       scores = tf.gather(scores, tf.argsort(movies, axis=1), batch_dims=1)  # by movie
       return tf.cast(calibrated(self.model, self.model.probability(
           scores + offsets[:, tf.newaxis])), tf.float32)
+    if hasattr(self.model, "logits_of_every_pair"):
+      logits = self.model.logits_of_every_pair(self._users(user_index), self._movies())
+      return tf.cast(calibrated(self.model, tf.sigmoid(logits)), tf.float32)
     batch = tf.shape(user_index)[0]
     inputs = {k: tf.repeat(v, self.num_movies, axis=0)
               for k, v in self._users(user_index).items()}

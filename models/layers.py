@@ -82,16 +82,18 @@ class VocabularyTable:
   fields: Tuple[str, ...]
 
 
-def id_statistics(inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+def id_statistics(inputs: Dict[str, tf.Tensor],
+                  statistics=features.ID_STATISTICS) -> tf.Tensor:
   """The user's and movie's train-split statistics as dense inputs, [batch, 6].
 
-  Per id: like rate, its logit and log(1 + ratings). A training example counts in
+  Per id: like rate, its logit and log(1 + ratings); `statistics` picks the ids
+  (by default both, the user's first, 3 columns each). A training example counts in
   its own user's and movie's statistics; leaving it out (leave-one-out encoding) did
   worse on the eval split (docs/experiments.md): given the id's embedding, a
   leave-one-out rate gives the label away.
   """
   columns = []
-  for _, rate_key, count_key in features.ID_STATISTICS:
+  for _, rate_key, count_key in statistics:
     rate = tf.clip_by_value(inputs[features.transformed_name(rate_key)], 1e-3, 1 - 1e-3)
     columns += [rate, tf.math.log(rate / (1 - rate)),
                 inputs[features.transformed_name(count_key)]]

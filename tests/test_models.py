@@ -208,6 +208,60 @@ def test_id_statistics_change_the_prediction(model_name, transformed_1m):
   assert not np.allclose(model(inputs).numpy(), model(changed).numpy())
 
 
+def _deepfm_with_drawn_weights(transformed, preset, **overrides):
+  """DeepFM with every weight drawn anew, at a scale where each term matters."""
+  model = _build("deepfm", transformed, preset, **overrides)
+  model(_inputs(transformed, slice(0, 1)))
+  rng = np.random.default_rng(0)
+  for variable in model.variables:
+    variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+  return model
+
+
+def _every_pair_both_ways(model, transformed, num_users=7):
+  """Logits of the first users for every movie: (`logits_of_every_pair`, `_logits`)."""
+  from export import recommend  # pylint: disable=g-import-not-at-top
+  tables = recommend.CandidateTables.from_train_split(transformed.columns,
+                                                      transformed.output)
+  users = {k: tf.constant(v[:num_users]) for k, v in tables.user_features.items()}
+  movies = {k: tf.constant(v) for k, v in tables.movie_features.items()}
+  num_movies = len(tables.movie_ids) + 1  # the unseen movie's row too
+  pairs = {k: tf.repeat(v, num_movies, axis=0) for k, v in users.items()}
+  pairs.update({k: tf.tile(v, [num_users] + [1] * (len(v.shape) - 1))
+                for k, v in movies.items()})
+  whole = model._logits(pairs).numpy()  # pylint: disable=protected-access
+  return (model.logits_of_every_pair(users, movies).numpy(),
+          whole.reshape(num_users, num_movies))
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("seed", {}), ("seed", {"dropout": 0.3}), ("best", {"mixed_precision": "off"})])
+def test_deepfm_scores_every_pair_from_its_user_and_movie_parts_as_whole(
+    preset, overrides, transformed_1m):
+  """`logits_of_every_pair` (what `recommend` calls) is `_logits` of each pair.
+
+  In float32, with and without the id statistics (the best preset's first-order
+  term and extra DNN inputs): a wrong split of the first DNN layer's rows, or a
+  term left out, changes the logits far beyond float32's rounding.
+  """
+  model = _deepfm_with_drawn_weights(transformed_1m, preset, **overrides)
+  every_pair, whole = _every_pair_both_ways(model, transformed_1m)
+  assert every_pair.shape == whole.shape and whole.shape[0] == 7
+  np.testing.assert_allclose(every_pair, whole, atol=1e-4 * np.std(whole))
+
+
+def test_deepfm_every_pair_under_bfloat16_is_as_close_to_float32_as_whole(transformed_1m):
+  """Under bfloat16 compute the split sums its parts in float32: its logits are
+  no further from the float32 model's than the bfloat16 model's own."""
+  if not runtime.uses_bfloat16(_small("deepfm", "best")):
+    pytest.skip("this CPU computes DeepFM in float32 (no bfloat16 instructions)")
+  model = _deepfm_with_drawn_weights(transformed_1m, "best")
+  every_pair, whole = _every_pair_both_ways(model, transformed_1m)
+  exact = _deepfm_with_drawn_weights(transformed_1m, "best", mixed_precision="off")
+  _, reference = _every_pair_both_ways(exact, transformed_1m)
+  assert np.abs(every_pair - reference).max() <= np.abs(whole - reference).max()
+
+
 def test_training_batches_cover_every_row_once_per_epoch_in_a_new_order():
   examples = {features.LABEL: np.arange(10, dtype=np.int64) % 2,
               features.transformed_name(features.USER_ID): np.arange(10, dtype=np.int64)}
