@@ -227,7 +227,8 @@ class Recommender(tf.Module):
     return tf.reshape(tf.cast(probabilities, tf.float32), [batch, self.num_movies])
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
-                                tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
+                                tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)],
+               autograph=False)
   def predict(self, user_id: tf.Tensor, movie_id: tf.Tensor) -> tf.Tensor:
     """Like probability of each (user, movie), [batch]; side features from the tables."""
     checked = same_length({contract.USER_ID: user_id, contract.MOVIE_ID: movie_id})
@@ -245,13 +246,13 @@ class Recommender(tf.Module):
                          tf.cast([tf.shape(user_index)[0], self.num_movies], tf.int64))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
-                                tf.TensorSpec([], tf.int32, name=contract.K)])
+                                tf.TensorSpec([], tf.int32, name=contract.K)], autograph=False)
   def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The k best movies (ids and like probabilities) for each user, best first."""
     return self._top_k(user_id, k, min(contract.MAX_K, self.num_movies))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
-                                tf.TensorSpec([], tf.int32, name=contract.K)])
+                                tf.TensorSpec([], tf.int32, name=contract.K)], autograph=False)
   def candidates(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """As `recommend`, for any k up to the catalogue: a first stage's candidates.
 

@@ -4,6 +4,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils
 
 from export import recommend
 from export import signatures
@@ -25,5 +26,11 @@ def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
     tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output,
                                                         also_rated)
     recommender = recommend.Recommender(model, tables)
-  tf.saved_model.save(model, export_dir, signatures=signatures.make_serving_signatures(
-      model, tf_transform_output, raw_feature_keys, recommender))
+  serving_signatures = signatures.make_serving_signatures(model, tf_transform_output,
+                                                          raw_feature_keys, recommender)
+  # Without Keras' traces of every layer's call: nothing loads the model as Keras
+  # (TF Serving, TFMA and our code call its signatures and read its variables), and
+  # the traces made saving and every later load markedly slower (docs/performance.md).
+  # tf-keras' option scope is not public API; requirements.lock pins tf-keras.
+  with keras_saved_model_utils.keras_option_scope(save_traces=False):
+    tf.saved_model.save(model, export_dir, signatures=serving_signatures)

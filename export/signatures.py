@@ -51,13 +51,17 @@ def make_serving_signatures(
     probabilities = recommend.calibrated(model, model(model.tft_layer(raw_features)))
     return {output_key: tf.reshape(probabilities, [-1])}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)])
+  # autograph=False here and in every exported function: none branches on a tensor,
+  # and AutoGraph rewriting them and all they call (the Transform graph's loader
+  # included) from source was much of an export's time (docs/performance.md).
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)],
+               autograph=False)
   def serve_tf_examples(examples):
     return predict(tf.io.parse_example(examples, raw_spec))
 
   raw_inputs = {k: tf.TensorSpec([None], raw_spec[k].dtype, name=k) for k in raw_feature_keys}
 
-  @tf.function(input_signature=[raw_inputs])
+  @tf.function(input_signature=[raw_inputs], autograph=False)
   def predict_raw(inputs):
     raw_features = {}
     for key, value in recommend.same_length(inputs).items():
@@ -69,7 +73,8 @@ def make_serving_signatures(
 
   full_spec = tf_transform_output.raw_feature_spec()
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES)],
+               autograph=False)
   def transform_features(examples):
     return model.tft_layer(tf.io.parse_example(examples, full_spec))
 
@@ -83,7 +88,7 @@ def make_serving_signatures(
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=contract.USER_ID),
-        tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)])
+        tf.TensorSpec([None], tf.string, name=contract.MOVIE_ID)], autograph=False)
     def predict_ids(user_id, movie_id):
       return {output_key: model.recommender.predict(user_id, movie_id)}
 

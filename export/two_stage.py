@@ -82,7 +82,7 @@ class TwoStageRecommender(tf.Module):
         default_value=0)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
-                                tf.TensorSpec([], tf.int32, name=contract.K)])
+                                tf.TensorSpec([], tf.int32, name=contract.K)], autograph=False)
   def recommend(self, user_id: tf.Tensor, k: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The k best movies (ids and like probabilities) for each user, best first."""
     k = recommend.checked_k(k, min(contract.MAX_K, self.retrieve_k))

@@ -37,11 +37,15 @@ def load_examples(file_patterns: Sequence[str],
   compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
   raw_feature_spec = tf_transform_output.raw_feature_spec()
   transform = tf_transform_output.transform_features_layer()
+  # Not rewritten by AutoGraph (tf.data's default for a map): nothing in it branches
+  # on a tensor, and converting the Transform layer's Python took seconds per
+  # Trainer (docs/performance.md).
   return to_columns(
       tf.data.TFRecordDataset(files, compression_type=compression,
                               buffer_size=_READ_BUFFER_BYTES)
       .batch(_READ_BATCH)
-      .map(lambda serialized: transform(tf.io.parse_example(serialized, raw_feature_spec)),
+      .map(tf.autograph.experimental.do_not_convert(
+          lambda serialized: transform(tf.io.parse_example(serialized, raw_feature_spec))),
            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
