@@ -86,8 +86,8 @@ def id_statistics(inputs: Dict[str, tf.Tensor],
                   statistics=features.ID_STATISTICS) -> tf.Tensor:
   """The user's and movie's train-split statistics as dense inputs, [batch, 6].
 
-  Per id: like rate, its logit and log(1 + ratings); `statistics` picks the ids
-  (by default both, the user's first, 3 columns each). A training example counts in
+  Per id: like rate, its logit and log(1 + ratings). `statistics` picks the ids
+  (default: both, the user's first; 3 columns each). A training example counts in
   its own user's and movie's statistics; leaving it out (leave-one-out encoding) did
   worse on the eval split (docs/experiments.md): given the id's embedding, a
   leave-one-out rate gives the label away.
