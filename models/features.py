@@ -58,6 +58,12 @@ MOVIE_FIELDS = (MOVIE_ID,)
 MOVIE_DECADE = "movie_decade"  # derived: release year from the title, by decade
 VOCAB_FEATURES = USER_FIELDS + MOVIE_FIELDS
 NUM_OOV_BUCKETS = 1
+# Fields whose values come from a short list MovieLens fixes (its gender, age and
+# occupation codes, genres, and decades), and a bound far above their length:
+# their vocabularies may be counted in a sketch of that many values, which is exact
+# while the field has fewer (models/preprocessing.py).
+SMALL_VOCAB_FIELDS = (USER_GENDER, AGE_BUCKET, OCCUPATION_LABEL, MOVIE_DECADE, MOVIE_GENRES)
+SMALL_VOCAB_MAX_VALUES = 1000
 MAX_GENRES = 6  # most genres a MovieLens movie has; genre ids are padded to this
 GENRE_PADDING = -1
 

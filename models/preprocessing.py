@@ -3,6 +3,8 @@
 Vocabularies are computed on the train split only (Transform's analyze split), so
 evaluation never leaks into them; ids first seen later map to the OOV bucket.
 """
+from typing import Dict
+
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -24,6 +26,24 @@ def release_decade(titles: tf.Tensor) -> tf.Tensor:
       tf.int32)
   decades = tf.strings.join([tf.strings.as_string(years // 10 * 10), "s"])
   return tf.where(has_year, decades, "unknown")
+
+
+def _apply_vocabulary(values, key: str):
+  """Values -> their index in the field's vocabulary, computed on the analyzed split;
+  values not in it go to the OOV buckets.
+
+  A field from a short fixed list (features.SMALL_VOCAB_FIELDS) is counted with
+  tf.Transform's approximate vocabulary, a Misra-Gries sketch that is exact below
+  its top_k distinct values: the same file, most frequent first, from one Beam
+  combine instead of the exact vocabulary's count, sort and write stages, whose
+  fixed cost was most of a small run's Transform (docs/performance.md).
+  """
+  if key in features.SMALL_VOCAB_FIELDS:
+    return tft.experimental.compute_and_apply_approximate_vocabulary(
+        values, top_k=features.SMALL_VOCAB_MAX_VALUES,
+        num_oov_buckets=features.NUM_OOV_BUCKETS, vocab_filename=vocabulary_name(key))
+  return tft.compute_and_apply_vocabulary(
+      values, num_oov_buckets=features.NUM_OOV_BUCKETS, vocab_filename=vocabulary_name(key))
 
 
 def _as_strings(tensor: tf.Tensor) -> tf.Tensor:
@@ -51,33 +71,47 @@ def _count_lookup(keys: tf.Tensor, counts_file: tf.Tensor) -> tuple:
   return table.lookup(keys), table.size()
 
 
-def _count_per_id(ids: tf.Tensor, counted: tf.Tensor, vocab_filename: str) -> tf.Tensor:
-  """For every row's id, how often it occurs among `counted` in the analyzed split."""
-  counts_file = tft.vocabulary(counted, store_frequency=True, vocab_filename=vocab_filename)
-  return tf.cast(tft.apply_vocabulary(ids, counts_file, lookup_fn=_count_lookup),
-                 tf.float32)
+# The vocabulary file of every id's train-split counts, liked and not, all id fields in one.
+ID_LABEL_COUNTS = "id_label_counts"
 
 
-def id_statistics(key: str, ids: tf.Tensor, labels: tf.Tensor,
-                  global_like_rate: tf.Tensor) -> tuple:
-  """Raw ids -> (smoothed like rate, log(1 + ratings)) on the analyzed split.
+def _id_label_keys(key: str, ids: tf.Tensor, liked) -> tf.Tensor:
+  """'user_id|1|42': the field, "1" for a like or "0", and the raw id."""
+  return tf.strings.join([key, liked, ids], separator="|")
+
+
+def id_statistics(raw_ids: Dict[str, tf.Tensor], labels: tf.Tensor,
+                  global_like_rate: tf.Tensor) -> Dict[str, tuple]:
+  """Per features.ID_STATISTICS field: raw ids -> (smoothed like rate, log(1 + ratings)).
 
   tf.Transform's analyzers see the train split only, so no eval or test label
-  reaches these numbers; once analyzed they are constants of the graph (two
-  frequency vocabularies per id, "<key>_ratings" and "<key>_likes"), looked up by
-  id, and need no label. The rate is (likes + k * global rate) / (ratings + k)
-  with k = LIKE_RATE_PRIOR_COUNT: an id never rated in train gets the global rate
-  and a count of 0.
+  reaches these numbers; once analyzed they are constants of the graph (one
+  frequency vocabulary, ID_LABEL_COUNTS, of the keys "<field>|<liked>|<id>"),
+  looked up by id, and need no label. The rate is (likes + k * global rate) /
+  (ratings + k) with k = LIKE_RATE_PRIOR_COUNT: an id never rated in train gets
+  the global rate and a count of 0.
 
   Counting raw ids keeps every analyzer in tf.Transform's first phase; counting
   vocabulary indices (tft.count_per_key) took a second pass over the train split,
-  most of Transform's time, for the same numbers (docs/performance.md).
+  most of Transform's time, for the same numbers. One vocabulary for all the counts
+  rather than one per count: each analyzer adds Beam stages, whose fixed cost was
+  most of a small run's Transform (docs/performance.md).
   """
-  ratings = _count_per_id(ids, ids, f"{key}_ratings")
-  liked = _count_per_id(ids, tf.boolean_mask(ids, labels > 0.5), f"{key}_likes")
+  liked = tf.where(labels > 0.5, "1", "0")
+  counted = tf.concat([_id_label_keys(key, raw_ids[key], liked)
+                       for key, _, _ in features.ID_STATISTICS], axis=0)
+  counts_file = tft.vocabulary(counted, store_frequency=True, vocab_filename=ID_LABEL_COUNTS)
   prior = features.LIKE_RATE_PRIOR_COUNT
-  rate = (liked + prior * global_like_rate) / (ratings + prior)
-  return rate, tf.math.log1p(ratings)
+  statistics = {}
+  for key, _, _ in features.ID_STATISTICS:
+    ids = raw_ids[key]
+    keys = tf.stack([_id_label_keys(key, ids, "1"), _id_label_keys(key, ids, "0")])
+    likes, dislikes = tf.unstack(tf.cast(
+        tft.apply_vocabulary(keys, counts_file, lookup_fn=_count_lookup), tf.float32))
+    ratings = likes + dislikes
+    statistics[key] = ((likes + prior * global_like_rate) / (ratings + prior),
+                       tf.math.log1p(ratings))
+  return statistics
 
 
 def preprocessing_fn(inputs):
@@ -86,25 +120,19 @@ def preprocessing_fn(inputs):
   raw_ids = {key: _as_strings(tf.squeeze(inputs[key], axis=1))
              for key in features.VOCAB_FEATURES}
   for key, ids in raw_ids.items():
-    outputs[features.transformed_name(key)] = tft.compute_and_apply_vocabulary(
-        ids, num_oov_buckets=features.NUM_OOV_BUCKETS,
-        vocab_filename=vocabulary_name(key))
-  outputs[features.transformed_name(features.MOVIE_DECADE)] = (
-      tft.compute_and_apply_vocabulary(
-          release_decade(tf.squeeze(inputs[features.MOVIE_TITLE], axis=1)),
-          num_oov_buckets=features.NUM_OOV_BUCKETS,
-          vocab_filename=vocabulary_name(features.MOVIE_DECADE)))
-  genre_ids = tft.compute_and_apply_vocabulary(
-      inputs[features.MOVIE_GENRES], num_oov_buckets=features.NUM_OOV_BUCKETS,
-      vocab_filename=vocabulary_name(features.MOVIE_GENRES))
+    outputs[features.transformed_name(key)] = _apply_vocabulary(ids, key)
+  outputs[features.transformed_name(features.MOVIE_DECADE)] = _apply_vocabulary(
+      release_decade(tf.squeeze(inputs[features.MOVIE_TITLE], axis=1)),
+      features.MOVIE_DECADE)
+  genre_ids = _apply_vocabulary(inputs[features.MOVIE_GENRES], features.MOVIE_GENRES)
   outputs[features.transformed_name(features.MOVIE_GENRES)] = _padded_genre_ids(
       genre_ids)
   if features.LABEL in inputs:
     labels = tf.cast(tf.squeeze(inputs[features.LABEL], axis=1), tf.float32)
     outputs[features.LABEL] = labels
-    global_like_rate = tft.mean(labels)
+    statistics = id_statistics(raw_ids, labels, global_like_rate=tft.mean(labels))
     for key, rate_key, count_key in features.ID_STATISTICS:
-      rate, count = id_statistics(key, raw_ids[key], labels, global_like_rate)
+      rate, count = statistics[key]
       outputs[features.transformed_name(rate_key)] = rate
       outputs[features.transformed_name(count_key)] = count
   if features.USER_RATING in inputs:  # a training target only, never a model input

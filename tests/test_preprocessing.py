@@ -37,6 +37,27 @@ def test_vocabularies_map_known_ids_and_send_unseen_ones_to_oov(transformed_1m):
       xf(k) for _, rate, count in features.ID_STATISTICS for k in (rate, count)}
 
 
+def _raw_values(rows, key):
+  if key == features.MOVIE_DECADE:
+    titles = tf.constant([row[features.MOVIE_TITLE][0] for row in rows])
+    return preprocessing.release_decade(titles).numpy().tolist()
+  return [str(v).encode() if not isinstance(v, bytes) else v
+          for row in rows for v in row[key]]
+
+
+def test_every_vocabulary_holds_each_analyzed_value_most_frequent_first(transformed_1m):
+  """Exact and sketched vocabularies alike (features.SMALL_VOCAB_FIELDS): every value
+  once, none missing, in order of count."""
+  output = transformed_1m.output
+  for key in features.VOCAB_FEATURES + (features.MOVIE_DECADE, features.MOVIE_GENRES):
+    values, counts = np.unique(_raw_values(transformed_1m.raw, key), return_counts=True)
+    count_of = dict(zip(values.tolist(), counts.tolist()))
+    vocabulary = output.vocabulary_by_name(preprocessing.vocabulary_name(key))
+    assert sorted(vocabulary) == sorted(count_of), key
+    in_order = [count_of[value] for value in vocabulary]
+    assert in_order == sorted(in_order, reverse=True), key
+
+
 def test_every_field_is_an_index_within_its_vocabulary(transformed_1m):
   output, columns = transformed_1m.output, transformed_1m.columns
   for key in features.VOCAB_FEATURES + (features.MOVIE_DECADE,):
