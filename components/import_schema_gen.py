@@ -7,7 +7,7 @@ fingerprint (common.code_fingerprint.of_file) as a parameter; its executor,
 TFX's, does not read it.
 """
 from tfx import types
-from tfx import v1 as tfx
+from tfx.components.schema_gen.import_schema_gen import component as tfx_import_schema_gen
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
@@ -18,7 +18,7 @@ class ImportSchemaGenSpec(standard_component_specs.ImportSchemaGenSpec):
                 "schema_fingerprint": ExecutionParameter(type=str)}
 
 
-class ImportSchemaGen(tfx.components.ImportSchemaGen):
+class ImportSchemaGen(tfx_import_schema_gen.ImportSchemaGen):
   """Copies `schema_file` into the pipeline as its Schema artifact."""
   SPEC_CLASS = ImportSchemaGenSpec
 
@@ -27,4 +27,4 @@ class ImportSchemaGen(tfx.components.ImportSchemaGen):
         schema_file=schema_file, schema_fingerprint=schema_fingerprint,
         schema=types.Channel(type=standard_artifacts.Schema))
     # TFX's __init__ builds its own spec; BaseComponent's takes this one.
-    super(tfx.components.ImportSchemaGen, self).__init__(spec=spec)
+    super(tfx_import_schema_gen.ImportSchemaGen, self).__init__(spec=spec)

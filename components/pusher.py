@@ -26,7 +26,7 @@ from absl import logging
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 from tfx import types
-from tfx import v1 as tfx
+from tfx.components import Pusher as TfxPusher
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
@@ -208,6 +208,6 @@ class Executor(pusher_executor.Executor):
     write_models_config(os.path.dirname(base_directory.rstrip("/")))
 
 
-class Pusher(tfx.components.Pusher):
+class Pusher(TfxPusher):
   """TFX's Pusher with the executor above."""
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

@@ -210,7 +210,7 @@ def _refuse_going_back(config: configs.PipelineConfig, length: spans.SpanLength,
 def _run_locked(config: configs.PipelineConfig, verbose: bool):
   # TFX and TensorFlow load here, after the checks above have had their say in
   # seconds: missing data, an unusable folder, a full disk, a busy folder.
-  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # pylint: disable=g-import-not-at-top
 
   from pipeline import console  # pylint: disable=g-import-not-at-top
   from pipeline import pipeline as pipeline_dsl  # pylint: disable=g-import-not-at-top
@@ -240,9 +240,9 @@ def _run_locked(config: configs.PipelineConfig, verbose: bool):
       for position, ingestion in enumerate(ingestions, 1):
         progress.report("spans", f"ingesting span {ingestion.span} ({position} of "
                         f"{len(ingestions)}), unless an earlier run did")
-        tfx.orchestration.LocalDagRunner().run(
+        LocalDagRunner().run(
             pipeline_dsl.create_pipeline(ingestion, ingestion_only=True))
-      tfx.orchestration.LocalDagRunner().run(tfx_pipeline)
+      LocalDagRunner().run(tfx_pipeline)
     except KeyboardInterrupt:
       # Ctrl-C: record the stopped execution as CANCELED at once, then stop.
       run_state.cancel_interrupted_executions(config)

@@ -3,11 +3,25 @@ import json
 import os
 from typing import List, Optional
 
-from tfx import v1 as tfx
+# TFX's classes from the modules `tfx.v1` re-exports: importing tfx.v1 itself loads
+# its Google Cloud extensions, the Vertex AI client among them, about 8 s of every
+# process's start that a local run never uses (docs/performance.md).
+from tfx.components import Evaluator
+from tfx.components import ExampleValidator
+from tfx.components import StatisticsGen
+from tfx.components import Trainer
+from tfx.components import Transform
 from tfx.dsl.components.base import base_node
+from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution import canned_resolver_functions
+from tfx.dsl.input_resolution.strategies import latest_blessed_model_strategy
 from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import pusher_pb2
+from tfx.proto import trainer_pb2
+from tfx.proto import transform_pb2
 from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from common import code_fingerprint
 from components import drift
@@ -104,9 +118,8 @@ def create_components(config: configs.PipelineConfig,
   history = None
   if config.spans_enabled:
     # Every run's output, not only this run's: a channel named by its producer.
-    every_span = tfx.dsl.Channel(type=standard_artifacts.Examples,
-                                 producer_component_id=example_gen.id,
-                                 output_key="examples")
+    every_span = Channel(type=standard_artifacts.Examples,
+                         producer_component_id=example_gen.id, output_key="examples")
     history = canned_resolver_functions.rolling_range(
         every_span, num_spans=config.window_spans, skip_num_recent_spans=1, min_spans=1)
   learned_from = history if history is not None else newest
@@ -117,14 +130,14 @@ def create_components(config: configs.PipelineConfig,
 
   # Feature statistics of every split (TFDV). With spans, computed with the schema:
   # the drift check needs the categorical ints' value counts (components/drift.py).
-  statistics_gen = tfx.components.StatisticsGen(
+  statistics_gen = StatisticsGen(
       examples=newest,
       schema=schema_gen.outputs["schema"] if config.spans_enabled else None)
   if ingestion_only:
     return [example_gen, schema_gen, statistics_gen]
 
   # Every split's statistics checked against the schema.
-  example_validator = tfx.components.ExampleValidator(
+  example_validator = ExampleValidator(
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"])
 
@@ -139,9 +152,9 @@ def create_components(config: configs.PipelineConfig,
     drift_validator = DriftValidator(
         statistics=statistics_gen.outputs["statistics"],
         schema=schema_gen.outputs["schema"],
-        every_span=tfx.dsl.Channel(type=standard_artifacts.ExampleStatistics,
-                                   producer_component_id=statistics_gen.id,
-                                   output_key="statistics"),
+        every_span=Channel(type=standard_artifacts.ExampleStatistics,
+                           producer_component_id=statistics_gen.id,
+                           output_key="statistics"),
         accept_drift=int(config.accept_drift),
         thresholds=json.dumps(drift.thresholds_for(config.span_days, config.span_months)),
         code_fingerprint=code_fingerprint_of("DriftValidator"))
@@ -152,11 +165,11 @@ def create_components(config: configs.PipelineConfig,
   # split: at 1M ratings, transforming and writing that copy took Beam about 50 s,
   # applying the graph in TensorFlow 4 s. No statistics of its own: StatisticsGen
   # has described the raw data.
-  transform = tfx.components.Transform(
+  transform = Transform(
       examples=learned_from,
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
-      splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+      splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
       materialize=False,
       disable_statistics=True,
       # With its analysis cache on, Transform analyzes each Examples artifact of the
@@ -249,18 +262,18 @@ def create_components(config: configs.PipelineConfig,
 
 
 def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
-             config: configs.PipelineConfig, base_model=None) -> tfx.components.Trainer:
+             config: configs.PipelineConfig, base_model=None) -> Trainer:
   """A Trainer for `model` with its hyperparameter preset, the run's seed and
   distribution; with `base_model` (a resolved channel), it starts from that model's
   weights (trainer/run.py, models/warm_start.py)."""
-  return tfx.components.Trainer(
+  return Trainer(
       run_fn=run_fn,
       examples=examples,
       base_model=base_model,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
-      train_args=tfx.proto.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
-      eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+      train_args=trainer_pb2.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
+      eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
       custom_config={"hparams": hparams.to_config(config.hparams(model)),
                      "seed": config.seed, "distribution": config.distribution,
                      "code_fingerprint": code_fingerprint_of(trainer_id(model))},
@@ -268,31 +281,31 @@ def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
 
 
 def _latest_model(node_id: str, producer: str, config: configs.PipelineConfig,
-                  blessed_by: Optional[str] = None) -> tfx.dsl.Resolver:
+                  blessed_by: Optional[str] = None) -> Resolver:
   """The latest model `producer` made that `blessed_by` blessed (without spans, the
   only kind asked for), or without `blessed_by` the latest it made.
 
   With spans, only models of the runs of earlier spans: a span run killed after a
   blessing and resumed resolves what it did at first (pipeline/resolvers.py).
   """
-  channels = {"model": tfx.dsl.Channel(type=standard_artifacts.Model,
-                                       producer_component_id=producer, output_key="model")}
+  channels = {"model": Channel(type=standard_artifacts.Model,
+                               producer_component_id=producer, output_key="model")}
   if blessed_by:
-    channels["model_blessing"] = tfx.dsl.Channel(
+    channels["model_blessing"] = Channel(
         type=standard_artifacts.ModelBlessing, producer_component_id=blessed_by,
         output_key="blessing")
   if config.spans_enabled:
-    return tfx.dsl.Resolver(strategy_class=resolvers.LatestFromEarlierSpans,
-                            config={"span": config.span}, **channels).with_id(node_id)
-  return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-                          **channels).with_id(node_id)
+    return Resolver(strategy_class=resolvers.LatestFromEarlierSpans,
+                    config={"span": config.span}, **channels).with_id(node_id)
+  return Resolver(strategy_class=latest_blessed_model_strategy.LatestBlessedModelStrategy,
+                  **channels).with_id(node_id)
 
 
 def _evaluate_and_push(model: str, trainer, latest_blessed, examples,
                        config: configs.PipelineConfig) -> List[base_node.BaseNode]:
   """Evaluator and Pusher of one model; `latest_blessed` is the change threshold's
   baseline."""
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
       examples=examples,
       model=trainer.outputs["model"],
       baseline_model=latest_blessed.outputs["model"],
@@ -312,15 +325,15 @@ def _pusher(model: str, model_channel, blessing, config: configs.PipelineConfig)
   return Pusher(
       model=model_channel,
       model_blessing=blessing,
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=config.serving_model_dir(model))),
       custom_config={"code_fingerprint": code_fingerprint_of("Pusher")},
   ).with_id(pusher_id(model))
 
 
 def create_pipeline(config: configs.PipelineConfig, local_metadata: bool = True,
-                    ingestion_only: bool = False) -> tfx.dsl.Pipeline:
+                    ingestion_only: bool = False) -> tfx_pipeline.Pipeline:
   """The whole pipeline.
 
   Args:
@@ -330,7 +343,7 @@ def create_pipeline(config: configs.PipelineConfig, local_metadata: bool = True,
       (Kubeflow Pipelines, Vertex AI).
     ingestion_only: only the ingestion and its statistics (`create_components`).
   """
-  return tfx.dsl.Pipeline(
+  return tfx_pipeline.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
       components=create_components(config, ingestion_only),

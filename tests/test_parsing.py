@@ -290,14 +290,15 @@ def test_temporal_cutoffs_by_hand():
 def test_temporal_split_puts_each_users_latest_ratings_last(synthetic_1m, tmp_path):
   """MovieLensExampleGen under LocalDagRunner with the temporal split."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
   from tfx.orchestration import metadata  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration import pipeline as tfx_pipeline  # pylint: disable=g-import-not-at-top
+  from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # pylint: disable=g-import-not-at-top
 
   from components.movielens_example_gen.component import MovieLensExampleGen  # pylint: disable=g-import-not-at-top
   example_gen = MovieLensExampleGen(dataset="1m", data_dir=synthetic_1m.folder,
                                     split="temporal")
   store = str(tmp_path / "metadata.sqlite")
-  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+  LocalDagRunner().run(tfx_pipeline.Pipeline(
       pipeline_name="temporal", pipeline_root=str(tmp_path / "root"),
       components=[example_gen], enable_cache=False,
       metadata_connection_config=metadata.sqlite_metadata_connection_config(store),

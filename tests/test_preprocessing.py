@@ -1,7 +1,7 @@
 """The tf.Transform preprocessing_fn: vocabularies, OOV, decades, genres, id statistics, label."""
 import numpy as np
 import tensorflow as tf
-from tfx import v1 as tfx
+from tfx.proto import transform_pb2
 from tfx.utils import proto_utils
 
 from models import data
@@ -85,7 +85,7 @@ def test_vocabularies_are_computed_on_train_only(tmp_path):
                                   output_dir=str(tmp_path / "run"))
   transform = next(c for c in pipeline_dsl.create_components(config)
                    if c.id == "Transform")
-  splits = tfx.proto.SplitsConfig()
+  splits = transform_pb2.SplitsConfig()
   proto_utils.json_to_proto(transform.exec_properties["splits_config"], splits)
   assert list(splits.analyze) == ["train"]
   # The Trainers apply the graph to every split themselves (test below).
