@@ -81,11 +81,12 @@ def ingest(data_dir: str, output_uri: str, **exec_properties):
 
   from components.movielens_example_gen import component
   from components.movielens_example_gen import executor
+  from pipeline import configs
   # pylint: enable=g-import-not-at-top
   examples = standard_artifacts.Examples()
   examples.uri = output_uri
   context = base_beam_executor.BaseBeamExecutor.Context(
-      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+      beam_pipeline_args=configs.default_beam_args())
   executor.Executor(context).Do({}, {executor.EXAMPLES_KEY: [examples]}, {
       "dataset": "100k", "data_dir": data_dir, "seed": 42, "lines_per_shard": 700,
       "output_config": proto_utils.proto_to_json(component.default_output_config()),
@@ -286,11 +287,12 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
   return built_once(tmp_path_factory, "exported_models", build)
 
 
-# End-to-end runs: one Beam worker thread (reproducible, light on 2 cores), a few
-# epochs, one pair of retrieval towers (the ensemble is tested in test_models.py
-# and through exported_models), and a blessing floor the planted signal of a small
-# synthetic set passes (its test AUC is ~0.7-0.85).
-E2E_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# End-to-end runs: the Beam flags a small data set gets (configs.default_beam_args:
+# one in-process worker, and this project's setup.py, without which TFX packages
+# itself into an sdist for every Beam step), a few epochs, one pair of retrieval
+# towers (the ensemble is tested in test_models.py and through exported_models),
+# and a blessing floor the planted signal of a small synthetic set passes (its test
+# AUC is ~0.7-0.85).
 BRIEF_TRAINING = {"cf": {"epochs": 6}, "deepfm": {"epochs": 4},
                   "retrieval": {"epochs": 5, "towers": 1}}
 E2E_AUC_FLOOR = 0.6
@@ -308,7 +310,8 @@ def pipeline_config(data_dir, output_dir, dataset="1m", overrides=None):
   """The settings of an end-to-end test run."""
   from pipeline import configs  # pylint: disable=g-import-not-at-top
   return configs.PipelineConfig(dataset=dataset, data_dir=str(data_dir),
-                                output_dir=str(output_dir), beam_args=E2E_BEAM_ARGS,
+                                output_dir=str(output_dir),
+                                beam_args=configs.default_beam_args(),
                                 overrides=overrides or {})
 
 

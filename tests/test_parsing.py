@@ -302,7 +302,7 @@ def test_temporal_split_puts_each_users_latest_ratings_last(synthetic_1m, tmp_pa
       pipeline_name="temporal", pipeline_root=str(tmp_path / "root"),
       components=[example_gen], enable_cache=False,
       metadata_connection_config=metadata.sqlite_metadata_connection_config(store),
-      beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"]))
+      beam_pipeline_args=configs.default_beam_args()))
   with metadata.Metadata(metadata.sqlite_metadata_connection_config(store)) as m:
     [examples] = m.store.get_artifacts_by_type("Examples")
   assert examples.custom_properties["split_method"].string_value == "temporal"
