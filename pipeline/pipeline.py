@@ -10,7 +10,6 @@ from tfx.components import Evaluator
 from tfx.components import ExampleValidator
 from tfx.components import StatisticsGen
 from tfx.components import Trainer
-from tfx.components import Transform
 from tfx.dsl.components.base import base_node
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution import canned_resolver_functions
@@ -33,6 +32,7 @@ from components.movielens_example_gen.component import MovieLensExampleGen
 from components.pusher import Pusher
 from components.ranking_evaluator import RankingEvaluator
 from components.recommender_builder import RecommenderBuilder
+from components.transform import Transform
 from evaluation import tfma_config
 from models import features
 from models import hparams
@@ -175,7 +175,7 @@ def create_components(config: configs.PipelineConfig,
       # With its analysis cache on, Transform analyzes each Examples artifact of the
       # window on its own (to cache each), Beam stages per span; a window of weekly
       # spans then cost seconds per span however small (docs/continuous-training.md).
-      # Off, it analyzes the window's spans as one dataset.
+      # Off, components.transform analyzes the window's spans as one dataset.
       disable_analyzer_cache=True,
       # preprocessing_fn does not read it; it keys the cache.
       custom_config={"code_fingerprint": code_fingerprint_of("Transform")})
