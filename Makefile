@@ -23,7 +23,7 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-replay-1m bench-time-features report tensorboard browser
+.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-replay-1m bench-transform-window bench-time-features report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -173,6 +173,13 @@ bench-replay: $(STAMP)
 bench-replay-1m: $(STAMP)
 	$(VENV)/bin/python bench/replay_time.py --synthetic-1m --data-dir $(BENCH_DIR)/data/ml-1m \
 	  --every 1m --window-spans 6 --from 2002-09-01 --output bench/results/replay_1m_1m.json
+
+# Transform over a window of 29 Examples artifacts (span 29 of the weekly replay):
+# TFX's executor, the pipeline's, and TFX's on the same examples in one artifact
+# (docs/performance.md#transform).
+bench-transform-window: $(STAMP)
+	$(VENV)/bin/python bench/transform_window.py --data-dir $(MOVIELENS_100K) --artifacts 29 \
+	  --output bench/results/transform_window.json
 
 clean:
 	rm -rf $(VENV) .tools

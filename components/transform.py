@@ -44,7 +44,7 @@ class _WindowAsOneDatasetProcessor(transform_executor.TransformProcessor):
     joined = transform_executor._Dataset(  # pylint: disable=protected-access
         first.file_pattern, first.file_format, first.data_format,
         first.data_view_uri)
-    # make_tfxio reads a list of patterns (one format each) as one source.
+    # make_tfxio takes a list of patterns (one format each) for one TFXIO.
     joined._file_pattern = [d.file_pattern for d in datasets]  # pylint: disable=protected-access
     joined._file_format = [d.file_format for d in datasets]  # pylint: disable=protected-access
     joined.dataset_key = joined.dataset_key.non_cacheable()

@@ -68,32 +68,6 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def ingest(data_dir: str, output_uri: str, **exec_properties):
-  """MovieLensExampleGen's executor as TFX runs it, Beam in this process: the
-  Examples artifact it wrote into `output_uri` (a 100K-layout release).
-
-  `exec_properties` add to or replace the defaults (random split, seed 42).
-  """
-  # pylint: disable=g-import-not-at-top
-  from tfx.dsl.components.base import base_beam_executor
-  from tfx.types import standard_artifacts
-  from tfx.utils import proto_utils
-
-  from components.movielens_example_gen import component
-  from components.movielens_example_gen import executor
-  from pipeline import configs
-  # pylint: enable=g-import-not-at-top
-  examples = standard_artifacts.Examples()
-  examples.uri = output_uri
-  context = base_beam_executor.BaseBeamExecutor.Context(
-      beam_pipeline_args=configs.default_beam_args())
-  executor.Executor(context).Do({}, {executor.EXAMPLES_KEY: [examples]}, {
-      "dataset": "100k", "data_dir": data_dir, "seed": 42, "lines_per_shard": 700,
-      "output_config": proto_utils.proto_to_json(component.default_output_config()),
-      "split": "random", **exec_properties})
-  return examples
-
-
 def _sigint_as_from_a_terminal() -> None:
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -14,7 +14,7 @@ from tfx.types import standard_artifacts
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
 from models import features
-from tests.conftest import ingest
+from testing.examples import ingest
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from components.movielens_example_gen import spans
 from models import features
 from pipeline import resolvers
 from pipeline import run_store
-from tests.conftest import ingest
+from testing.examples import ingest
 
 
 def _seconds(day: str, time: str = "00:00:00") -> int:
