@@ -174,7 +174,8 @@ bench-replay-1m: $(STAMP)
 	$(VENV)/bin/python bench/replay_time.py --synthetic-1m --data-dir $(BENCH_DIR)/data/ml-1m \
 	  --every 1m --window-spans 6 --from 2002-09-01 --output bench/results/replay_1m_1m.json
 
-# Transform over a window of 29 Examples artifacts (span 29 of the weekly replay):
+# Transform over a window of 29 Examples artifacts (as many as span 29 of the weekly
+# replay reads):
 # TFX's executor, the pipeline's, and TFX's on the same examples in one artifact
 # (docs/performance.md#transform).
 bench-transform-window: $(STAMP)

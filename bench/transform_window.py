@@ -66,25 +66,27 @@ def main(argv=None) -> int:
                                                        "transform_window.json"))
   args = parser.parse_args(argv)
 
-  work = tempfile.mkdtemp(prefix="transform_window_")
-  whole = testing_examples.ingest(args.data_dir, os.path.join(work, "ingested"))
-  window = testing_examples.dealt_out(whole, os.path.join(work, "window"), args.artifacts)
-  cases = {"tfx_executor_on_the_window": (tfx_transform_executor.Executor, window),
-           "pipeline_executor_on_the_window": (transform.Executor, window),
-           "tfx_executor_on_one_artifact": (tfx_transform_executor.Executor, [whole])}
-  seconds = {name: [] for name in cases}
   vocabularies = {}
-  for repeat in range(args.repeats):
-    for name, (executor_class, inputs) in cases.items():
-      progress.report("bench", f"{name}, {repeat + 1} of {args.repeats}")
-      started = time.monotonic()
-      graph = testing_examples.run_transform(
-          executor_class, inputs, os.path.join(work, f"{name}-{repeat}"))
-      seconds[name].append(round(time.monotonic() - started, 1))
-      progress.report("bench", f"{name}: {seconds[name][-1]} s")
-      vocabularies.setdefault(name, _vocabularies(graph))
+  with tempfile.TemporaryDirectory(prefix="transform_window_") as work:
+    whole = testing_examples.ingest(args.data_dir, os.path.join(work, "ingested"))
+    window = testing_examples.dealt_out(whole, os.path.join(work, "window"), args.artifacts)
+    cases = {"tfx_executor_on_the_window": (tfx_transform_executor.Executor, window),
+             "pipeline_executor_on_the_window": (transform.Executor, window),
+             "tfx_executor_on_one_artifact": (tfx_transform_executor.Executor, [whole])}
+    seconds = {name: [] for name in cases}
+    for repeat in range(args.repeats):
+      for name, (executor_class, inputs) in cases.items():
+        progress.report("bench", f"{name}, {repeat + 1} of {args.repeats}")
+        started = time.monotonic()
+        graph = testing_examples.run_transform(
+            executor_class, inputs, os.path.join(work, f"{name}-{repeat}"))
+        seconds[name].append(round(time.monotonic() - started, 1))
+        progress.report("bench", f"{name}: {seconds[name][-1]} s")
+        vocabularies.setdefault(name, _vocabularies(graph))
+    reference = vocabularies["tfx_executor_on_one_artifact"]
+    same_as_one_artifact = {name: _same_files(files, reference)
+                            for name, files in vocabularies.items()}
 
-  reference = vocabularies["tfx_executor_on_one_artifact"]
   result = {
       "date": datetime.date.today().isoformat(),
       "data_dir": args.data_dir,
@@ -92,8 +94,7 @@ def main(argv=None) -> int:
       "artifacts": args.artifacts,
       "seconds": seconds,
       "median_seconds": {name: statistics.median(s) for name, s in seconds.items()},
-      "same_vocabulary_files_as_one_artifact": {
-          name: _same_files(files, reference) for name, files in vocabularies.items()},
+      "same_vocabulary_files_as_one_artifact": same_as_one_artifact,
   }
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output, "w") as f:
