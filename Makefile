@@ -174,10 +174,9 @@ bench-replay-1m: $(STAMP)
 	$(VENV)/bin/python bench/replay_time.py --synthetic-1m --data-dir $(BENCH_DIR)/data/ml-1m \
 	  --every 1m --window-spans 6 --from 2002-09-01 --output bench/results/replay_1m_1m.json
 
-# Transform over a window of 29 Examples artifacts (as many as span 29 of the weekly
-# replay reads):
-# TFX's executor, the pipeline's, and TFX's on the same examples in one artifact
-# (docs/performance.md#transform).
+# Transform over a window of 29 Examples artifacts, as many as span 29 of the weekly
+# replay reads: TFX's executor, the pipeline's, and TFX's on the same examples in
+# one artifact (docs/performance.md#transform).
 bench-transform-window: $(STAMP)
 	$(VENV)/bin/python bench/transform_window.py --data-dir $(MOVIELENS_100K) --artifacts 29 \
 	  --output bench/results/transform_window.json

@@ -37,6 +37,7 @@ def dealt_out(examples, folder: str, num_artifacts: int) -> List:
   one artifact per span."""
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
+  from tfx.types import artifact_utils
   from tfx.types import standard_artifacts
   # pylint: enable=g-import-not-at-top
   window = []
@@ -45,7 +46,7 @@ def dealt_out(examples, folder: str, num_artifacts: int) -> List:
     artifact.uri = os.path.join(folder, f"span-{index}")
     artifact.split_names = examples.split_names
     window.append(artifact)
-  for split in ("train", "eval", "test"):
+  for split in artifact_utils.decode_split_names(examples.split_names):
     files = tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "*"))
     records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
     for index, artifact in enumerate(window):
