@@ -67,6 +67,7 @@ from models import preprocessing  # pylint: disable=g-import-not-at-top
 from models import retrieval  # pylint: disable=g-import-not-at-top
 from models import training  # pylint: disable=g-import-not-at-top
 from models import warm_start  # pylint: disable=g-import-not-at-top
+from pipeline import cli  # pylint: disable=g-import-not-at-top
 from tests import transform_fixture  # pylint: disable=g-import-not-at-top
 from trainer import run  # pylint: disable=g-import-not-at-top
 
@@ -368,14 +369,21 @@ def main() -> None:
   parser.add_argument("--warm-epochs-as-cold", action="store_true",
                       help="train the warm start for the cold start's epochs, not the "
                            "hyperparameters' warm_start_epochs (to see the whole curve)")
-  parser.add_argument("--warm-start-shrink", type=float, default=None,
-                      help="carry shrink * base + (1 - shrink) * fresh (default: each "
-                           "model's warm_start_shrink; 1: the base's values as they are)")
+  parser.add_argument("--warm-set", action="append", default=[], metavar="MODEL.NAME=VALUE",
+                      help="as recsys's --set, for the warm start only (the cold start keeps "
+                           "the preset), e.g. cf.learning_rate=2e-3, or cf.warm_start_shrink=1 "
+                           "to carry the base's values as they are; repeatable")
   parser.add_argument("--output", default="bench/results/warm_start.json")
   args = parser.parse_args()
   if not os.path.isdir(args.data_dir):
     sys.exit(f"no MovieLens-100K at {args.data_dir} (--data-dir)")
   seeds = [int(seed) for seed in args.seeds.split(",")]
+  warm_overrides = cli.parse_overrides(args.warm_set)
+  for model_name in args.models.split(","):  # a typo stops the bench before it trains
+    try:
+      dataclasses.replace(hp.preset(model_name, "best"), **warm_overrides.get(model_name, {}))
+    except TypeError as error:
+      sys.exit(f"--warm-set for {model_name}: {error}")
   started = time.perf_counter()
   results = []
   with tempfile.TemporaryDirectory(prefix="warm-start-bench-") as work_dir:
@@ -387,12 +395,11 @@ def main() -> None:
         base_dir = train_base(model_name, hparams, base, seed, work_dir)
         cold = train_new_span(model_name, hparams, new, seed, work_dir)
         warm_hparams = hparams if args.warm_epochs_as_cold else hp.for_warm_start(hparams)
-        if args.warm_start_shrink is not None:
-          warm_hparams = dataclasses.replace(warm_hparams,
-                                             warm_start_shrink=args.warm_start_shrink)
+        warm_hparams = dataclasses.replace(warm_hparams, **warm_overrides.get(model_name, {}))
         warm = train_new_span(model_name, warm_hparams, new, seed, work_dir, base_dir)
         result = {"model": model_name, "seed": seed,
                   "warm_start_shrink": warm_hparams.warm_start_shrink,
+                  "warm_overrides": warm_overrides.get(model_name, {}),
                   "measure": "eval ndcg@10" if model_name == "retrieval" else "eval auc",
                   **compare(cold, warm), "cold": _rounded(cold), "warm": _rounded(warm)}
         print(json.dumps(result), flush=True)

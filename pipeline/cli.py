@@ -22,7 +22,7 @@ class UsageError(Exception):
   """Flags that do not go together; reported as argparse reports its own errors."""
 
 
-def _overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
+def parse_overrides(settings: List[str]) -> Dict[str, Dict[str, Any]]:
   """["cf.epochs=3", "deepfm.dnn_units=[64,32]"] -> {"cf": {"epochs": 3}, ...}."""
   overrides: Dict[str, Dict[str, Any]] = {}
   for setting in settings:
@@ -57,7 +57,7 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
         enable_cache=not args.no_cache,
         presets={"cf": args.cf_config, "deepfm": args.deepfm_config,
                  "retrieval": args.retrieval_config},
-        overrides=_overrides(args.set),
+        overrides=parse_overrides(args.set),
         auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
         max_ndcg_drop=args.max_ndcg_drop, serving_dir=args.serving_dir,
         distribution=args.distribution, **paths)
