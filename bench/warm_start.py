@@ -379,11 +379,10 @@ def main() -> None:
     sys.exit(f"no MovieLens-100K at {args.data_dir} (--data-dir)")
   seeds = [int(seed) for seed in args.seeds.split(",")]
   warm_overrides = cli.parse_overrides(args.warm_set)
-  for model_name in args.models.split(","):  # a typo stops the bench before it trains
-    try:
-      dataclasses.replace(hp.preset(model_name, "best"), **warm_overrides.get(model_name, {}))
-    except TypeError as error:
-      sys.exit(f"--warm-set for {model_name}: {error}")
+  try:  # a typo stops the bench before it trains
+    hp.check_overrides(warm_overrides)
+  except ValueError as error:
+    sys.exit(f"--warm-set: {error}")
   started = time.perf_counter()
   results = []
   with tempfile.TemporaryDirectory(prefix="warm-start-bench-") as work_dir:

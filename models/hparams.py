@@ -171,6 +171,22 @@ def preset(model: str, name: str, num_ratings: int = 0):
   return chosen
 
 
+def check_overrides(overrides: Dict[str, Dict[str, Any]]) -> None:
+  """Raises ValueError naming the first model or hyperparameter in `overrides`
+  ({"cf": {"epochs": 3}, ...}) that does not exist; "recommender" names
+  RecommenderHparams."""
+  classes = {**_CLASSES, "recommender": RecommenderHparams}
+  for model, values in overrides.items():
+    if model not in classes:
+      raise ValueError(f"no model {model!r} to set hyperparameters of; the models are "
+                       f"{', '.join(sorted(classes))}")
+    names = sorted(field.name for field in dataclasses.fields(classes[model]))
+    for name in values:
+      if name not in names:
+        raise ValueError(f"{model} has no hyperparameter {name!r}; its hyperparameters "
+                         f"are {', '.join(names)}")
+
+
 def for_warm_start(hparams):
   """The hyperparameters to train on from a base model: fewer epochs where the
   model sets `warm_start_epochs`, never more than `epochs`."""

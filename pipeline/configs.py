@@ -174,6 +174,7 @@ class PipelineConfig:
     if self.split not in features.SPLIT_METHODS:
       raise ValueError(f"split must be one of {', '.join(features.SPLIT_METHODS)}, "
                        f"got {self.split!r}")
+    hparams_lib.check_overrides(self.overrides)
     if self.distribution not in hparams_lib.DISTRIBUTIONS:
       raise ValueError(f"distribution must be one of {', '.join(hparams_lib.DISTRIBUTIONS)}, "
                        f"got {self.distribution!r}")

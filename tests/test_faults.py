@@ -230,6 +230,22 @@ def test_unwritable_folders_stop_the_run_before_anything_runs(synthetic_1m, tmp_
   assert not (tmp_path / "run" / "metadata.sqlite").exists()
 
 
+def test_unknown_hyperparameters_stop_the_run_before_anything_runs(synthetic_1m, tmp_path,
+                                                                   capsys):
+  output_dir = tmp_path / "run"
+  errors = []
+  for setting in ("cff.epochs=3", "deepfm.epoch=3"):
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, as argparse reports it
+      cli.main(["run", *_cli_run_args(synthetic_1m.folder, output_dir), "--set", setting])
+    assert exit_info.value.code == 2
+    errors.append(capsys.readouterr().err.strip().splitlines()[-1])
+  assert errors[0].endswith("error: no model 'cff' to set hyperparameters of; the models "
+                            "are cf, deepfm, recommender, retrieval"), errors
+  assert "error: deepfm has no hyperparameter 'epoch'; its hyperparameters are " in (
+      errors[1]) and ", epochs, " in errors[1], errors
+  assert not output_dir.exists()
+
+
 def test_too_little_free_space_stops_the_run_before_anything_runs(synthetic_1m, tmp_path,
                                                                    capsys):
   output_dir = tmp_path / "run"
