@@ -23,7 +23,7 @@ TEST_WORKERS ?= 2
 RUN_ARGS := --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(OUTPUT_DIR),--output-dir $(OUTPUT_DIR))
 
-.PHONY: run replay test test-fast lint fuzz env lock clean bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-replay-1m bench-transform-window bench-time-features report tensorboard browser
+.PHONY: run replay test test-fast lint fuzz env lock clean flink-up flink-down flink-status flink-install spark-up spark-down spark-status bench-engines bench bench-serving bench-train bench-deepctr bench-catalogue bench-recommender bench-warm-start bench-replay bench-replay-1m bench-transform-window bench-time-features report tensorboard browser
 
 run: $(STAMP)
 	$(VENV)/bin/recsys run $(RUN_ARGS)
@@ -37,7 +37,7 @@ replay: $(STAMP)
 	$(VENV)/bin/recsys replay --dataset 100k $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	  --every $(EVERY) --output-dir $(REPLAY_DIR)
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser flink-install lint
 	$(VENV)/bin/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Imports run down the layers of docs/architecture.md (.importlinter), and ruff is clean.
@@ -101,6 +101,13 @@ BENCH_DIR := runs/bench-1m
 bench: $(STAMP)
 	$(VENV)/bin/python bench/pipeline_1m.py --work-dir $(BENCH_DIR) --output bench/results.json
 	$(VENV)/bin/python bench/serving_speed.py $(BENCH_DIR)/run --output bench/results/serving_speed_1m.json
+
+# The same 1M-scale release through the DirectRunner and through the local Flink
+# cluster (started and stopped here unless it is up): per-component seconds and peak
+# memory side by side (docs/performance.md#beam-engines).
+bench-engines: $(STAMP)
+	$(VENV)/bin/python bench/engines.py --data-dir $(BENCH_DIR)/data/ml-1m \
+	  --output bench/results/engines_1m.json
 
 # In-process serving speed of a finished run's pushed models: predictions/s at
 # batch 1, 100 and 10,000, and recommend(k=10) latency.
@@ -181,5 +188,37 @@ bench-transform-window: $(STAMP)
 	$(VENV)/bin/python bench/transform_window.py --data-dir $(MOVIELENS_100K) --artifacts 29 \
 	  --output bench/results/transform_window.json
 
+# A local Flink cluster for `recsys run --beam-runner FlinkRunner`: a JobManager, two
+# TaskManagers and Beam's Flink job server, each its own JVM on loopback; the pinned
+# Flink and job server go into .tools/flink on first use (docs/scaling-out.md).
+flink-up: $(STAMP)
+	$(VENV)/bin/recsys cluster up
+
+# The pinned Flink and job server alone, for the Flink tests (make test); a machine
+# without Java gets a note, and those tests say they skipped and why.
+flink-install: $(STAMP)
+	@if command -v java >/dev/null; then $(VENV)/bin/recsys cluster install; \
+	else echo "note: install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless) to run the Flink tests"; fi
+
+flink-down: $(STAMP)
+	$(VENV)/bin/recsys cluster down
+
+flink-status: $(STAMP)
+	$(VENV)/bin/recsys cluster status
+
+# A Spark master, worker and Beam job server for `recsys run --beam-runner SparkRunner`.
+spark-up: $(STAMP)
+	$(VENV)/bin/recsys cluster up --engine spark
+
+# Stops the Spark JVMs (master, worker, job server, executors) to give their memory back.
+spark-down: $(STAMP)
+	$(VENV)/bin/recsys cluster down --engine spark
+
+# One line on the Spark cluster (exit 3 when it does not answer), for scripts and people.
+spark-status: $(STAMP)
+	$(VENV)/bin/recsys cluster status --engine spark
+
 clean:
+	-test -x $(VENV)/bin/recsys && $(VENV)/bin/recsys cluster down
+	-test -x $(VENV)/bin/recsys && $(VENV)/bin/recsys cluster down --engine spark
 	rm -rf $(VENV) .tools

@@ -12,8 +12,8 @@ setuptools.setup(
     python_requires=">=3.10,<3.11",
     packages=setuptools.find_packages(include=[
         "common*", "models*", "serving*", "export*", "evaluation*", "trainer*",
-        "components*", "pipeline*", "testing*"]),
-    package_data={"pipeline": ["schema/*.pbtxt"]},
+        "components*", "engines*", "pipeline*", "testing*"]),
+    package_data={"pipeline": ["schema/*.pbtxt"], "engines": ["pins/*"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",

@@ -12,7 +12,8 @@ from typing import Any, Dict, Tuple
 # local GPU (or the CPU); "multi_worker_mirrored", every worker of the cluster that
 # TF_CONFIG describes. A run setting rather than a model's hyperparameter.
 NO_DISTRIBUTION = "none"
-DISTRIBUTIONS = (NO_DISTRIBUTION, "mirrored", "multi_worker_mirrored")
+MULTI_WORKER_MIRRORED = "multi_worker_mirrored"
+DISTRIBUTIONS = (NO_DISTRIBUTION, "mirrored", MULTI_WORKER_MIRRORED)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,7 @@ def _pipeline_config(args: argparse.Namespace, **paths) -> configs.PipelineConfi
         overrides=parse_overrides(args.set),
         auc_floor=args.auc_floor, max_auc_drop=args.max_auc_drop,
         max_ndcg_drop=args.max_ndcg_drop, serving_dir=args.serving_dir,
-        distribution=args.distribution, **paths)
+        distribution=args.distribution, workers=args.workers, **paths)
   except ValueError as e:
     raise UsageError(str(e)) from None
 
@@ -144,6 +144,32 @@ def _report(args: argparse.Namespace) -> int:
   store = run_store.RunStore(args.run_dir)
   _print_report(store.require(model_report.ReportArtifact.TYPE_NAME,
                               what="evaluation report"))
+  return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+  cluster = configs.LOCAL_CLUSTERS[args.engine](args.state_dir)
+  if args.action == "install":
+    cluster.install()
+    print(f"{cluster.NAME} {cluster.VERSION} and Beam {cluster.BEAM_JOB_SERVER_VERSION}'s "
+          f"job server are installed in {cluster.tools_dir}.")
+  elif args.action == "up":
+    cluster.up()
+    flags = " ".join(f"--beam-arg={arg}" for arg in cluster.beam_args())
+    print(f"{cluster.NAME} {cluster.VERSION} is up: {cluster.web_url()} (web UI).\n"
+          f"Run the pipeline on it with `recsys run --beam-runner {cluster.RUNNER}`, which "
+          f"adds\n  {flags}\nStop it with {cluster.command('down')}.")
+  elif args.action == "down":
+    stopped = cluster.down(quiet=True)
+    print(f"Stopped {len(stopped)} processes of the {cluster.NAME} cluster in "
+          f"{cluster.state_dir}." if stopped else
+          f"No {cluster.NAME} cluster was running from {cluster.state_dir}.")
+  else:
+    line = cluster.status_line()
+    if not line:
+      print(f"down: no {cluster.NAME} cluster answers for {cluster.state_dir}")
+      return 3
+    print(f"up: {line}")
   return 0
 
 
@@ -273,6 +299,10 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                       default=hparams.NO_DISTRIBUTION, help="how each Trainer spreads "
                       "training: tf.distribute MirroredStrategy (local devices) or "
                       "MultiWorkerMirroredStrategy (the workers TF_CONFIG lists)")
+  parser.add_argument("--workers", type=int, default=1, help="with --distribution "
+                      f"{hparams.MULTI_WORKER_MIRRORED}: train each model in this many "
+                      "local worker processes, each with its own TF_CONFIG (default 1: "
+                      "in the pipeline's process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the run whose pushed models and movie titles to use")
   recommend.add_argument("--serving-dir", help="default <run-dir>/serving")
   recommend.set_defaults(handler=_recommend)
+
+  cluster = commands.add_parser(
+      "cluster", help="a local Flink or Spark cluster for --beam-runner FlinkRunner or "
+      "SparkRunner: the engine's daemons and Beam's job server (docs/scaling-out.md)")
+  cluster.add_argument("action", choices=["install", "up", "down", "status"],
+                       help="install puts the pinned engine and job server into "
+                       ".tools/ENGINE; up installs them on first use and starts the "
+                       "cluster; down stops every process of it; status exits 3 when "
+                       "the cluster does not answer")
+  cluster.add_argument("--engine", choices=sorted(configs.LOCAL_CLUSTERS), default="flink",
+                       help="Flink: a JobManager and two TaskManagers; Spark: a "
+                       "standalone master and one worker (default flink)")
+  cluster.add_argument("--state-dir", help="where the cluster keeps its configuration, "
+                       "logs and ports (default .tools/ENGINE/cluster)")
+  cluster.set_defaults(handler=_cluster)
 
   board = commands.add_parser(
       "tensorboard", help="TensorBoard on a finished run: training and evaluation")

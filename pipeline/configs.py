@@ -5,6 +5,8 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from components.movielens_example_gen import spans
+from engines import flink
+from engines import spark
 from models import features
 from models import hparams as hparams_lib
 
@@ -20,9 +22,18 @@ DEFAULT_MAX_AUC_DROP = 0.005
 # The recommender's NDCG@10 may fall at most this far below the last blessed one's.
 DEFAULT_MAX_NDCG_DROP = 0.005
 DIRECT_RUNNER = "DirectRunner"
+FLINK_RUNNER = "FlinkRunner"
+SPARK_RUNNER = "SparkRunner"
 # Beam runners `recsys run --beam-runner` and `recsys compile --beam-runner` accept;
 # each takes its own flags through --beam-arg (docs/scaling-out.md).
-BEAM_RUNNERS = (DIRECT_RUNNER, "DataflowRunner", "FlinkRunner", "SparkRunner")
+BEAM_RUNNERS = (DIRECT_RUNNER, "DataflowRunner", FLINK_RUNNER, SPARK_RUNNER)
+# The local clusters `recsys cluster up --engine ENGINE` starts, by engine.
+LOCAL_CLUSTERS = {cluster.ENGINE: cluster for cluster in (flink.FlinkCluster,
+                                                          spark.SparkCluster)}
+# Flags that name the cluster or job server a runner submits to; a run naming none
+# goes to the local cluster of the runner's engine.
+_CLUSTER_FLAGS = {FLINK_RUNNER: ("--flink_master", "--job_endpoint"),
+                  SPARK_RUNNER: ("--spark_master_url", "--job_endpoint")}
 # Orchestrators `recsys compile --target` writes a spec for; Vertex AI Pipelines
 # runs the kubeflow-v2 spec as it is.
 COMPILE_TARGETS = ("kubeflow-v2",)
@@ -77,7 +88,9 @@ def beam_pipeline_args(runner: str = DIRECT_RUNNER, extra_args: Sequence[str] = 
   DirectRunner gets default_beam_args() for `num_ratings` (later flags override
   earlier ones); any other runner gets `--runner=NAME`, this project's setup.py
   (its workers install the project from it) and the flags given, since the
-  DirectRunner defaults mean nothing to it.
+  DirectRunner defaults mean nothing to it. FlinkRunner and SparkRunner without a
+  cluster named in `extra_args` also get the flags of their engine's local cluster
+  (`recsys cluster up [--engine spark]`).
   """
   if runner not in BEAM_RUNNERS:
     raise ValueError(f"Beam runner must be one of {', '.join(BEAM_RUNNERS)}, "
@@ -87,7 +100,24 @@ def beam_pipeline_args(runner: str = DIRECT_RUNNER, extra_args: Sequence[str] = 
     raise ValueError(f"choose the runner with --beam-runner, not {chosen[0]!r}")
   if runner == DIRECT_RUNNER:
     return default_beam_args(num_ratings) + list(extra_args)
+  if runner in _CLUSTER_FLAGS and not names_cluster(runner, extra_args):
+    return [f"--runner={runner}", *setup_file_args(), *local_cluster_args(runner),
+            *extra_args]
   return [f"--runner={runner}", *setup_file_args(), *extra_args]
+
+
+def names_cluster(runner: str, beam_args: Sequence[str]) -> bool:
+  """Whether the flags say which cluster or job server of `runner` to submit to."""
+  return any(arg.startswith(_CLUSTER_FLAGS[runner]) for arg in beam_args)
+
+
+def local_cluster_args(runner: str) -> List[str]:
+  """The flags of the local cluster of `runner`'s engine that `recsys cluster up`
+  started here, or none when it has not (the run then stops before its first step:
+  local_runner's preflight)."""
+  cluster = next(cluster for cluster in LOCAL_CLUSTERS.values()
+                 if cluster.RUNNER == runner)()
+  return cluster.beam_args() if cluster.state() else []
 
 
 def is_uri(path: str) -> bool:
@@ -163,6 +193,9 @@ class PipelineConfig:
   pipeline_root: Optional[str] = None
   # How each Trainer spreads training: one of models.hparams.DISTRIBUTIONS.
   distribution: str = hparams_lib.NO_DISTRIBUTION
+  # Local worker processes each Trainer trains in under multi_worker_mirrored
+  # (components/multi_worker_trainer.py); 1: the pipeline's own process.
+  workers: int = 1
   # The fixed schema, as the machine that runs ImportSchemaGen sees it.
   schema_file: str = SCHEMA_FILE
   min_free_gb: Optional[float] = None  # default MIN_FREE_GB[dataset]
@@ -178,6 +211,12 @@ class PipelineConfig:
     if self.distribution not in hparams_lib.DISTRIBUTIONS:
       raise ValueError(f"distribution must be one of {', '.join(hparams_lib.DISTRIBUTIONS)}, "
                        f"got {self.distribution!r}")
+    if self.workers < 1:
+      raise ValueError(f"workers must be 1 or more, got {self.workers}")
+    if self.workers > 1 and self.distribution != hparams_lib.MULTI_WORKER_MIRRORED:
+      raise ValueError(f"{self.workers} workers need distribution "
+                       f"{hparams_lib.MULTI_WORKER_MIRRORED}, got {self.distribution!r}: only it "
+                       "trains one model across processes")
     spans.SpanLength(self.span_days, self.span_months)  # a ValueError if both
     spans.end_of_day(self.until)  # likewise for a malformed day
     if self.window_spans < 0:

@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from typing import Iterator, List, Set, Tuple
@@ -65,6 +66,24 @@ def _run_temp_dir(output_dir: str) -> Iterator[str]:
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _this_python_first_on_path() -> Iterator[None]:
+  """`python` on PATH is this process's interpreter inside the block.
+
+  Beam's loopback worker pool starts each SDK worker process as plain `python`
+  (worker_pool_main, `use_loopback_process_worker`), which outside an activated
+  environment is some other interpreter without Beam: its workers die at start and
+  the engine's tasks wait for them for ever. The local Spark cluster's flags use that
+  pool (engines/spark.py); the Flink cluster's PROCESS workers need nothing on PATH.
+  """
+  saved = os.environ.get("PATH", "")
+  os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), saved])
+  try:
+    yield
+  finally:
+    os.environ["PATH"] = saved
+
+
 def _set_tensorflow_threads(cores: int) -> None:
   """One TensorFlow thread pool as wide as the cores this process may use.
 
@@ -95,6 +114,7 @@ def run(config: configs.PipelineConfig, verbose: bool = False):
   with run_lock.hold(config.output_dir):
     preflight.ensure_free_space(config.output_dir, config.min_free_gb)
     preflight.ensure_writable_folder(config.serving_dir, "serving folder")
+    preflight.ensure_beam_engine(config.beam_args)
     return _run_locked(config, verbose)
 
 
@@ -229,7 +249,7 @@ def _run_locked(config: configs.PipelineConfig, verbose: bool):
   progress.report("run", f"{config.pipeline_name}: {len(node_ids)} stages, output in "
                   f"{config.output_dir}, logs in {log_path}")
   _set_tensorflow_threads(configs.available_cores())
-  with _run_temp_dir(config.output_dir), \
+  with _run_temp_dir(config.output_dir), _this_python_first_on_path(), \
       console.run_output(log_path, verbose) as log_info, \
       console.StageProgress(node_ids, before_each=log_info).installed(), \
       warnings.catch_warnings():

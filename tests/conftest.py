@@ -43,7 +43,7 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
 # --no-loadscope-reorder`: a module's tests stay on one worker, which builds its
 # module-scoped fixtures once, and modules go out in this order). Started last,
 # one of them would run on alone while the other worker idles.
-LONGEST_MODULES = ("test_faults.py", "test_replay.py", "test_pipeline.py",
+LONGEST_MODULES = ("test_flink.py", "test_faults.py", "test_replay.py", "test_pipeline.py",
                    "test_real_100k.py")
 
 

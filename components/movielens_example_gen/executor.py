@@ -240,7 +240,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     counts = {name: 0 for name in split_names}
     for counter in result.metrics().query(
         beam.metrics.MetricsFilter().with_namespace(_COUNTER_NAMESPACE))["counters"]:
-      counts[split_names[int(counter.key.metric.name.split("_")[1])]] += counter.committed
+      # Beam's portable Spark runner reports attempted counts only (committed: None);
+      # they exceed committed ones only if a bundle was retried.
+      written = counter.committed if counter.committed is not None else counter.attempted
+      counts[split_names[int(counter.key.metric.name.split("_")[1])]] += written
     if sum(counts.values()) == 0:
       raise parsing.no_rows_error(shards[0].path, "ratings")
 
