@@ -22,7 +22,7 @@ _DIGITS = 16  # of the SHA-256's hex digest: collisions stay out of reach
 
 # This project's top-level packages (setup.py installs these); imports of anything
 # else (TensorFlow, TFX, the standard library) are not followed.
-PROJECT_PACKAGES = ("common", "components", "evaluation", "export", "models",
+PROJECT_PACKAGES = ("common", "components", "engines", "evaluation", "export", "models",
                     "pipeline", "serving", "testing", "trainer")
 
 # The folder holding them: the repository, or site-packages where it is installed.
