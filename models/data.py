@@ -79,6 +79,12 @@ def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool
   # long after the last epoch (docs/performance.md). Nothing here needs tuning.
   options = tf.data.Options()
   options.autotune.enabled = False
+  # Under MultiWorkerMirroredStrategy every worker builds this same dataset (the same
+  # permutation, from `seed`) and keeps its share of each batch: the strategy splits
+  # every batch between the replicas, and DATA sharding hands each worker its part.
+  # It has no files to shard by, which AUTO would try first.
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
   return (rows
           .map(lambda index: ({k: tf.gather(v, index) for k, v in inputs.items()},
                               tf.gather(labels, index)))

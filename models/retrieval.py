@@ -9,7 +9,7 @@ rating is an interaction, and each batch's other movies are its negatives
 through a factorized top-k index (export/recommend.py); the like model then ranks
 the few hundred it retrieves (export/two_stage.py).
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -140,18 +140,78 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
     # A liked film says more about what to offer than one watched and disliked.
     weights = 1.0 + (self.hparams.liked_weight - 1.0) * tf.cast(tf.reshape(labels, [-1]),
                                                                 tf.float32)
-    sampling_probability = None
-    if self.hparams.sampling_correction:
-      # Proportional to the movie's ratings in train (the feature is log(1 + n)).
-      # TFRS clips probabilities to [1e-6, 1], and the softmax ignores a constant
-      # factor, so counts are scaled by the batch's largest.
-      counts = tf.math.expm1(tf.cast(features_[_MOVIE_RATING_COUNT], tf.float32))
-      sampling_probability = counts / tf.reduce_max(counts)
-    return [task(user_tower(features_), movie_tower(features_), sample_weight=weights,
+    # Each pair's user tower, then its movie tower: the order their variables were
+    # always created in, which decides the values the seeded initialisers draw.
+    vectors = [(user_tower(features_), movie_tower(features_))
+               for user_tower, movie_tower in zip(self.user_towers, self.movie_towers)]
+    queries = [query for query, _ in vectors]
+    candidates = [candidate for _, candidate in vectors]
+    candidate_ids = features_[_MOVIE]
+    # Proportional to the movie's ratings in train (the feature is log(1 + n)).
+    counts = (tf.math.expm1(tf.cast(features_[_MOVIE_RATING_COUNT], tf.float32))
+              if self.hparams.sampling_correction else None)
+    score_mask = None
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+      candidates, candidate_ids, counts, score_mask = _whole_batch_candidates(
+          replica, self.hparams.batch_size, candidates, candidate_ids, counts,
+          num_queries=tf.shape(labels)[0])
+    # TFRS clips probabilities to [1e-6, 1], and the softmax ignores a constant
+    # factor, so counts are scaled by the batch's largest.
+    sampling_probability = None if counts is None else counts / tf.reduce_max(counts)
+    return [task(query, candidate, sample_weight=weights,
                  candidate_sampling_probability=sampling_probability,
-                 candidate_ids=features_[_MOVIE])
-            for user_tower, movie_tower, task in zip(self.user_towers, self.movie_towers,
-                                                     self.tasks)]
+                 candidate_ids=candidate_ids, score_mask=score_mask)
+            for query, candidate, task in zip(queries, candidates, self.tasks)]
+
+
+# The id of a padding row among the gathered candidates: no movie's.
+_PADDING_ID = -1
+
+
+def _whole_batch_candidates(replica: tf.distribute.ReplicaContext, batch_size: int,
+                            candidates: List[tf.Tensor], ids: tf.Tensor,
+                            counts: Optional[tf.Tensor], num_queries: tf.Tensor):
+  """Every replica's candidates, this replica's own first: the whole batch's negatives.
+
+  Under a tf.distribute strategy each replica trains on its share of the batch
+  (models/training.py); with its own candidates alone, each query would meet a
+  share of the negatives it meets in one process, a different softmax. TFRS
+  takes candidates beyond the queries as extra negatives, and labels each query's
+  positive on the diagonal, where this replica's own candidates stay. all_gather
+  sends the candidates' gradients back to the replicas they came from, so the sum
+  of the replicas' losses is the whole batch's loss, as in one process.
+
+  Each replica's share is padded to the largest a share of `batch_size` can be
+  before it is gathered: TensorFlow's collective all-gather fails when a step
+  gathers another shape than the steps before ("Shape mismatch in the collective
+  instance"), as the epoch's last, smaller batch would. Returns the
+  candidates, their ids and counts, and the score mask that leaves the padding out.
+  """
+  share = -(-batch_size // replica.num_replicas_in_sync)
+  rows = tf.shape(ids)[0]
+  tf.debugging.assert_less_equal(rows, share, message=(
+      "a replica's share of the batch is larger than the batch size allows"))
+  padding = [[0, share - rows]]
+
+  def padded(tensor: tf.Tensor, value) -> tf.Tensor:
+    return tf.pad(tensor, padding + [[0, 0]] * (tensor.shape.rank - 1),
+                  constant_values=value)
+
+  offset = share * replica.replica_id_in_sync_group
+
+  def own_first(gathered: tf.Tensor) -> tf.Tensor:
+    return tf.roll(gathered, shift=-offset, axis=0)
+
+  candidates = [own_first(c) for c in
+                replica.all_gather([padded(c, 0.0) for c in candidates], axis=0)]
+  ids = own_first(replica.all_gather(padded(ids, _PADDING_ID), axis=0))
+  if counts is not None:
+    counts = own_first(replica.all_gather(padded(counts, 0.0), axis=0))
+  shares = replica.all_gather(tf.reshape(rows, [1]), axis=0)
+  real = own_first(tf.reshape(tf.range(share)[tf.newaxis, :] < shares[:, tf.newaxis], [-1]))
+  score_mask = tf.broadcast_to(real[tf.newaxis, :], [num_queries, tf.shape(real)[0]])
+  return candidates, ids, counts, score_mask
 
 
 def build(vocabulary_sizes: Dict[str, int], hparams: hp.RetrievalHparams) -> Retrieval:

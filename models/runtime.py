@@ -70,3 +70,14 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
   except KeyError:
     raise ValueError(f"distribution must be one of {', '.join(hp.DISTRIBUTIONS)}, "
                      f"got {name!r}") from None
+
+
+def wait_for_every_worker(strategy: tf.distribute.Strategy) -> None:
+  """Returns once every worker of a MultiWorkerMirroredStrategy has called it.
+
+  An all-reduce, which completes on no worker before every worker has joined it;
+  with one worker, or another strategy, it returns at once.
+  """
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                    axis=None)

@@ -108,6 +108,27 @@ def _validation_batch_size(model: tf.keras.Model, hparams) -> int:
   return _VALIDATION_BATCH
 
 
+def _all_reducing_dense_gradients(optimizer_class):
+  """`optimizer_class`, summing embedding tables' gradients across replicas as dense tensors.
+
+  An embedding's gradient is sparse (the rows the batch looked up), and a
+  tf.distribute strategy all-gathers sparse gradients between replicas. TensorFlow's
+  collective all-gather failed on the epoch's last, smaller batch ("Shape mismatch
+  in the collective instance": the steps before had gathered another number of
+  rows). A dense gradient has the table's shape at every step. Adam and Adagrad
+  update a table alike from either: the sparse gradient's rows are summed by index
+  first, and the rows it leaves out are zeros in the dense.
+  """
+  class DenseGradientsAllReduced(optimizer_class):
+
+    def aggregate_gradients(self, grads_and_vars):
+      return super().aggregate_gradients(
+          [(tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices)
+            else gradient, variable) for gradient, variable in grads_and_vars])
+
+  return DenseGradientsAllReduced
+
+
 def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_examples,
           log_dir: str, seed: int,
           callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Dict[str, list]:
@@ -124,8 +145,17 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
     batches_per_step, steps_per_execution = BATCHES_PER_STEP, 1
     model.train_batch_size = hparams.batch_size
   optimizer = getattr(model, "optimizer_class", tf.keras.optimizers.Adam)
+  if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+    optimizer = _all_reducing_dense_gradients(optimizer)
   model.compile(optimizer=optimizer(hparams.learning_rate),
                 steps_per_execution=steps_per_execution)
+  if tf.distribute.has_strategy():
+    # A metric's result is already every replica's (its variables are summed
+    # across replicas when read), the same on each; tf-keras' default adds the
+    # replicas' copies up (AUC 1.004 on two workers). Each worker takes its own
+    # copy, so all of them see, and early-stop on, the same numbers. Keras' `loss`
+    # entries, the last batch's loss and no metric, are then this replica's share.
+    model.distribute_reduction_method = "first"
   examples_per_epoch = len(train_examples[features.LABEL])
   speed = TrainingProgress(model_name, hparams.epochs, examples_per_epoch)
   callbacks = [*callbacks, speed,
@@ -143,5 +173,7 @@ def train(model: tf.keras.Model, model_name: str, hparams, train_examples, eval_
   result = {k: [float(v) for v in values] for k, values in history.history.items()}
   result["train_examples_per_second"] = speed.examples_per_second
   result["train_examples"] = examples_per_epoch
+  # Replicas that trained in step, across every worker of the strategy.
+  result["replicas"] = tf.distribute.get_strategy().num_replicas_in_sync
   return result
 

@@ -24,6 +24,7 @@ from tfx.types.channel import Channel
 
 from common import code_fingerprint
 from components import drift
+from components import multi_worker_trainer
 from components.anomalies_gate import AnomaliesGate
 from components.drift_validator import DriftValidator
 from components.import_schema_gen import ImportSchemaGen
@@ -265,8 +266,20 @@ def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
              config: configs.PipelineConfig, base_model=None) -> Trainer:
   """A Trainer for `model` with its hyperparameter preset, the run's seed and
   distribution; with `base_model` (a resolved channel), it starts from that model's
-  weights (trainer/run.py, models/warm_start.py)."""
-  return Trainer(
+  weights (trainer/run.py, models/warm_start.py).
+
+  With `config.workers` > 1 it trains in that many local worker processes
+  (components/multi_worker_trainer.py); with one, it is TFX's Trainer as it was,
+  so that the cache keys of such runs stay what they were.
+  """
+  custom_config = {"hparams": hparams.to_config(config.hparams(model)),
+                   "seed": config.seed, "distribution": config.distribution,
+                   "code_fingerprint": code_fingerprint_of(trainer_id(model))}
+  trainer_class = Trainer
+  if config.workers > 1:
+    custom_config[multi_worker_trainer.WORKERS_KEY] = config.workers
+    trainer_class = multi_worker_trainer.MultiWorkerTrainer
+  return trainer_class(
       run_fn=run_fn,
       examples=examples,
       base_model=base_model,
@@ -274,9 +287,7 @@ def _trainer(model: str, run_fn: str, examples, transform, schema_gen,
       schema=schema_gen.outputs["schema"],
       train_args=trainer_pb2.TrainArgs(splits=TRAIN_SPLITS.get(model, ["train"])),
       eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
-      custom_config={"hparams": hparams.to_config(config.hparams(model)),
-                     "seed": config.seed, "distribution": config.distribution,
-                     "code_fingerprint": code_fingerprint_of(trainer_id(model))},
+      custom_config=custom_config,
   ).with_id(trainer_id(model))
 
 

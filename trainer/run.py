@@ -1,5 +1,6 @@
 """The body of every model's TFX Trainer `run_fn`: read, train, log, export."""
 import os
+import shutil
 import tempfile
 from typing import Callable, Sequence
 
@@ -26,7 +27,9 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
 
   `fn_args.custom_config` holds {"hparams": {...}, "seed": int, "distribution":
   str}; the pipeline fills it from `models.hparams` and the run's settings, and
-  adds "code_fingerprint", which only keys the cache.
+  adds "code_fingerprint", which only keys the cache, and "workers" when the
+  Trainer runs this on several local worker processes, each with its own TF_CONFIG
+  (components/multi_worker_trainer.py).
 
   With `fn_args.base_model` (the latest blessed model of this kind, when the
   Trainer has a `base_model` input), the model starts from its weights, carried
@@ -36,23 +39,45 @@ def run(fn_args, model_name: str, build: Callable, raw_feature_keys: Sequence[st
   config = fn_args.custom_config
   hparams = hp.from_config(model_name, config["hparams"])
   seed = int(config["seed"])
+  # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the
+  # collective ops, which a process that has run an op can no longer do.
   strategy = runtime.distribution_strategy(config.get("distribution", hp.NO_DISTRIBUTION))
-  model_run_dir, serving_model_dir = fn_args.model_run_dir, fn_args.serving_model_dir
-  if not strategy.extended.should_checkpoint:
+  if strategy.extended.should_checkpoint:
+    _train_and_export(fn_args, model_name, build, raw_feature_keys, strategy, hparams, seed,
+                      fn_args.model_run_dir, fn_args.serving_model_dir)
+  else:
     # A worker other than the chief: it takes part in training and saving (a
     # multi-worker save gathers variables from every worker), but only the
-    # chief's logs and model are the Trainer's outputs.
+    # chief's logs and model are the Trainer's outputs; its own are deleted.
     scratch = tempfile.mkdtemp(prefix=f"{model_name}-worker-")
-    model_run_dir = os.path.join(scratch, "model_run")
-    serving_model_dir = os.path.join(scratch, "model")
+    progress.report(f"train {model_name}", f"not the chief: model and logs to {scratch}, "
+                    "deleted after export")
+    try:
+      _train_and_export(fn_args, model_name, build, raw_feature_keys, strategy, hparams,
+                        seed, os.path.join(scratch, "model_run"),
+                        os.path.join(scratch, "model"))
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+  # TFX checks that the chief's model exists once run_fn returns, on every worker:
+  # none may return before the chief has exported it.
+  runtime.wait_for_every_worker(strategy)
+
+
+def _train_and_export(fn_args, model_name: str, build: Callable,
+                      raw_feature_keys: Sequence[str], strategy: tf.distribute.Strategy,
+                      hparams, seed: int, model_run_dir: str, serving_model_dir: str) -> None:
+  """`run`'s work on this worker, its logs to `model_run_dir`, its model to
+  `serving_model_dir`."""
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   train_examples = data.load_examples(fn_args.train_files, tf_transform_output)
   eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output)
   base_model = _base_model(fn_args, model_name)
   if base_model:
     hparams = hp.for_warm_start(hparams)
+  replicas = strategy.num_replicas_in_sync
   progress.report(f"train {model_name}", f"{len(train_examples[features.LABEL]):,} train "
-                  f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}")
+                  f"and {len(eval_examples[features.LABEL]):,} eval examples, {hparams}"
+                  + (f", on {replicas} replicas" if replicas > 1 else ""))
 
   def start_from_base_model(model):
     training.create_variables(model, train_examples)
