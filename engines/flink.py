@@ -62,7 +62,7 @@ class ClusterSettings:
   # many failures in ten minutes. A lost TaskManager fails every task it ran at once,
   # each counted, and more while the JobManager still sends work to its slots
   # (until two heartbeats, below, have gone unanswered): a fixed number of attempts
-  # is spent in a second (fixed-delay with 6 was).
+  # is spent within a second (docs/scaling-out.md#faults).
   restart_delay_s: int = 10
   max_failures_per_10_min: int = 100
 
