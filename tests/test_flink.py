@@ -79,7 +79,10 @@ class TaskManagerKiller(threading.Thread):
 
   def run(self):
     while not self._stop_event.is_set():
-      jobs = _jobs(self.cluster)
+      try:
+        jobs = _jobs(self.cluster)
+      except OSError:  # the REST API busy for a moment: ask again
+        jobs = []
       if len(jobs) >= self.nth and jobs[self.nth - 1]["state"] == "RUNNING" \
           and jobs[self.nth - 1]["tasks"]["running"]:
         self.job_id = jobs[self.nth - 1]["jid"]
