@@ -61,6 +61,10 @@ class ClusterSettings:
   # share (0.4), which Beam's batch jobs here barely use.
   taskmanager_memory: str = "4096m"
   taskmanager_managed_fraction: float = 0.1
+  # Direct memory for Beam's gRPC data plane (netty): with Flink's default of none
+  # for tasks, Transform's analysis at 1M ratings failed with "OutOfMemoryError:
+  # Direct buffer memory".
+  taskmanager_task_off_heap: str = "512m"
   taskmanager_network_memory: str = "768m"
   job_server_heap: str = "1g"
   # Failed tasks restart their part of the job, this many seconds apart, up to this
@@ -239,9 +243,10 @@ class FlinkCluster(local_cluster.LocalCluster):
         "taskmanager.host": _LOOPBACK,
         "taskmanager.numberOfTaskSlots": settings.slots_per_taskmanager,
         "taskmanager.memory.process.size": settings.taskmanager_memory,
+        "taskmanager.memory.managed.fraction": settings.taskmanager_managed_fraction,
+        "taskmanager.memory.task.off-heap.size": settings.taskmanager_task_off_heap,
         # Beam's batch jobs chain many exchanges; TFDV's needed 512 buffers of a slot
         # where Flink's default share of memory gave 288.
-        "taskmanager.memory.managed.fraction": settings.taskmanager_managed_fraction,
         "taskmanager.memory.network.fraction": 0.25,
         "taskmanager.memory.network.min": settings.taskmanager_network_memory,
         "taskmanager.memory.network.max": settings.taskmanager_network_memory,
