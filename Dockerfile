@@ -26,6 +26,7 @@ COPY export/ export/
 COPY evaluation/ evaluation/
 COPY trainer/ trainer/
 COPY components/ components/
+COPY engines/ engines/
 COPY pipeline/ pipeline/
 COPY testing/ testing/
 RUN python -m pip install --no-cache-dir --no-deps -e . && \
