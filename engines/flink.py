@@ -96,14 +96,12 @@ class FlinkCluster(local_cluster.LocalCluster):
 
   # State
 
-  def rest_url(self, state: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    """Flink's REST API, which also serves its web UI."""
-    return self.web_url(state)
-
   def rest(self, path: str, state: Optional[Dict[str, Any]] = None,
            timeout: float = 5.0) -> Any:
-    """GET `path` on the cluster's REST API, as parsed JSON."""
-    return local_cluster.get_json(self.rest_url(state) + path, timeout)
+    """GET `path` on the cluster's REST API (which also serves its web UI), as parsed
+    JSON; a ClusterError when no cluster was started."""
+    return local_cluster.get_json(self.web_url(state or self._require_state()) + path,
+                                  timeout)
 
   def _engine_up(self, overview: Dict[str, Any]) -> bool:
     """Every TaskManager registered."""
@@ -146,7 +144,7 @@ class FlinkCluster(local_cluster.LocalCluster):
   def _start_processes(self, state: Dict[str, Any]) -> None:
     self._write_configuration(state)
     progress.report("flink", f"starting a JobManager and {self.settings.taskmanagers} "
-                    f"TaskManagers (Flink {FLINK_VERSION}) on {self.rest_url(state)}")
+                    f"TaskManagers (Flink {FLINK_VERSION}) on {self.web_url(state)}")
     self._daemon("jobmanager.sh", "start")
     for _ in range(self.settings.taskmanagers):
       self._daemon("taskmanager.sh", "start")
