@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any, Dict, List, Optional
@@ -31,6 +32,9 @@ _JOB_SERVER_MAIN = "org.apache.beam.runners.flink.FlinkJobServerDriver"
 _IDENT = "recsys"
 # Jars of the job server that the Flink distribution has in its own versions.
 _FLINKS_OWN = ("flink-", "slf4j-", "log4j-")
+# engines/java: the job server's plug-in that lets a job ship no jars.
+_JAVA_SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java")
+_NO_JARS_TO_STAGE = "recsys.flink.NoJarsToStage"
 
 
 def _java_options(flink_home: str) -> str:
@@ -94,6 +98,23 @@ class FlinkCluster(local_cluster.LocalCluster):
                settings: Optional[ClusterSettings] = None):
     super().__init__(state_dir, settings or ClusterSettings())
 
+  def install(self) -> None:
+    """The pinned distribution and job server, and the job server's plug-in
+    (engines/java), compiled where a JDK is; without one every job ships the job
+    server's class path, as Beam does by default."""
+    super().install()
+    if shutil.which("javac") is None:
+      progress.report("flink", "no `javac` (a JDK) here: each Beam step will send the "
+                      "job server's 152 MB class path to the cluster, about 15 s more "
+                      "per step (Debian: apt-get install openjdk-17-jdk-headless)")
+      return
+    installs.java_library(_JAVA_SOURCES, self._job_server_jars(), self._plugin_jar,
+                          "the job server's plug-in")
+
+  @property
+  def _plugin_jar(self) -> str:
+    return os.path.join(self.tools_dir, "recsys-java", "recsys-flink.jar")
+
   # State
 
   def rest(self, path: str, state: Optional[Dict[str, Any]] = None,
@@ -125,6 +146,9 @@ class FlinkCluster(local_cluster.LocalCluster):
     why not LOOPBACK or an EXTERNAL pool).
     """
     state = self._require_state()
+    # The job server would otherwise send its class path with each job (NoJarsToStage).
+    ships_no_jars = ([f"--pipeline_resources_detector_factory_class={_NO_JARS_TO_STAGE}"]
+                     if state.get("ships_no_jars") else [])
     return [f"--job_endpoint={_LOOPBACK}:{state['job_port']}",
             f"--flink_master={_LOOPBACK}:{state['rest_port']}",
             f"--parallelism={self.settings.parallelism}",
@@ -132,7 +156,7 @@ class FlinkCluster(local_cluster.LocalCluster):
             "--environment_config=" + json.dumps({"command": self.sdk_worker_command},
                                                  separators=(",", ":")),
             "--sdk_worker_parallelism=1",
-            "--environment_cache_millis=1000000"]
+            "--environment_cache_millis=1000000", *ships_no_jars]
 
   @property
   def sdk_worker_command(self) -> str:
@@ -186,6 +210,10 @@ class FlinkCluster(local_cluster.LocalCluster):
             # Flink's scripts add this to the JobManager's and TaskManagers' class path.
             "HADOOP_CLASSPATH": os.pathsep.join(self._beam_jars())}
 
+  def _job_server_jars(self) -> List[str]:
+    return [os.path.join(self.job_server_lib, name)
+            for name in sorted(os.listdir(self.job_server_lib)) if name.endswith(".jar")]
+
   def _beam_jars(self) -> List[str]:
     """The job server's Beam jars, for the TaskManagers' own class path.
 
@@ -197,9 +225,8 @@ class FlinkCluster(local_cluster.LocalCluster):
     """
     if not os.path.isdir(self.job_server_lib):
       return []
-    return [os.path.join(self.job_server_lib, name)
-            for name in sorted(os.listdir(self.job_server_lib))
-            if name.endswith(".jar") and not name.startswith(_FLINKS_OWN)]
+    return [jar for jar in self._job_server_jars()
+            if not os.path.basename(jar).startswith(_FLINKS_OWN)]
 
   def _daemon(self, script: str, action: str) -> None:
     result = subprocess.run(["bash", os.path.join(self.home, "bin", script), action],
@@ -209,12 +236,16 @@ class FlinkCluster(local_cluster.LocalCluster):
       raise ClusterError(f"{script} {action} failed: {result.stdout.strip()}")
 
   def _start_job_server(self, state: Dict[str, Any]) -> int:
+    classpath = [os.path.join(self.job_server_lib, "*")]
+    state["ships_no_jars"] = os.path.exists(self._plugin_jar)
+    if state["ships_no_jars"]:
+      classpath.append(self._plugin_jar)
     log = open(os.path.join(self.log_dir, "beam-job-server.log"), "ab")  # pylint: disable=consider-using-with
     with log:
       process = subprocess.Popen(  # pylint: disable=consider-using-with
           ["java", f"-Xmx{self.settings.job_server_heap}",
            *_java_options(self.home).split(),
-           "-cp", os.path.join(self.job_server_lib, "*"), _JOB_SERVER_MAIN,
+           "-cp", os.pathsep.join(classpath), _JOB_SERVER_MAIN,
            f"--flink-master={_LOOPBACK}:{state['rest_port']}",
            f"--flink-conf-dir={self.conf_dir}",
            f"--job-host={_LOOPBACK}", f"--job-port={state['job_port']}",

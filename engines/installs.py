@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from typing import Dict, List
 
 from common import errors
@@ -150,3 +151,37 @@ def maven_jars(pom: str, checksums_file: str, target: str, what: str) -> str:
   verify_checksums(staging, read_checksums(checksums_file))
   _replace(staging, target, digest)
   return target
+
+
+def java_library(sources: str, classpath: List[str], jar: str, what: str) -> str:
+  """The Java sources under `sources` compiled against the jars of `classpath` into
+  `jar`, alone in its folder, with the other files there (such as META-INF/services) as
+  its resources; compiled again only when a source or the class path changes. Returns
+  `jar`."""
+  files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(sources)
+                 for name in names)
+  digest = hashlib.sha256((_pins_digest(*files) + "\n".join(
+      os.path.basename(entry) for entry in classpath)).encode()).hexdigest()
+  target = os.path.dirname(jar)
+  if _installed(target, digest):
+    return jar
+  javac = require_command("javac", "install a Java 17 JDK (Debian: apt-get install "
+                          "openjdk-17-jdk-headless)")
+  progress.report("install", f"{what}: compiling {sources} into {jar}")
+  staging = f"{target}.partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  classes = os.path.join(staging, "classes")
+  java_files = [path for path in files if path.endswith(".java")]
+  _run([javac, "--release", "17", "-nowarn", "-cp", os.pathsep.join(classpath),
+        "-d", classes, *java_files], f"compiling {what}")
+  with zipfile.ZipFile(os.path.join(staging, os.path.basename(jar)), "w") as archive:
+    for folder, _, names in os.walk(classes):
+      for name in names:
+        path = os.path.join(folder, name)
+        archive.write(path, os.path.relpath(path, classes))
+    for path in files:
+      if not path.endswith(".java"):
+        archive.write(path, os.path.relpath(path, sources))
+  shutil.rmtree(classes)
+  _replace(staging, target, digest)
+  return jar

@@ -3,9 +3,11 @@ cluster` command, the checks a run against a Flink or Spark cluster makes before
 starts (tests/test_flink.py starts one)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
+import zipfile
 
 import pytest
 
@@ -68,6 +70,31 @@ def test_jars_are_checked_against_their_pinned_checksums(tmp_path):
     installs.verify_checksums(_jars(tmp_path / "missing", {"a.jar": b"a"}), pins)
   with pytest.raises(installs.InstallError, match=r"c\.jar is not pinned"):
     installs.verify_checksums(_jars(tmp_path / "extra", {**good, "c.jar": b"c"}), pins)
+
+
+@pytest.mark.skipif(shutil.which("javac") is None,
+                    reason="no `javac` (a JDK) on this machine to compile with")
+def test_a_java_library_is_compiled_once_and_again_when_its_source_changes(tmp_path):
+  sources = tmp_path / "java"
+  (sources / "demo").mkdir(parents=True)
+  (sources / "META-INF" / "services").mkdir(parents=True)
+  (sources / "META-INF" / "services" / "demo.Service").write_text("demo.Greeting\n")
+  source = sources / "demo" / "Greeting.java"
+  source.write_text("package demo; public final class Greeting {}\n")
+  jar = tmp_path / "lib" / "demo.jar"
+
+  assert installs.java_library(str(sources), [], str(jar), "demo") == str(jar)
+  with zipfile.ZipFile(jar) as archive:
+    assert set(archive.namelist()) == {"demo/Greeting.class", "META-INF/services/demo.Service"}
+  built = jar.stat().st_mtime_ns
+  installs.java_library(str(sources), [], str(jar), "demo")
+  assert jar.stat().st_mtime_ns == built  # the same sources: not compiled again
+
+  source.write_text("package demo; public final class Greeting { int broken }\n")
+  with pytest.raises(installs.InstallError, match="compiling demo failed"):
+    installs.java_library(str(sources), [], str(jar), "demo")
+  with zipfile.ZipFile(jar) as archive:  # the last good build is kept
+    assert "demo/Greeting.class" in archive.namelist()
 
 
 @pytest.mark.parametrize("pins, runner_jar", [

@@ -142,7 +142,9 @@ def flink_run(cluster, finished_run, tmp_path_factory):
       taskmanagers_left=len(cluster.rest("/taskmanagers")["taskmanagers"]))
 
 
-def test_each_beam_step_is_one_flink_job_on_both_taskmanagers(flink_run):
+def test_each_beam_step_is_one_flink_job_on_both_taskmanagers(cluster, flink_run):
+  # With a JDK here the job server's plug-in was built, and jobs ship no jars.
+  assert cluster.state()["ships_no_jars"] == (shutil.which("javac") is not None)
   assert [job["state"] for job in flink_run.jobs] == ["FINISHED"] * BEAM_STEPS
   for job in flink_run.jobs[:KILLED_STEP - 1]:  # before the kill
     assert len(flink_run.taskmanagers_by_job[job["jid"]]) == 2, job["name"]
