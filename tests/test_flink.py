@@ -198,9 +198,9 @@ def test_a_rerun_after_the_cluster_restarts_comes_from_the_cache(cluster, flink_
 
 
 def test_a_run_against_a_stopped_cluster_stops_before_its_first_step(cluster, flink_run):
-  cluster.up()
-  rest_port = cluster.state()["rest_port"]
+  beam_args = flink_run.config.beam_args  # the flags of a run that found the cluster up
   cluster.down()
-  with pytest.raises(preflight.PreflightError,
-                     match=f"no Flink cluster answers at http://localhost:{rest_port}"):
-    preflight.ensure_beam_engine(flink_run.config.beam_args)
+  flink_master = next(arg for arg in beam_args if arg.startswith("--flink_master="))
+  with pytest.raises(preflight.PreflightError, match=(
+      f"no Flink cluster answers at http://{flink_master.split('=', 1)[1]}")):
+    preflight.ensure_beam_engine(beam_args)
