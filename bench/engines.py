@@ -7,7 +7,8 @@ JobManager, two TaskManagers, Beam's job server; started here if it is not up, a
 stopped again afterwards), and writes side by side:
 - wall time per component (ML Metadata) and of the whole run;
 - peak resident memory of the run's process tree and, on Flink, of the cluster's
-  (its JVMs and the SDK worker processes the TaskManagers start), sampled every 0.2 s;
+  (its JVMs and the SDK worker processes, with the warm worker server they fork
+  from), sampled every 0.2 s;
 - each like model's test AUC (training is not a Beam step; the data are the same).
 
   .venv/bin/python bench/engines.py [--work-dir runs/bench-engines] [--output FILE]
@@ -63,8 +64,10 @@ def run_on(engine: str, data_dir: str, work_dir: str, cluster: flink.FlinkCluste
     result = pipeline_1m.run_pipeline(data_dir, output_dir, args)
   else:
     state = cluster.state()
+    # The SDK workers are the TaskManagers' children, or the warm worker server's.
     memory = ProcessesMemory([state["job_server_pid"], *cluster.taskmanager_pids(),
-                              *cluster._pids("standalonesession")])  # pylint: disable=protected-access
+                              *cluster._pids("standalonesession"),  # pylint: disable=protected-access
+                              *filter(None, [state.get("warm_workers_pid")])])
     try:
       result = pipeline_1m.run_pipeline(data_dir, output_dir, args)
     finally:

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 from common import progress
 from engines import installs
 from engines import local_cluster
+from engines import sdk_worker_boot
+from engines import warm_sdk_workers
 from engines.local_cluster import LOOPBACK as _LOOPBACK
 from engines.local_cluster import ClusterError
 from engines.local_cluster import alive as _alive
@@ -169,6 +171,7 @@ class FlinkCluster(local_cluster.LocalCluster):
     self._write_configuration(state)
     progress.report("flink", f"starting a JobManager and {self.settings.taskmanagers} "
                     f"TaskManagers (Flink {FLINK_VERSION}) on {self.web_url(state)}")
+    state["warm_workers_pid"] = self._start_warm_workers()
     self._daemon("jobmanager.sh", "start")
     for _ in range(self.settings.taskmanagers):
       self._daemon("taskmanager.sh", "start")
@@ -187,8 +190,8 @@ class FlinkCluster(local_cluster.LocalCluster):
 
   def _stop_targets(self) -> List[int]:
     state = self.state() or {}
-    job_server = [state["job_server_pid"]] if state.get("job_server_pid") else []
-    return job_server + self._pids("taskexecutor") + self._pids("standalonesession")
+    own = [state[name] for name in ("job_server_pid", "warm_workers_pid") if state.get(name)]
+    return own + self._pids("taskexecutor") + self._pids("standalonesession")
 
   def _forget(self) -> None:
     super()._forget()
@@ -256,6 +259,21 @@ class FlinkCluster(local_cluster.LocalCluster):
           start_new_session=True)
     return process.pid
 
+  @property
+  def warm_workers_socket(self) -> str:
+    return os.path.join(self.state_dir, warm_sdk_workers.SOCKET_NAME)
+
+  def _start_warm_workers(self) -> int:
+    """engines/warm_sdk_workers.py, which the TaskManagers' SDK workers fork from."""
+    log = open(os.path.join(self.log_dir, "warm-sdk-workers.log"), "ab")  # pylint: disable=consider-using-with
+    with log:
+      process = subprocess.Popen(  # pylint: disable=consider-using-with
+          [sys.executable, "-m", "engines.warm_sdk_workers",
+           f"--socket={self.warm_workers_socket}"],
+          cwd=installs.PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
+          stdin=subprocess.DEVNULL, start_new_session=True)
+    return process.pid
+
   def _write_configuration(self, state: Dict[str, Any]) -> None:
     """config.yaml, workers and the log settings of the distribution, for this machine."""
     os.makedirs(self.conf_dir, exist_ok=True)
@@ -306,7 +324,8 @@ class FlinkCluster(local_cluster.LocalCluster):
     with open(self.sdk_worker_command, "w") as f:
       f.write("#!/bin/sh\n# Written by `recsys cluster up`: one Beam SDK worker of a "
               "TaskManager (engines/sdk_worker_boot.py).\n"
-              f"export TF_USE_LEGACY_KERAS=1 PYTHONPATH={installs.PROJECT_DIR}\n"
+              f"export TF_USE_LEGACY_KERAS=1 PYTHONPATH={installs.PROJECT_DIR} "
+              f"{sdk_worker_boot.WARM_WORKERS_SOCKET}={self.warm_workers_socket}\n"
               f"exec {sys.executable} -m engines.sdk_worker_boot \"$@\"\n")
     os.chmod(self.sdk_worker_command, 0o755)
     with open(os.path.join(self.conf_dir, "workers"), "w") as f:

@@ -9,7 +9,7 @@ person; an empty list means equal.
 import glob
 import math
 import os
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
@@ -31,16 +31,30 @@ BEAM_STEPS_NODES = ("ImportSchemaGen", "MovieLensExampleGen", "StatisticsGen",
                     "ExampleValidator", "AnomaliesGate", "Transform")
 
 
-def beam_steps_pipeline(config: configs.PipelineConfig, model_uri: str,
+def beam_steps_pipeline(config: configs.PipelineConfig, model_uri: Optional[str],
                         model: str = "cf") -> tfx_pipeline.Pipeline:
   """The pipeline's Beam steps on `config`'s runner: ingestion, statistics, Transform,
   and the Evaluator of `model` judging a given trained model (`model_uri`, e.g.
   another run's Trainer output) on this run's test split, as the pipeline's does.
+  Without `model_uri`, the steps before the Evaluator: a later run with one reuses
+  them from the cache.
 
   The Evaluator runs last, after Transform, so that a test knows which Beam job
   is whose.
   """
   nodes = {node.id: node for node in pipeline_dsl.create_components(config)}
+  components = [nodes[node_id] for node_id in BEAM_STEPS_NODES]
+  if model_uri is not None:
+    components.extend(_evaluation(config, nodes, model_uri, model))
+  return tfx_pipeline.Pipeline(
+      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
+      components=components, enable_cache=config.enable_cache,
+      metadata_connection_config=metadata.sqlite_metadata_connection_config(
+          config.metadata_path),
+      beam_pipeline_args=config.beam_args)
+
+
+def _evaluation(config, nodes, model_uri: str, model: str) -> list:
   trained = Importer(source_uri=model_uri, artifact_type=standard_artifacts.Model
                      ).with_id(f"ImportedModel.{model}")
   evaluator = Evaluator(
@@ -50,13 +64,7 @@ def beam_steps_pipeline(config: configs.PipelineConfig, model_uri: str,
       eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(pipeline_dsl.evaluator_id(model))
   evaluator.add_upstream_node(nodes["Transform"])
-  return tfx_pipeline.Pipeline(
-      pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
-      components=[*(nodes[node_id] for node_id in BEAM_STEPS_NODES), trained, evaluator],
-      enable_cache=config.enable_cache,
-      metadata_connection_config=metadata.sqlite_metadata_connection_config(
-          config.metadata_path),
-      beam_pipeline_args=config.beam_args)
+  return [trained, evaluator]
 
 
 def _split_folders(artifact_uri: str) -> Dict[str, str]:

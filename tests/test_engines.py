@@ -4,8 +4,10 @@ starts (tests/test_flink.py starts one)."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import zipfile
 
@@ -14,6 +16,7 @@ import pytest
 from engines import flink
 from engines import installs
 from engines import local_cluster
+from engines import sdk_worker_boot
 from engines import spark
 from pipeline import cli
 from pipeline import configs
@@ -205,3 +208,70 @@ def test_a_spark_run_without_a_job_server_stops_before_it_starts():
         ["--runner=SparkRunner", f"--job_endpoint=localhost:{listening.getsockname()[1]}"])
   # Beam starts a job server of its own for a master named alone.
   preflight.ensure_beam_engine(["--runner=SparkRunner", "--spark_master_url=spark://h:7077"])
+
+
+@pytest.fixture
+def warm_workers(tmp_path):
+  """engines/warm_sdk_workers.py serving forks of testing/warm_worker_probe.py (nothing
+  preloaded: what is tested is the forking, not what the pipeline imports)."""
+  socket_path = str(tmp_path / "workers.sock")
+  server = subprocess.Popen(
+      [sys.executable, "-m", "engines.warm_sdk_workers", f"--socket={socket_path}",
+       "--preload=", "--worker=testing.warm_worker_probe:run"], cwd=installs.PROJECT_DIR)
+  try:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(socket_path):
+      assert server.poll() is None, "the warm worker server exited"
+      assert time.monotonic() < deadline, "the warm worker server never listened"
+      time.sleep(0.05)
+    yield server, socket_path
+  finally:
+    server.kill()
+    server.wait()
+
+
+def _boot(socket_path, *flags):
+  """engines/sdk_worker_boot.py as a TaskManager starts it (in a folder of its own)."""
+  env = {**os.environ, sdk_worker_boot.WARM_WORKERS_SOCKET: socket_path,
+         "PROBE_MARKER": "from-the-boot-environment", "PYTHONPATH": installs.PROJECT_DIR}
+  return subprocess.Popen([sys.executable, "-m", "engines.sdk_worker_boot", "--id=3-1",
+                           *flags], cwd=os.path.dirname(socket_path), env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _probe_pid(boot):
+  line = boot.stdout.readline()
+  assert line.startswith("probe pid="), line
+  return int(line.split()[1].split("=")[1]), line
+
+
+def test_a_warm_worker_is_a_fork_of_the_server_with_the_boot_processes_flags_and_output(
+    warm_workers):
+  server, socket_path = warm_workers
+  boot = _boot(socket_path, "--exit=3")
+  pid, line = _probe_pid(boot)
+  stdout, stderr = boot.communicate(timeout=60)
+  assert f"parent={server.pid}" in line and pid not in (boot.pid, server.pid)
+  assert f"cwd={os.path.dirname(socket_path)} " in line
+  assert "argv=--id=3-1 --exit=3" in line and "marker=from-the-boot-environment" in line
+  assert "probe to stderr" in stderr
+  assert boot.returncode == 3  # the worker's exit status is the boot process's
+
+
+def test_a_warm_worker_stops_with_its_boot_process(warm_workers):
+  _, socket_path = warm_workers
+  # SIGTERM, as Beam's ProcessManager stops a worker: passed on to the worker.
+  boot = _boot(socket_path, "--sleep=120")
+  pid, _ = _probe_pid(boot)
+  boot.terminate()
+  assert boot.wait(timeout=60) == 128 + signal.SIGTERM
+  assert not local_cluster.alive(pid)
+  # SIGKILL leaves nothing to pass it on: the worker sees the boot process's pipe close.
+  boot = _boot(socket_path, "--sleep=120")
+  pid, _ = _probe_pid(boot)
+  boot.kill()
+  boot.wait(timeout=60)
+  deadline = time.monotonic() + 30
+  while local_cluster.alive(pid):
+    assert time.monotonic() < deadline, "the worker outlived its killed boot process"
+    time.sleep(0.05)

@@ -23,7 +23,10 @@ from pipeline import configs
 from pipeline import preflight
 from pipeline import run_store
 from testing import equivalence
+from testing import synthetic
 from tests.conftest import BRIEF_TRAINING
+from tests.conftest import E2E_AUC_FLOOR
+from tests.conftest import E2E_RELEASE
 from tests.conftest import pipeline_config
 
 pytestmark = [
@@ -114,19 +117,27 @@ class FlinkRun:
 
 
 @pytest.fixture(scope="module")
-def flink_run(cluster, finished_run, tmp_path_factory):
+def flink_run(cluster, request, tmp_path_factory):
   """The Beam steps of `finished_run`'s settings on the cluster, evaluating its CF
-  model; a TaskManager is killed while the Evaluator's job runs."""
-  _, direct_config, _ = finished_run
-  output = tmp_path_factory.mktemp("flink-run")
-  config = pipeline_config(direct_config.data_dir, output, overrides=BRIEF_TRAINING)
-  config.auc_floor = direct_config.auc_floor
+  model; a TaskManager is killed while the Evaluator's job runs.
+
+  The steps before the Evaluator run on the same release as `finished_run`'s,
+  written afresh, while another test process may still be making `finished_run`;
+  the Evaluator, which needs its model, runs after, the other steps from the cache.
+  """
+  root = tmp_path_factory.mktemp("flink-run")
+  synthetic.write_release(str(root / "data"), **E2E_RELEASE)
+  config = pipeline_config(root / "data", root / "run", overrides=BRIEF_TRAINING)
+  config.auc_floor = E2E_AUC_FLOOR
   config.beam_args = [f"--runner={configs.FLINK_RUNNER}", *configs.setup_file_args(),
                       *cluster.beam_args()]
-  model_uri = _latest(direct_config.output_dir, "Model", "Trainer.cf")
   killer = TaskManagerKiller(cluster, KILLED_STEP)
   killer.start()
   try:
+    _run(config, model_uri=None)
+    _, direct_config, _ = request.getfixturevalue("finished_run")
+    assert direct_config.auc_floor == config.auc_floor
+    model_uri = _latest(direct_config.output_dir, "Model", "Trainer.cf")
     _run(config, model_uri)
   finally:
     killer.stop()
