@@ -107,8 +107,8 @@ class FlinkCluster(local_cluster.LocalCluster):
     super().install()
     if shutil.which("javac") is None:
       progress.report("flink", "no `javac` (a JDK) here: each Beam step will send the "
-                      "job server's 152 MB class path to the cluster, about 15 s more "
-                      "per step (Debian: apt-get install openjdk-17-jdk-headless)")
+                      "job server's whole class path to the cluster, seconds more per "
+                      "step (Debian: apt-get install openjdk-17-jdk-headless)")
       return
     installs.java_library(_JAVA_SOURCES, self._job_server_jars(), self._plugin_jar,
                           "the job server's plug-in")

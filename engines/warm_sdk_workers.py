@@ -2,8 +2,8 @@
 
 Each Beam step is a Flink job of its own, and Beam's Flink runner keeps a job's SDK
 workers for that job only: every step, each TaskManager starts a new Python worker,
-which imports Beam (6 s on these machines) and then TensorFlow and the step's TFX
-library (TFMA: 14 s in all) before the first record moves. `recsys cluster up`
+which imports Beam and then TensorFlow and the step's TFX library before the first
+record moves (docs/scaling-out.md says how long). `recsys cluster up`
 starts this server once for the cluster. It imports those modules, listens on a
 Unix socket in the cluster's folder, and forks a worker for each request of
 `engines/sdk_worker_boot.py`, the command the TaskManagers run. A fork starts in

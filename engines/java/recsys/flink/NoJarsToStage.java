@@ -7,10 +7,10 @@ import org.apache.beam.sdk.util.construction.resources.PipelineResourcesDetector
 /**
  * Tells Beam's Flink job server that a job needs no jars shipped with it.
  *
- * <p>The job server otherwise sends its whole class path (162 jars, 152 MB) to the
- * JobManager with every job, and each TaskManager downloads it again: about 15 s per
- * Beam step on this cluster, for classes every TaskManager already loads from its own
- * class path (engines/flink.py, _beam_jars). Selected per job by the pipeline option
+ * <p>The job server otherwise sends its whole class path to the JobManager with every
+ * job, and each TaskManager downloads it again (docs/scaling-out.md says what that
+ * costs), for classes every TaskManager already loads from its own class path
+ * (engines/flink.py, _beam_jars). Selected per job by the pipeline option
  * --pipeline_resources_detector_factory_class (NoJarsToStageRegistrar makes the job
  * server accept it).
  */
