@@ -114,6 +114,7 @@ class FlinkRun:
   taskmanagers_by_job: dict
   failures_of_killed_job: list
   taskmanagers_left: int
+  ships_no_jars: bool  # the cluster's job server has the plug-in that stages no jars
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +151,13 @@ def flink_run(cluster, request, tmp_path_factory):
                            for job in jobs},
       failures_of_killed_job=(cluster.rest(f"/jobs/{killer.job_id}/exceptions")
                               ["exceptionHistory"]["entries"] if killer.job_id else []),
-      taskmanagers_left=len(cluster.rest("/taskmanagers")["taskmanagers"]))
+      taskmanagers_left=len(cluster.rest("/taskmanagers")["taskmanagers"]),
+      ships_no_jars=cluster.state()["ships_no_jars"])
 
 
-def test_each_beam_step_is_one_flink_job_on_both_taskmanagers(cluster, flink_run):
+def test_each_beam_step_is_one_flink_job_on_both_taskmanagers(flink_run):
   # With a JDK here the job server's plug-in was built, and jobs ship no jars.
-  assert cluster.state()["ships_no_jars"] == (shutil.which("javac") is not None)
+  assert flink_run.ships_no_jars == (shutil.which("javac") is not None)
   assert [job["state"] for job in flink_run.jobs] == ["FINISHED"] * BEAM_STEPS
   for job in flink_run.jobs[:KILLED_STEP - 1]:  # before the kill
     assert len(flink_run.taskmanagers_by_job[job["jid"]]) == 2, job["name"]
@@ -168,7 +170,7 @@ def test_flink_recovers_the_job_whose_taskmanager_was_killed(flink_run):
   assert not flink._alive(killer.killed_pid)  # pylint: disable=protected-access
   assert flink_run.taskmanagers_left == 1
   # Flink recorded the lost TaskManager's failure, restarted the job on the other
-  # TaskManager's slots (restart-strategy: fixed-delay), and the job finished.
+  # TaskManager's slots (restart-strategy: failure-rate), and the job finished.
   assert flink_run.failures_of_killed_job
   assert flink_run.jobs[KILLED_STEP - 1]["state"] == "FINISHED"
 
