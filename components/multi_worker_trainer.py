@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from tfx.types import artifact_utils
 from tfx.utils import json_utils
 
 from common import errors
+from common import ports
 from common import progress
 from components import trainer_worker
 
@@ -101,21 +101,6 @@ class MultiWorkerTrainer(Trainer):
   with a warning on the console of every run.
   """
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
-
-
-def free_ports(count: int) -> List[int]:
-  """`count` different TCP ports that nothing listens on now (the OS's picks)."""
-  sockets = []
-  try:
-    for _ in range(count):
-      s = socket.socket()
-      # Held until all are picked, so that the OS hands out different ones.
-      s.bind(("", 0))
-      sockets.append(s)
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
 
 
 def tf_config(addresses: List[str], index: int) -> str:
@@ -188,7 +173,7 @@ def run_workers(name: str, count: int, input_dict: Dict[str, List[types.Artifact
     command = [sys.executable, "-m", trainer_worker.__name__, execution_file,
                str(os.getpid())]
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-      addresses = [f"localhost:{port}" for port in free_ports(count)]
+      addresses = [f"localhost:{port}" for port in ports.free_ports(count)]
       progress.report(name, f"training on {count} worker processes (MultiWorker"
                       f"MirroredStrategy over {', '.join(addresses)}); worker 0 is the chief")
       workers = []

@@ -18,6 +18,7 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 from common import errors
+from common import ports
 from common import progress
 from engines import installs
 
@@ -32,13 +33,6 @@ PORTS_FILE = "ports.json"
 
 class ClusterError(errors.RecsysError):
   """The local cluster could not start, is not running, or did not stop."""
-
-
-def free_port() -> int:
-  """A TCP port on loopback that nothing listens on now."""
-  with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def accepts_connections(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -320,23 +314,22 @@ class LocalCluster:
     path = os.path.join(self.state_dir, PORTS_FILE)
     try:
       with open(path) as f:
-        ports = json.load(f)
+        kept = json.load(f)
     except (OSError, ValueError):
-      ports = {}
-    taken = set()
+      kept = {}
+    chosen = {}
     for name in self.PORT_NAMES:
-      port = ports.get(name)
+      port = kept.get(name)
+      taken = set(chosen.values())
       if not port or port in taken or accepts_connections(LOOPBACK, port, timeout=0.5):
-        port = free_port()
+        port = ports.free_port()
         while port in taken:
-          port = free_port()
-      ports[name] = port
-      taken.add(port)
-    ports = {name: ports[name] for name in self.PORT_NAMES}
+          port = ports.free_port()
+      chosen[name] = port
     os.makedirs(self.state_dir, exist_ok=True)
     with open(path, "w") as f:
-      json.dump(ports, f, indent=2)
-    return ports
+      json.dump(chosen, f, indent=2)
+    return chosen
 
   def _wait_until_up(self, state: Dict[str, Any], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s

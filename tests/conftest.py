@@ -10,7 +10,6 @@ import pickle
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -59,13 +58,6 @@ def requires(path: pathlib.Path):
   return pytest.mark.skipif(not path.is_dir(), reason=(
       f"real MovieLens files not found at {path} (set MOVIELENS_REAL_DATA); "
       "GroupLens forbids shipping them in the repo"))
-
-
-def free_port() -> int:
-  """A TCP port nothing listens on now (the OS's pick of a free one)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _sigint_as_from_a_terminal() -> None:

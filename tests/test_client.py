@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common import ports
 from components import pusher
 from export import signatures
 from models import features
 from serving import client as serving_client
 from tests import tf_serving_double
-from tests.conftest import free_port
 
 ServingError = serving_client.ServingError
 PROTOCOLS = ["rest", "grpc"]
@@ -202,7 +202,7 @@ def test_recommend_returns_the_signatures_top_k(protocol, server, saved_models,
 
 @pytest.fixture
 def closed_port():
-  return free_port()
+  return ports.free_port()
 
 
 @pytest.fixture
@@ -385,7 +385,7 @@ def real_tf_serving(request, tmp_path_factory):
     shutil.copytree(exported_models / model, base / model)
   config = base / pusher.MODELS_CONFIG_FILE
   config.write_text(pusher.models_config(str(base), base_dir=str(base)))
-  rest_port, grpc_port = free_port(), free_port()
+  rest_port, grpc_port = ports.free_ports(2)
   log_path = base / "tensorflow_model_server.log"
   with open(log_path, "w") as log:
     process = subprocess.Popen(

@@ -13,6 +13,7 @@ import zipfile
 
 import pytest
 
+from common import ports
 from engines import flink
 from engines import installs
 from engines import local_cluster
@@ -22,7 +23,6 @@ from pipeline import cli
 from pipeline import configs
 from pipeline import preflight
 from tests.conftest import cli_error
-from tests.conftest import free_port
 
 CLUSTERS = [flink.FlinkCluster, spark.SparkCluster]
 
@@ -184,7 +184,7 @@ def test_a_runner_naming_no_cluster_gets_its_local_clusters_flags(runner, monkey
 def test_a_flink_run_without_a_cluster_stops_before_it_starts():
   with pytest.raises(preflight.PreflightError, match="make flink-up"):
     preflight.ensure_beam_engine(["--runner=FlinkRunner"])
-  port = free_port()
+  port = ports.free_port()
   with pytest.raises(preflight.PreflightError,
                      match=f"no Flink cluster answers at http://localhost:{port}"):
     preflight.ensure_beam_engine(["--runner=FlinkRunner", f"--flink_master=localhost:{port}"])
@@ -197,7 +197,7 @@ def test_a_flink_run_without_a_cluster_stops_before_it_starts():
 def test_a_spark_run_without_a_job_server_stops_before_it_starts():
   with pytest.raises(preflight.PreflightError, match=r"make spark-up.*--engine spark"):
     preflight.ensure_beam_engine(["--runner=SparkRunner"])
-  port = free_port()
+  port = ports.free_port()
   with pytest.raises(preflight.PreflightError,
                      match=f"no Beam job server answers at localhost:{port}: .*make spark-up"):
     preflight.ensure_beam_engine(["--runner=SparkRunner", f"--job_endpoint=localhost:{port}"])

@@ -23,6 +23,7 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
+from common import ports
 from components import multi_worker_trainer
 from export import signatures
 from models import history
@@ -211,9 +212,9 @@ def test_one_worker_trains_in_the_pipeline_process():
 
 
 def test_workers_get_one_cluster_on_different_ports():
-  ports = multi_worker_trainer.free_ports(3)
-  assert len(set(ports)) == 3
-  addresses = [f"localhost:{port}" for port in ports]
+  picked = ports.free_ports(3)
+  assert len(set(picked)) == 3
+  addresses = [f"localhost:{port}" for port in picked]
   configs = [json.loads(multi_worker_trainer.tf_config(addresses, i)) for i in range(3)]
   assert all(c["cluster"] == {"worker": addresses} for c in configs)
   assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]

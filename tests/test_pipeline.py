@@ -19,6 +19,7 @@ from tfx.orchestration import metadata
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from common import ports
 from components import model_report
 from components import pusher
 from components.anomalies_gate import DataValidationError
@@ -38,7 +39,6 @@ from tests.conftest import RUN_CONSOLE
 from tests.conftest import RUN_TEMPORARY_FILES
 from tests.conftest import cli_error
 from tests.conftest import copy_of_finished_run
-from tests.conftest import free_port
 from tests.conftest import pipeline_config
 
 pytestmark = pytest.mark.e2e
@@ -385,7 +385,7 @@ _CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path):
   _, config, summary = finished_run
   report = model_report.load(os.path.dirname(summary.report_path))
-  port = free_port()
+  port = ports.free_port()
   board = subprocess.Popen(
       [sys.executable, "-m", "pipeline.cli", "tensorboard", config.output_dir,
        "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
