@@ -34,29 +34,6 @@ from engines import flink
 ENGINES = ("DirectRunner", "FlinkRunner")
 
 
-class ProcessesMemory(pipeline_1m.TreeMemory):
-  """Peak resident memory of several process trees together (the cluster's JVMs)."""
-
-  def __init__(self, pids, interval: float = 0.2):  # pylint: disable=super-init-not-called
-    self._roots = [psutil.Process(pid) for pid in pids]
-    super().__init__(pids[0], interval)
-
-  def _sample(self):
-    while not self._done.is_set():
-      total = 0
-      for root in self._roots:
-        try:
-          for process in [root] + root.children(recursive=True):
-            try:
-              total += process.memory_info().rss
-            except psutil.Error:
-              pass
-        except psutil.Error:
-          pass
-      self.peak_bytes = max(self.peak_bytes, total)
-      self._done.wait(self._interval)
-
-
 def run_on(engine: str, data_dir: str, work_dir: str, cluster: flink.FlinkCluster) -> dict:
   output_dir = os.path.join(work_dir, engine)
   args = ["--beam-runner", engine]
@@ -65,9 +42,10 @@ def run_on(engine: str, data_dir: str, work_dir: str, cluster: flink.FlinkCluste
   else:
     state = cluster.state()
     # The SDK workers are the TaskManagers' children, or the warm worker server's.
-    memory = ProcessesMemory([state["job_server_pid"], *cluster.taskmanager_pids(),
-                              *cluster._pids("standalonesession"),  # pylint: disable=protected-access
-                              *filter(None, [state.get("warm_workers_pid")])])
+    memory = pipeline_1m.TreeMemory(
+        state["job_server_pid"], *cluster.taskmanager_pids(),
+        *cluster._pids("standalonesession"),  # pylint: disable=protected-access
+        *filter(None, [state.get("warm_workers_pid")]))
     try:
       result = pipeline_1m.run_pipeline(data_dir, output_dir, args)
     finally:

@@ -58,10 +58,10 @@ def write_data(folder: str, seed: int) -> str:
 
 
 class TreeMemory:
-  """Peak resident memory of a process and all its descendants."""
+  """Peak resident memory of processes and all their descendants, together."""
 
-  def __init__(self, pid: int, interval: float = 0.2):
-    self._process = psutil.Process(pid)
+  def __init__(self, *pids: int, interval: float = 0.2):
+    self._roots = [psutil.Process(pid) for pid in pids]
     self._interval = interval
     self.peak_bytes = 0
     self._done = threading.Event()
@@ -70,17 +70,17 @@ class TreeMemory:
 
   def _sample(self):
     while not self._done.is_set():
-      try:
-        processes = [self._process] + self._process.children(recursive=True)
-        total = 0
-        for process in processes:
-          try:
-            total += process.memory_info().rss
-          except psutil.Error:
-            pass
-        self.peak_bytes = max(self.peak_bytes, total)
-      except psutil.Error:
-        pass
+      total = 0
+      for root in self._roots:
+        try:
+          for process in [root] + root.children(recursive=True):
+            try:
+              total += process.memory_info().rss
+            except psutil.Error:
+              pass
+        except psutil.Error:  # that tree is gone
+          pass
+      self.peak_bytes = max(self.peak_bytes, total)
       self._done.wait(self._interval)
 
   def stop(self):

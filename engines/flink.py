@@ -243,21 +243,15 @@ class FlinkCluster(local_cluster.LocalCluster):
     state["ships_no_jars"] = os.path.exists(self._plugin_jar)
     if state["ships_no_jars"]:
       classpath.append(self._plugin_jar)
-    log = open(os.path.join(self.log_dir, "beam-job-server.log"), "ab")  # pylint: disable=consider-using-with
-    with log:
-      process = subprocess.Popen(  # pylint: disable=consider-using-with
-          ["java", f"-Xmx{self.settings.job_server_heap}",
-           *_java_options(self.home).split(),
-           "-cp", os.pathsep.join(classpath), _JOB_SERVER_MAIN,
-           f"--flink-master={_LOOPBACK}:{state['rest_port']}",
-           f"--flink-conf-dir={self.conf_dir}",
-           f"--job-host={_LOOPBACK}", f"--job-port={state['job_port']}",
-           f"--artifact-port={state['artifact_port']}",
-           f"--expansion-port={state['expansion_port']}",
-           f"--artifacts-dir={os.path.join(self.state_dir, 'artifacts')}"],
-          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          start_new_session=True)
-    return process.pid
+    return self._start("beam-job-server", [
+        "java", f"-Xmx{self.settings.job_server_heap}", *_java_options(self.home).split(),
+        "-cp", os.pathsep.join(classpath), _JOB_SERVER_MAIN,
+        f"--flink-master={_LOOPBACK}:{state['rest_port']}",
+        f"--flink-conf-dir={self.conf_dir}",
+        f"--job-host={_LOOPBACK}", f"--job-port={state['job_port']}",
+        f"--artifact-port={state['artifact_port']}",
+        f"--expansion-port={state['expansion_port']}",
+        f"--artifacts-dir={os.path.join(self.state_dir, 'artifacts')}"])
 
   @property
   def warm_workers_socket(self) -> str:
@@ -265,14 +259,9 @@ class FlinkCluster(local_cluster.LocalCluster):
 
   def _start_warm_workers(self) -> int:
     """engines/warm_sdk_workers.py, which the TaskManagers' SDK workers fork from."""
-    log = open(os.path.join(self.log_dir, "warm-sdk-workers.log"), "ab")  # pylint: disable=consider-using-with
-    with log:
-      process = subprocess.Popen(  # pylint: disable=consider-using-with
-          [sys.executable, "-m", "engines.warm_sdk_workers",
-           f"--socket={self.warm_workers_socket}"],
-          cwd=installs.PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-          stdin=subprocess.DEVNULL, start_new_session=True)
-    return process.pid
+    return self._start("warm-sdk-workers", [
+        sys.executable, "-m", "engines.warm_sdk_workers",
+        f"--socket={self.warm_workers_socket}"], cwd=installs.PROJECT_DIR)
 
   def _write_configuration(self, state: Dict[str, Any]) -> None:
     """config.yaml, workers and the log settings of the distribution, for this machine."""

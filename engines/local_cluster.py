@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -278,6 +279,16 @@ class LocalCluster:
 
   def _logs(self) -> str:
     return f"logs in {self.log_dir}"
+
+  def _start(self, name: str, command: List[str], env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None) -> int:
+    """Starts `command` as the leader of a new process group, its output appended to
+    `<log folder>/NAME.log`; returns its pid."""
+    with open(os.path.join(self.log_dir, f"{name}.log"), "ab") as log:
+      process = subprocess.Popen(  # pylint: disable=consider-using-with
+          command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+          stdin=subprocess.DEVNULL, start_new_session=True)
+    return process.pid
 
   def _stop_targets(self) -> List[int]:
     """The pids, or process groups (`_SIGNAL_GROUPS`), that `down` signals."""

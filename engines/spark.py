@@ -19,7 +19,6 @@ Spark's own launcher adds from 3.3 on.
 """
 import dataclasses
 import os
-import subprocess
 from typing import Any, Dict, List, Optional
 
 from common import progress
@@ -141,19 +140,20 @@ class SparkCluster(local_cluster.LocalCluster):
       os.makedirs(folder, exist_ok=True)
     progress.report("spark", f"starting a Spark {SPARK_VERSION} master and one worker "
                     f"on {self.master_url(state)} (web UI {self.web_url(state)})")
-    state["master_pid"] = self._start("master", self._spark_class(
+    state["master_pid"] = self._start_daemon("master", self._spark_class(
         "org.apache.spark.deploy.master.Master", "--host", _HOST,
         "--port", str(state["master_port"]),
         "--webui-port", str(state["master_webui_port"])))
     self._write_state(state)
-    state["worker_pid"] = self._start("worker", self._spark_class(
+    state["worker_pid"] = self._start_daemon("worker", self._spark_class(
         "org.apache.spark.deploy.worker.Worker", self.master_url(state),
         "--host", _HOST, "--port", str(state["worker_port"]),
         "--webui-port", str(state["worker_webui_port"]),
         "--cores", str(self.settings.worker_cores),
         "--memory", self.settings.worker_memory, "--work-dir", self.work_dir))
     self._write_state(state)
-    state["job_server_pid"] = self._start("job_server", self._job_server_command(state))
+    state["job_server_pid"] = self._start_daemon("job_server",
+                                                self._job_server_command(state))
     self._write_state(state)
 
   def _stopped_at_start(self, state: Dict[str, Any]) -> Optional[str]:
@@ -218,10 +218,5 @@ class SparkCluster(local_cluster.LocalCluster):
             "--expansion-port", str(state["expansion_port"]),
             "--artifacts-dir", os.path.join(self.state_dir, "artifacts")]
 
-  def _start(self, name: str, command: List[str]) -> int:
-    """Starts `command` as the leader of a new process group; returns its pid."""
-    with open(os.path.join(self.log_dir, f"{name}.log"), "ab") as log:
-      process = subprocess.Popen(  # pylint: disable=consider-using-with
-          command, env=self._environment(), cwd=self.state_dir, stdout=log,
-          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return process.pid
+  def _start_daemon(self, name: str, command: List[str]) -> int:
+    return self._start(name, command, env=self._environment(), cwd=self.state_dir)

@@ -36,7 +36,7 @@ SOCKET_NAME = "sdk-workers.sock"
 WORKER = "engines.sdk_worker_boot:run_worker"
 _MAX_REQUEST = 1 << 20
 _FDS = 3  # standard output, standard error, the boot process's liveness pipe
-_EXIT = struct.Struct("!i")
+_NUMBER = struct.Struct("!i")  # a pid or an exit status, as the server writes them
 
 
 def send_request(connection: socket.socket, argv: List[str], env: Dict[str, str],
@@ -44,24 +44,23 @@ def send_request(connection: socket.socket, argv: List[str], env: Dict[str, str]
   """Asks the server to fork a worker with `argv`, `env` and `fds`; returns its pid."""
   request = {"argv": argv, "env": env, "cwd": os.getcwd()}
   socket.send_fds(connection, [json.dumps(request).encode()], fds)
-  reply = _read_exactly(connection, _EXIT.size)
-  return _EXIT.unpack(reply)[0]
+  return _read_number(connection)
 
 
 def wait_for_exit(connection: socket.socket) -> int:
   """The forked worker's exit status (a negative signal number if one killed it)."""
-  reply = _read_exactly(connection, _EXIT.size)
-  return _EXIT.unpack(reply)[0]
+  return _read_number(connection)
 
 
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
+def _read_number(connection: socket.socket) -> int:
+  """The next number the server writes: a worker's pid, then its exit status."""
   data = b""
-  while len(data) < size:
-    chunk = connection.recv(size - len(data))
+  while len(data) < _NUMBER.size:
+    chunk = connection.recv(_NUMBER.size - len(data))
     if not chunk:
       raise ConnectionError("the SDK worker server closed the connection")
     data += chunk
-  return data
+  return _NUMBER.unpack(data)[0]
 
 
 def _run_worker(worker: Callable[[List[str]], None], request: dict,
@@ -159,7 +158,7 @@ class Server:
       os.close(fd)
     self.workers[pid] = connection
     try:
-      connection.sendall(_EXIT.pack(pid))
+      connection.sendall(_NUMBER.pack(pid))
     except OSError:
       pass
 
@@ -174,7 +173,7 @@ class Server:
       connection = self.workers.pop(pid, None)
       if connection is not None:
         try:
-          connection.sendall(_EXIT.pack(os.waitstatus_to_exitcode(wait_status)))
+          connection.sendall(_NUMBER.pack(os.waitstatus_to_exitcode(wait_status)))
         except OSError:
           pass
         connection.close()
