@@ -37,14 +37,30 @@ _FLINKS_OWN = ("flink-", "slf4j-", "log4j-")
 # engines/java: the job server's plug-in that lets a job ship no jars.
 _JAVA_SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java")
 _NO_JARS_TO_STAGE = "recsys.flink.NoJarsToStage"
+# How long a TaskManager keeps a job's SDK workers once no task of the job uses
+# them: long enough for the job's next stage to find them. Not the 1,000 s of
+# TFX's penguin example, which kept every finished job's workers alive for a
+# quarter of an hour after it, though they serve that job only (Beam's
+# ReferenceCountingExecutableStageContextFactory keys them by job id).
+_SDK_WORKERS_KEPT_MS = 30_000
+
+
+# Every JVM of the cluster compiles with the client compiler only and collects
+# garbage in one thread. The jobs here are short and their Java side moves bytes
+# between Python workers: the server compiler's work at each start cost more CPU
+# than it saved, on a machine whose 2 cores also run those workers: measured
+# faster on the 1M bench and on the tests' small runs, at half the JVMs' CPU
+# (docs/scaling-out.md#the-clusters-jvms).
+_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def _java_options(flink_home: str) -> str:
-  """The --add-opens/--add-exports that Flink's own configuration gives Java 17."""
+  """The --add-opens/--add-exports that Flink's own configuration gives Java 17,
+  and _JVM_OPTIONS."""
   with open(os.path.join(flink_home, "conf", "config.yaml")) as f:
     for line in f:
       if line.strip().startswith("all: --add-"):
-        return line.split("all:", 1)[1].strip()
+        return f"{line.split('all:', 1)[1].strip()} {_JVM_OPTIONS}"
   raise ClusterError(f"no Java options in {flink_home}/conf/config.yaml: the Flink "
                      "distribution is not the pinned one")
 
@@ -158,7 +174,7 @@ class FlinkCluster(local_cluster.LocalCluster):
             "--environment_config=" + json.dumps({"command": self.sdk_worker_command},
                                                  separators=(",", ":")),
             "--sdk_worker_parallelism=1",
-            "--environment_cache_millis=1000000", *ships_no_jars]
+            f"--environment_cache_millis={_SDK_WORKERS_KEPT_MS}", *ships_no_jars]
 
   @property
   def sdk_worker_command(self) -> str:
