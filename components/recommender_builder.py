@@ -1,7 +1,7 @@
 """RecommenderBuilder: the served recommender from the retrieval and like models.
 
 Composes the two Trainers' SavedModels into one (export/two_stage.py) and writes
-it twice, identical but for the ratings it never recommends:
+it twice, identical but for the ratings it never recommends (export/served.py):
 - `model`: what RankingEvaluator judges. It excludes the train and eval splits'
   ratings, the history the models learned from; the test split is the future.
 - `served_model`: what the Pusher pushes. It excludes every rating ingested,

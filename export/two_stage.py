@@ -9,7 +9,7 @@ asks both, as production recommenders do:
    the whole catalogue, movies it was trained on as rated left out);
 2. exclude: every (user, movie) in `excluded`, the ratings this model is told
    about: the Trainers' splits for the evaluated model, every split for the
-   pushed one. It is the only difference between the two (`build`);
+   pushed one. It is the only difference between the two (export/served.py);
 3. rank: the like SavedModel's `predict` for each candidate, ordered by
    engagement logit + like_weight * log P(like) + popularity_weight *
    log(1 + the movie's ratings), and the k best returned with their like
@@ -30,14 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from export import recommend
+from export import served
 from serving import contract
 
-_PAIR_SEPARATOR = "\x1f"  # between user and movie id in the exclusion table's keys
 _SMALLEST_PROBABILITY = 1e-6  # log P(like) stays finite
-
-
-def _pair_keys(user_ids, movie_ids):
-  return tf.strings.join([user_ids, movie_ids], separator=_PAIR_SEPARATOR)
 
 
 class TwoStageRecommender(tf.Module):
@@ -75,11 +71,7 @@ class TwoStageRecommender(tf.Module):
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(known_user_ids.astype(bytes)),
             tf.ones([len(known_user_ids)], tf.int64)), default_value=0)
-    keys = _pair_keys(tf.constant(excluded_users.astype(bytes)),
-                      tf.constant(excluded_movies.astype(bytes)))
-    self.excluded = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)),
-        default_value=0)
+    self.excluded = served.ExcludedPairs(excluded_users, excluded_movies)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
                                 tf.TensorSpec([], tf.int32, name=contract.K)], autograph=False)
@@ -89,7 +81,7 @@ class TwoStageRecommender(tf.Module):
     retrieved = self.retrieval.recommender.candidates(user_id, tf.constant(self.retrieve_k))
     movie_ids, engagement = retrieved[contract.MOVIE_IDS], retrieved[contract.SCORES]
     users = tf.broadcast_to(user_id[:, tf.newaxis], tf.shape(movie_ids))
-    excluded = (movie_ids == "") | (self.excluded.lookup(_pair_keys(users, movie_ids)) > 0)
+    excluded = self.excluded.contains(user_id, movie_ids)
     like = tf.reshape(self.ranking.recommender.predict(tf.reshape(users, [-1]),
                                                        tf.reshape(movie_ids, [-1])),
                       tf.shape(movie_ids))
@@ -102,11 +94,11 @@ class TwoStageRecommender(tf.Module):
     order = tf.where(known, blend, retrieved_order[tf.newaxis, :])
     order = tf.where(excluded, -np.inf, order)
     top = tf.math.top_k(order, k=k)
-    served = tf.where(known, like, engagement)
+    scores = tf.where(known, like, engagement)
     empty = tf.math.is_inf(top.values)
     return {contract.MOVIE_IDS: tf.where(empty, "", tf.gather(movie_ids, top.indices,
                                                               batch_dims=1)),
-            contract.SCORES: tf.where(empty, 0.0, tf.gather(served, top.indices,
+            contract.SCORES: tf.where(empty, 0.0, tf.gather(scores, top.indices,
                                                             batch_dims=1))}
 
 

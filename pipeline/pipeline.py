@@ -33,6 +33,7 @@ from components.movielens_example_gen.component import MovieLensExampleGen
 from components.pusher import Pusher
 from components.ranking_evaluator import RankingEvaluator
 from components.recommender_builder import RecommenderBuilder
+from components.served_model_builder import ServedModelBuilder
 from components.transform import Transform
 from evaluation import tfma_config
 from models import features
@@ -66,6 +67,10 @@ def pusher_id(model: str) -> str:
   return f"Pusher.{model}"
 
 
+def served_model_builder_id(model: str) -> str:
+  return f"ServedModelBuilder.{model}"
+
+
 # The module each of our components runs. The fingerprint of its code and of every
 # project module it imports is one of the component's parameters, so an edit
 # reruns exactly the components that import the edited code (common/code_fingerprint.py).
@@ -76,6 +81,7 @@ ENTRY_MODULES = {
     "DriftValidator": "components.drift_validator",
     "Transform": PREPROCESSING_FN.rpartition(".")[0],
     **{trainer_id(model): run_fn.rpartition(".")[0] for model, run_fn in MODELS.items()},
+    "ServedModelBuilder": "components.served_model_builder",
     "RecommenderBuilder": "components.recommender_builder",
     "RankingEvaluator": "components.ranking_evaluator",
     "ModelReport": "components.model_report",
@@ -202,10 +208,21 @@ def create_components(config: configs.PipelineConfig,
                               base_models.get(model))
               for model, run_fn in MODELS.items()}
 
-  # Each like model judged on the test split (TFMA), blessed or not, and pushed if blessed.
-  judged = {model: _evaluate_and_push(model, trainers[model], latest[model], newest, config)
-            for model in LIKE_MODELS}
-  evaluators = {model: nodes[0] for model, nodes in judged.items()}
+  # Each like model judged on the test split (TFMA), blessed or not; its served form
+  # (every rating excluded from `recommend`) pushed if blessed.
+  evaluators, like_model_nodes = {}, []
+  for model in LIKE_MODELS:
+    evaluators[model] = _evaluator(model, trainers[model], latest[model], newest, config)
+    served_model = ServedModelBuilder(
+        examples=newest, history=history,
+        transform_graph=transform.outputs["transform_graph"],
+        model=trainers[model].outputs["model"], model_name=model,
+        code_fingerprint=code_fingerprint_of("ServedModelBuilder"),
+    ).with_id(served_model_builder_id(model))
+    like_model_nodes += [
+        evaluators[model], served_model,
+        _pusher(model, served_model.outputs["served_model"],
+                evaluators[model].outputs["blessing"], config)]
 
   # The served recommender: retrieval's candidates, the rated ones dropped, ranked
   # by engagement and DeepFM's like probability; built once as evaluated (excluding
@@ -257,8 +274,8 @@ def create_components(config: configs.PipelineConfig,
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           *([drift_validator] if drift_validator is not None else []),
           *latest.values(), *latest_retrieval, transform, *trainers.values(),
-          *[node for nodes in judged.values() for node in nodes], recommender_builder,
-          latest_blessed_recommender, ranking_evaluator, recommender_pusher, model_report]
+          *like_model_nodes, recommender_builder, latest_blessed_recommender,
+          ranking_evaluator, recommender_pusher, model_report]
 
 
 
@@ -312,11 +329,11 @@ def _latest_model(node_id: str, producer: str, config: configs.PipelineConfig,
                   **channels).with_id(node_id)
 
 
-def _evaluate_and_push(model: str, trainer, latest_blessed, examples,
-                       config: configs.PipelineConfig) -> List[base_node.BaseNode]:
-  """Evaluator and Pusher of one model; `latest_blessed` is the change threshold's
+def _evaluator(model: str, trainer, latest_blessed, examples,
+               config: configs.PipelineConfig) -> Evaluator:
+  """The Evaluator of one like model; `latest_blessed` is the change threshold's
   baseline."""
-  evaluator = Evaluator(
+  return Evaluator(
       examples=examples,
       model=trainer.outputs["model"],
       baseline_model=latest_blessed.outputs["model"],
@@ -325,9 +342,6 @@ def _evaluate_and_push(model: str, trainer, latest_blessed, examples,
                       else [tfma_config.EVAL_SPLIT]),
       eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
   ).with_id(evaluator_id(model))
-
-  return [evaluator,
-          _pusher(model, trainer.outputs["model"], evaluator.outputs["blessing"], config)]
 
 
 def _pusher(model: str, model_channel, blessing, config: configs.PipelineConfig) -> Pusher:

@@ -81,7 +81,7 @@ def _upstream(spec, task: str):
 def test_spec_has_every_component(spec):
   tasks = set(_tasks(spec))
   components = [c.id for c in pipeline_dsl.create_components(configs.PipelineConfig())]
-  assert len(components) == 20
+  assert len(components) == 22
   for component in components:
     if component.startswith("LatestBlessed."):
       # KFP v2 resolves the latest blessed model in two queries: model, blessing.
@@ -89,7 +89,7 @@ def test_spec_has_every_component(spec):
               f"{component}-model-blessing-resolver"} <= tasks
     else:
       assert component in tasks
-  assert len(tasks) == 23  # the three resolvers make two tasks each
+  assert len(tasks) == 25  # the three resolvers make two tasks each
   for task in tasks:
     assert set(_tasks(spec)[task].get("dependentTasks", [])) <= tasks
 

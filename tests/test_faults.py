@@ -76,9 +76,10 @@ def _assert_only_complete_versions(config):
           files), (model, version, files)
 
 
-def _trainer_model_dir(config, model) -> pathlib.Path:
-  """The latest Trainer output of `model` (its SavedModel folder)."""
-  runs = pathlib.Path(config.pipeline_root, f"Trainer.{model}", "model").iterdir()
+def _pushed_model_dir(config, model) -> pathlib.Path:
+  """The latest SavedModel that `Pusher.<model>` pushes: ServedModelBuilder's."""
+  runs = pathlib.Path(config.pipeline_root, f"ServedModelBuilder.{model}",
+                      "served_model").iterdir()
   return max(runs, key=lambda p: int(p.name)) / "Format-Serving"
 
 
@@ -143,10 +144,10 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_cli,
   assert not _published_by(config, "Trainer.cf")
 
   # 3. Rerun; SIGKILL the CF Pusher in the middle of copying the model. A FIFO in
-  #    the trained model's folder holds the copy there (reading it blocks).
+  #    the pushed model's folder holds the copy there (reading it blocks).
   third = start_cli("run", args, tmp_path / "run-3.log")
-  third.wait_for(r"Trainer\.cf done")
-  hold = _trainer_model_dir(config, "cf") / "hold-the-copy"
+  third.wait_for(r"ServedModelBuilder\.cf done")
+  hold = _pushed_model_dir(config, "cf") / "hold-the-copy"
   os.mkfifo(hold)
   third.wait_for(r"Pusher\.cf running")
   serving_cf = pathlib.Path(config.serving_model_dir("cf"))
@@ -175,7 +176,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_cli,
                                 for line in during_the_run), fourth.output[-3000:]
   assert "an earlier run was interrupted in Pusher.cf; resuming" in fourth.output
   states = _states(config)
-  for node in _UPSTREAM + ["Transform", "Trainer.cf", "Trainer.deepfm"]:
+  for node in _UPSTREAM + ["Transform", "Trainer.cf", "Trainer.deepfm",
+                           "ServedModelBuilder.cf", "ServedModelBuilder.deepfm"]:
     assert states[node] == "cached", (node, states)
   assert states["Pusher.cf"] == states["Pusher.deepfm"] == "done"
   _assert_only_complete_versions(config)
@@ -183,7 +185,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(finished_run, start_cli,
     versions = _serving_folders(config, model)
     assert len(versions) == 1 and versions[0].isdigit(), versions
     assert _files(serving_cf.parent / model / versions[0]) == _files(
-        _trainer_model_dir(config, model))
+        _pushed_model_dir(config, model))
   resumed = json.loads(
       (pathlib.Path(config.output_dir) / "report" / "metrics.json").read_text())
   reference = first_report(finished_run)

@@ -151,7 +151,8 @@ def test_a_killed_replay_resumes_in_the_span_it_was_in(replayed):
   span_three = resumed.records[1]["stages"]
   for node in ("MovieLensExampleGen", "StatisticsGen", "DriftValidator", "Transform",
                "Trainer.cf", "Trainer.deepfm", "Trainer.retrieval", "Evaluator.cf",
-               "Evaluator.deepfm", "RecommenderBuilder", "Pusher.cf", "Pusher.deepfm"):
+               "Evaluator.deepfm", "ServedModelBuilder.cf", "ServedModelBuilder.deepfm",
+               "RecommenderBuilder", "Pusher.cf", "Pusher.deepfm"):
     assert span_three[node]["state"] == "cached", span_three
   assert span_three["RankingEvaluator"]["state"] == "done"
   # Started again once everything is done, it has nothing left to run.
