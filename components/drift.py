@@ -94,6 +94,11 @@ NOT_COMPARED: Dict[str, str] = {
     features.OCCUPATION_TEXT: "the occupation before harmonisation, worded differently "
                               "in 100K and 1M; user_occupation_label is compared",
     features.TIMESTAMP: "moves by a month every span by construction",
+    features.HISTORY_MOVIE_IDS: "the movie ids of the user's earlier ratings: as "
+                                "movie_id, one title's share among thousands",
+    features.HISTORY_AGE_SECONDS: "how long before each rating the user's earlier "
+                                  "ones were made: grows with the span's place in "
+                                  "the data, earlier spans being part of each history",
 }
 
 

@@ -20,6 +20,12 @@ ZIP_CODE = "user_zip_code"  # a string: "55455", "T8H1N", "98107-2117"
 TIMESTAMP = "timestamp"  # seconds since the epoch
 USER_RATING = "user_rating"  # 1 to 5 stars
 RAW_USER_AGE = "raw_user_age"  # MovieLens 100K only
+# The user's latest earlier ratings, most recent first (MovieLensExampleGen's
+# histories.py says which ratings a history may hold): their movies, and how many
+# seconds before this rating each was made.
+HISTORY_MOVIE_IDS = "history_movie_ids"
+HISTORY_AGE_SECONDS = "history_age_seconds"
+HISTORY_LENGTH = 50  # the most earlier ratings an example carries
 
 # The label: a rating of 4 or 5 is a like.
 LABEL = "like"

@@ -1,7 +1,7 @@
 """Examples artifacts for tests and benchmarks: ingested as the pipeline does, or
 dealt out into a window of one artifact per span."""
 import os
-from typing import List
+from typing import List, Optional
 
 
 def ingest(data_dir: str, output_uri: str, **exec_properties):
@@ -29,6 +29,30 @@ def ingest(data_dir: str, output_uri: str, **exec_properties):
       "output_config": proto_utils.proto_to_json(component.default_output_config()),
       "split": "random", **exec_properties})
   return examples
+
+
+def with_histories(table, length: Optional[int] = None):
+  """`table` (an Arrow table as parsing.read_release gives it) with each rating's
+  history, as ingestion writes it with every rating in one split
+  (components/movielens_example_gen/histories.py)."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import pyarrow.compute as pc
+
+  from components.movielens_example_gen import histories
+  from models import features
+  # pylint: enable=g-import-not-at-top
+  users, movies, times = (np.array(pc.list_flatten(table.column(name)).to_pylist())
+                          for name in (features.USER_ID, features.MOVIE_ID,
+                                       features.TIMESTAMP))
+  users, movies = users.astype(str).astype(object), movies.astype(str).astype(object)
+  splits = np.zeros(len(times), np.int64)
+  built = histories.RatingHistories.of(
+      users, movies, times, splits,
+      length=features.HISTORY_LENGTH if length is None else length)
+  movie_ids, ages = built.arrow_columns(users, times, splits)
+  return table.append_column(features.HISTORY_MOVIE_IDS, movie_ids).append_column(
+      features.HISTORY_AGE_SECONDS, ages)
 
 
 def dealt_out(examples, folder: str, num_artifacts: int) -> List:

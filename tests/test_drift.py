@@ -24,6 +24,7 @@ from components.movielens_example_gen import parsing
 from components.movielens_example_gen import spans
 from models import features
 from pipeline import configs
+from testing import examples
 from tests.conftest import REAL_100K
 from tests.conftest import requires
 
@@ -42,8 +43,9 @@ def drift_schema(schema) -> schema_pb2.Schema:
 
 
 def _statistics(table: pa.Table, schema=None):
-  """A span's statistics as StatisticsGen computes them (with the schema, unless None)."""
-  batch = table.combine_chunks().to_batches()[0]
+  """A span's statistics as StatisticsGen computes them (with the schema, unless None),
+  of its ratings with their histories, as ingested."""
+  batch = examples.with_histories(table).combine_chunks().to_batches()[0]
   return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
 
 

@@ -30,6 +30,7 @@ class MovieLensExampleGenSpec(types.ComponentSpec):
       "span_months": ExecutionParameter(type=int, optional=True),
       "span": ExecutionParameter(type=int, optional=True),
       "until": ExecutionParameter(type=str, optional=True),
+      "history_length": ExecutionParameter(type=int, optional=True),
   }
   INPUTS = {}
   OUTPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -63,7 +64,8 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                output_config: Optional[example_gen_pb2.Output] = None,
                seed: int = 42, lines_per_shard: int = 100_000, split: str = "random",
                span_days: int = 0, span_months: int = 0, span: int = -1,
-               until: Optional[str] = None):
+               until: Optional[str] = None,
+               history_length: int = features.HISTORY_LENGTH):
     """Creates the component.
 
     Args:
@@ -89,6 +91,8 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
       span: the span to ingest; -1, the last one holding ratings (up to `until`).
       until: a day, YYYY-MM-DD: the ratings after it are left out, as if the file
         had been read at the end of that day.
+      history_length: how many of the user's earlier ratings each example
+        carries (histories.py); 0, none.
     """
     if split not in features.SPLIT_METHODS:
       raise ValueError(f"split must be one of {features.SPLIT_METHODS}, got {split!r}")
@@ -97,11 +101,13 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
                        f"got {dataset!r}")
     spans.SpanLength(span_days, span_months)  # a ValueError now, not mid-run
     spans.end_of_day(until)
+    if history_length < 0:
+      raise ValueError(f"history_length must be 0 or more, got {history_length}")
     spec = MovieLensExampleGenSpec(
         dataset=dataset, data_dir=data_dir, download_dir=download_dir,
         source_fingerprint=source_fingerprint, code_fingerprint=code_fingerprint,
         output_config=output_config or default_output_config(), seed=seed,
         lines_per_shard=lines_per_shard, split=split, span_days=span_days,
-        span_months=span_months, span=span, until=until,
+        span_months=span_months, span=span, until=until, history_length=history_length,
         examples=types.Channel(type=standard_artifacts.Examples))
     super().__init__(spec=spec)

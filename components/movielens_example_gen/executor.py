@@ -8,11 +8,14 @@ output. CsvExampleGen does this a row at a time, several times slower
 hot path.
 """
 import json
+import os
 import re
+import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 from absl import logging
 from tfx import types
@@ -24,6 +27,7 @@ from tfx.utils import proto_utils
 from tfx_bsl.coders import example_coder
 
 from common import progress
+from components.movielens_example_gen import histories
 from components.movielens_example_gen import parsing
 from components.movielens_example_gen import sources
 from components.movielens_example_gen import spans
@@ -42,7 +46,10 @@ class _ParseShard(beam.DoFn):
   def __init__(self, layout, users, movies, seed: int, hash_buckets: List[int],
                files_per_split: List[int], num_shards: int,
                cutoffs: Optional[parsing.TemporalCutoffs] = None,
-               time_range: Optional[Tuple[int, int]] = None):
+               time_range: Optional[Tuple[int, int]] = None,
+               histories_path: Optional[str] = None):
+    self._histories_path = histories_path
+    self._histories = None
     self._layout = layout
     self._cutoffs = cutoffs
     self._time_range = time_range
@@ -53,6 +60,10 @@ class _ParseShard(beam.DoFn):
     self._files_per_split = np.array(files_per_split)
     self._num_shards = num_shards
 
+  def setup(self):
+    if self._histories_path:
+      self._histories = histories.RatingHistories.load(self._histories_path)
+
   def process(self, indexed_shard: Tuple[int, parsing.RatingsShard]
               ) -> Iterator[Tuple[Tuple[int, int], Tuple[int, np.ndarray]]]:
     index, shard = indexed_shard
@@ -62,12 +73,19 @@ class _ParseShard(beam.DoFn):
                                    time_range=self._time_range)
     if parsed is None:
       return
-    encoded = np.array(example_coder.RecordBatchToExamples(parsed.batch), dtype=object)
     if self._cutoffs is None:
       split = parsing.assign_splits(parsed.user_ids, parsed.movie_ids, self._seed,
                                     self._hash_buckets)
     else:
       split = self._cutoffs.assign(parsed.user_ids, parsed.movie_ids, parsed.timestamps)
+    batch = parsed.batch
+    if self._histories is not None:
+      movie_ids, ages = self._histories.arrow_columns(parsed.user_ids, parsed.timestamps,
+                                                      split)
+      batch = pa.RecordBatch.from_arrays(
+          batch.columns + [movie_ids, ages],
+          batch.schema.names + [features.HISTORY_MOVIE_IDS, features.HISTORY_AGE_SECONDS])
+    encoded = np.array(example_coder.RecordBatchToExamples(batch), dtype=object)
     output_file = (parsing.stable_hash(parsed.user_ids, parsed.movie_ids, self._seed,
                                        "shuffle")
                    % self._files_per_split[split].astype(np.uint64)).astype(np.int64)
@@ -163,6 +181,31 @@ def _choose_span(keys: parsing.ParsedRatings, length: spans.SpanLength,
   return span
 
 
+def _rating_histories(every_key: parsing.ParsedRatings, keys: parsing.ParsedRatings,
+                      time_range: Optional[Tuple[int, int]],
+                      cutoffs: Optional[parsing.TemporalCutoffs], seed: int,
+                      hash_buckets: List[int], length: int) -> histories.RatingHistories:
+  """What each rating's history is looked up in: the ratings ingested (`keys`) with
+  their splits, and with spans every earlier span's ratings, all known."""
+  started = time.monotonic()
+  if cutoffs is None:
+    splits = parsing.assign_splits(keys.user_ids, keys.movie_ids, seed, hash_buckets)
+  else:
+    splits = cutoffs.assign(keys.user_ids, keys.movie_ids, keys.timestamps)
+  columns = [keys.user_ids, keys.movie_ids, keys.timestamps, splits]
+  earlier = every_key.within(0, time_range[0]) if time_range is not None else None
+  if earlier is not None:
+    columns = [np.concatenate([known, this]) for known, this in zip(
+        [earlier.user_ids, earlier.movie_ids, earlier.timestamps,
+         np.zeros(len(earlier.timestamps), np.int64)], columns)]
+  built = histories.RatingHistories.of(*columns, length=length)
+  progress.report("ingest", f"histories: each rating's latest {length} earlier ratings, "
+                  f"from {len(columns[0]):,} ratings"
+                  + (f" ({len(earlier.timestamps):,} of earlier spans)" if earlier else "")
+                  + f", in {time.monotonic() - started:.1f} s")
+  return built
+
+
 class Executor(base_beam_executor.BaseBeamExecutor):
   """Reads MovieLens through TFDS's sources and writes split tf.Examples."""
 
@@ -193,9 +236,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     span_length = spans.SpanLength(int(exec_properties.get("span_days") or 0),
                                    int(exec_properties.get("span_months") or 0))
     until = spans.end_of_day(exec_properties.get("until") or None)
-    span, time_range, cutoffs = None, None, None
-    if span_length.enabled or until is not None or split_method == "temporal":
-      keys = parsing.read_rating_keys(shards, layout, users, movies)
+    history_length = exec_properties.get("history_length")
+    history_length = features.HISTORY_LENGTH if history_length is None else int(history_length)
+    span, time_range, cutoffs, rating_histories = None, None, None, None
+    if (history_length or span_length.enabled or until is not None
+        or split_method == "temporal"):
+      every_key = keys = parsing.read_rating_keys(shards, layout, users, movies)
       if span_length.enabled:
         span = _choose_span(keys, span_length, int(exec_properties.get("span", -1)),
                             until, shards[0].path)
@@ -209,6 +255,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
               f"{shards[0].path}: no ratings up to {exec_properties['until']}")
       if split_method == "temporal":
         cutoffs = _temporal_cutoffs(keys, split_names, hash_buckets)
+      if history_length:
+        rating_histories = _rating_histories(every_key, keys, time_range, cutoffs, seed,
+                                             hash_buckets, history_length)
     num_rows = num_lines if time_range is None else len(keys.timestamps)
     files_per_split = [max(1, round(num_rows * b / sum(hash_buckets)
                                     / _ROWS_PER_OUTPUT_FILE)) for b in hash_buckets]
@@ -218,6 +267,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     split_uris = [artifact_utils.get_split_uri([examples], name) for name in split_names]
     for uri in split_uris:
       tf.io.gfile.makedirs(uri)
+    # The histories go to the workers as a file beside the output, which every
+    # worker of a cluster reads, rather than inside the job's graph.
+    histories_path = None
+    if rating_histories is not None:
+      histories_path = f"{examples.uri}/.histories-{os.getpid()}.npz"
+      rating_histories.save(histories_path)
     pipeline = self._make_beam_pipeline()
     _ = (
         pipeline
@@ -225,7 +280,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         | "Distribute" >> beam.Reshuffle()
         | "ParseShards" >> beam.ParDo(_ParseShard(
             layout, users, movies, seed, hash_buckets, files_per_split, len(shards),
-            cutoffs, time_range))
+            cutoffs, time_range, histories_path))
         | "GroupByOutputFile" >> beam.GroupByKey()
         | "WriteOutputFiles" >> beam.ParDo(_WriteOutputFile(
             split_uris, files_per_split, seed)))
@@ -237,6 +292,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       if data_error is not None:
         raise data_error from None
       raise
+    finally:
+      if histories_path is not None:
+        tf.io.gfile.remove(histories_path)
     counts = {name: 0 for name in split_names}
     for counter in result.metrics().query(
         beam.metrics.MetricsFilter().with_namespace(_COUNTER_NAMESPACE))["counters"]:
