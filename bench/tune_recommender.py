@@ -49,7 +49,7 @@ POPULARITY_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 1.0)
 SEEDS = (0, 1, 2)
 
 
-def _eval_as_test(split_patterns):
+def eval_as_test(split_patterns):
   """The splits with eval in test's place, and no eval: history is train alone."""
   full = ranking.read_splits(split_patterns)
   none = ranking.Ratings(*(np.zeros(0, np.int64) for _ in range(3)))
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
       store.require("Model", "Trainer.deepfm", what="DeepFM"), "Format-Serving"))[0]
   patterns = {s: os.path.join(examples, f"Split-{s}", "*") for s in features.SPLIT_NAMES}
   tf_transform_output = tft.TFTransformOutput(transform_graph)
-  splits = _eval_as_test(patterns)
+  splits = eval_as_test(patterns)
   users = ranking.test_users(splits)
   train = data.load_examples([patterns["train"]], tf_transform_output)
   held_out = data.load_examples([patterns["eval"]], tf_transform_output)

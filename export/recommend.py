@@ -51,6 +51,9 @@ class CandidateTables:
   rated_movies: np.ndarray  # int64: ... rated_movies[splits[i]:splits[i + 1]]
   cold_start_scores: np.ndarray  # float32, [num_movies]: smoothed like rate
   cold_start_likes: np.ndarray  # float32, [num_movies]: likes in training (the order)
+  # Each user's latest ratings as history inputs, [num_users + 1, HISTORY_LENGTH]:
+  # the last row, an unknown user's, empty. Only when the columns hold histories.
+  user_histories: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_train_split(cls, train: Dict[str, np.ndarray],
@@ -94,6 +97,15 @@ class CandidateTables:
     counts = np.bincount(pairs[:, 0], minlength=len(user_ids))
     rated_row_splits = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
+    user_histories = {}
+    if features.HISTORY_INPUTS[0] in train and features.TIMESTAMP in train:
+      user_histories = latest_histories(
+          np.concatenate([users] + [split[_USER] for split in also_rated]),
+          np.concatenate([movies] + [split[_MOVIE] for split in also_rated]),
+          np.concatenate([train[features.TIMESTAMP]]
+                         + [split[features.TIMESTAMP] for split in also_rated]),
+          len(user_ids))
+
     labels = train[features.LABEL].astype(np.float64)
     in_vocab = movies < len(movie_ids)
     likes = np.bincount(movies[in_vocab], weights=labels[in_vocab], minlength=len(movie_ids))
@@ -104,7 +116,33 @@ class CandidateTables:
                movie_features=movie_features, rated_row_splits=rated_row_splits,
                rated_movies=pairs[:, 1].astype(np.int64),
                cold_start_scores=cold.astype(np.float32),
-               cold_start_likes=likes.astype(np.float32))
+               cold_start_likes=likes.astype(np.float32), user_histories=user_histories)
+
+
+def latest_histories(users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray,
+                     num_users: int) -> Dict[str, np.ndarray]:
+  """Each user's history inputs as of their latest rating among these (user, movie,
+  time) indices: the latest HISTORY_LENGTH movies, most recent first (ties in time
+  by movie index, higher first, as ingestion orders them), each rating once, and
+  how long before the latest each was rated. Row `num_users` (an unknown user's)
+  and unknown users' ratings are left empty."""
+  length = features.HISTORY_LENGTH
+  known = users < num_users
+  pairs, first = np.unique(np.stack([users[known], movies[known]], axis=1), axis=0,
+                           return_index=True)
+  times = timestamps[known][first]
+  order = np.lexsort((-pairs[:, 1], -times, pairs[:, 0]))  # by user, latest first
+  users, movies, times = pairs[order, 0], pairs[order, 1], times[order]
+  starts = np.searchsorted(users, np.arange(num_users))
+  rank = np.arange(len(users)) - starts[users]
+  kept = rank < length
+  ids = np.full((num_users + 1, length), features.HISTORY_PADDING, np.int32)
+  hours = np.zeros((num_users + 1, length), np.float32)
+  ids[users[kept], rank[kept]] = movies[kept]
+  latest = times[starts[users[kept]]]
+  hours[users[kept], rank[kept]] = np.log1p((latest - times[kept]) / 3600.0)
+  return {features.transformed_name(features.HISTORY_MOVIE_IDS): ids,
+          features.transformed_name(features.HISTORY_AGE_SECONDS): hours}
 
 
 def unseen_id_features(tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
@@ -187,6 +225,9 @@ class Recommender(tf.Module):
     self.movie_lookup = _lookup(tables.movie_ids)
     self.movie_ids = tf.constant(tables.movie_ids.astype(bytes))
     self.user_features = {k: tf.constant(v) for k, v in tables.user_features.items()}
+    if getattr(model, "uses_history", False):
+      # Looked up by user like the fields: the latest history is the user's now.
+      self.user_features.update({k: tf.constant(v) for k, v in tables.user_histories.items()})
     self.movie_features = {k: tf.constant(v) for k, v in tables.movie_features.items()}
     self.rated = tf.RaggedTensor.from_row_splits(tf.constant(tables.rated_movies),
                                                  tf.constant(tables.rated_row_splits))

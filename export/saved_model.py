@@ -8,6 +8,7 @@ from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_ut
 
 from export import recommend
 from export import signatures
+from models import features
 
 
 def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
@@ -21,6 +22,9 @@ def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
   Trainer passes the eval split: the evaluation's candidates are the movies a user
   rated in neither).
   """
+  if getattr(model, "uses_history", False):  # its signatures read the raw history too
+    raw_feature_keys = tuple(raw_feature_keys) + tuple(
+        key for key in features.HISTORY_RAW_FEATURES if key not in raw_feature_keys)
   recommender = None
   if train_examples is not None:
     tables = recommend.CandidateTables.from_train_split(train_examples, tf_transform_output,

@@ -22,7 +22,6 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from export import recommend
-from models import features
 from serving import contract
 
 OUTPUT_KEY = contract.LIKE_PROBABILITY
@@ -59,14 +58,22 @@ def make_serving_signatures(
   def serve_tf_examples(examples):
     return predict(tf.io.parse_example(examples, raw_spec))
 
-  raw_inputs = {k: tf.TensorSpec([None], raw_spec[k].dtype, name=k) for k in raw_feature_keys}
+  # A feature of several values (genres, a history) comes as one string, its
+  # values joined by GENRE_SEPARATOR: signatures take one tensor per input.
+  several = {k for k in raw_feature_keys if isinstance(raw_spec[k], tf.io.VarLenFeature)}
+  raw_inputs = {k: tf.TensorSpec([None], tf.string if k in several else raw_spec[k].dtype,
+                                 name=k) for k in raw_feature_keys}
 
   @tf.function(input_signature=[raw_inputs], autograph=False)
   def predict_raw(inputs):
     raw_features = {}
     for key, value in recommend.same_length(inputs).items():
-      if key == features.MOVIE_GENRES:
-        raw_features[key] = tf.strings.split(value, GENRE_SEPARATOR).to_sparse()
+      if key in several:
+        values = tf.strings.split(value, GENRE_SEPARATOR)
+        values = tf.ragged.boolean_mask(values, values != "")  # "" holds no value
+        if raw_spec[key].dtype != tf.string:
+          values = tf.strings.to_number(values, raw_spec[key].dtype)
+        raw_features[key] = values.to_sparse()
       else:
         raw_features[key] = value[:, tf.newaxis]
     return predict(raw_features)

@@ -21,9 +21,13 @@ def to_columns(batches: tf.data.Dataset) -> Dict[str, np.ndarray]:
   return {key: np.concatenate(values) for key, values in columns.items()}
 
 
-def load_examples(file_patterns: Sequence[str],
-                  tf_transform_output: tft.TFTransformOutput) -> Dict[str, np.ndarray]:
+def load_examples(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
+                  histories: bool = True) -> Dict[str, np.ndarray]:
   """A split's raw examples through the Transform graph, as one array per model input.
+
+  Without `histories`, the users' histories are neither parsed nor transformed: a
+  model that does not encode them would hold 50 movies and ages per rating in
+  memory for nothing.
 
   Transform writes no transformed copy of the data (`materialize=False`): applying
   its graph here, in TensorFlow over large batches of serialized examples, is far
@@ -36,17 +40,27 @@ def load_examples(file_patterns: Sequence[str],
   # ExampleGen writes gzipped TFRecords ("*.gz"), TFX's default for examples.
   compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
   raw_feature_spec = tf_transform_output.raw_feature_spec()
+  if not histories:
+    # The Transform graph computes only what the features given allow.
+    raw_feature_spec = {key: spec for key, spec in raw_feature_spec.items()
+                        if key not in (features.HISTORY_MOVIE_IDS, features.HISTORY_AGE_SECONDS)}
   transform = tf_transform_output.transform_features_layer()
   # Not rewritten by AutoGraph (tf.data's default for a map): nothing in it branches
   # on a tensor, and converting the Transform layer's Python took seconds per
   # Trainer (docs/performance.md).
-  return to_columns(
+  columns = to_columns(
       tf.data.TFRecordDataset(files, compression_type=compression,
                               buffer_size=_READ_BUFFER_BYTES)
       .batch(_READ_BATCH)
       .map(tf.autograph.experimental.do_not_convert(
           lambda serialized: transform(tf.io.parse_example(serialized, raw_feature_spec))),
            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  # tf.Transform's outputs are int64; movie indices fit half of that, and a history
+  # is 50 of them per rating.
+  history = features.transformed_name(features.HISTORY_MOVIE_IDS)
+  if history in columns:
+    columns[history] = columns[history].astype(np.int32)
+  return columns
 
 
 def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool,

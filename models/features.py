@@ -26,6 +26,7 @@ RAW_USER_AGE = "raw_user_age"  # MovieLens 100K only
 HISTORY_MOVIE_IDS = "history_movie_ids"
 HISTORY_AGE_SECONDS = "history_age_seconds"
 HISTORY_LENGTH = 50  # the most earlier ratings an example carries
+HISTORY_PADDING = -1  # a transformed history's places without a movie
 
 # The label: a rating of 4 or 5 is a like.
 LABEL = "like"
@@ -99,6 +100,12 @@ DEEPFM_FIELDS = USER_FIELDS + MOVIE_FIELDS + (MOVIE_DECADE, MOVIE_GENRES)
 CF_RAW_FEATURES = (USER_ID, MOVIE_ID)
 DEEPFM_RAW_FEATURES = USER_FIELDS + (MOVIE_ID, MOVIE_TITLE, MOVIE_GENRES)
 RETRIEVAL_RAW_FEATURES = DEEPFM_RAW_FEATURES
+# What a model that encodes the user's history needs besides (models/sequence.py).
+HISTORY_RAW_FEATURES = (HISTORY_MOVIE_IDS, HISTORY_AGE_SECONDS)
+
+# Model inputs of the user's history (models/sequence.py): the Trainers read them
+# only for a model that encodes it, and serving looks them up by user.
+HISTORY_INPUTS = (transformed_name(HISTORY_MOVIE_IDS), transformed_name(HISTORY_AGE_SECONDS))
 
 # Model inputs (transformed features) that describe the user, and the movie: what
 # serving looks up from the ids alone (export/recommend.py).

@@ -71,6 +71,16 @@ class RetrievalHparams:
   sampling_correction: bool = True  # logQ correction of the in-batch negatives
   liked_weight: float = 1.0  # a liked rating's weight in the loss; a disliked one's is 1
   towers: int = 1  # pairs of towers, trained side by side, their scores averaged
+  # The query tower's encoder of the user's history (models/sequence.py): "none",
+  # "mean", "gru" or "attention"; how many of the latest movies it reads, and
+  # whether how long ago each was rated.
+  history_encoder: str = "none"
+  history_length: int = 20
+  history_ages: bool = False
+  # The share of training examples whose user is made unknown (every user field
+  # out of vocabulary), so that the query tower learns to work from the history
+  # alone, as for a visitor in no table.
+  user_dropout: float = 0.0
   learning_rate: float = 0.1  # Adagrad
   batch_size: int = 1024
   epochs: int = 10
@@ -195,6 +205,11 @@ def for_warm_start(hparams):
   if not warm_start_epochs:
     return hparams
   return dataclasses.replace(hparams, epochs=min(hparams.epochs, warm_start_epochs))
+
+
+def uses_history(hparams) -> bool:
+  """Whether the model encodes the user's history (models/sequence.py)."""
+  return getattr(hparams, "history_encoder", "none") != "none"
 
 
 def to_config(hparams) -> Dict[str, Any]:

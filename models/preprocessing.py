@@ -50,14 +50,17 @@ def _as_strings(tensor: tf.Tensor) -> tf.Tensor:
   return tensor if tensor.dtype == tf.string else tf.strings.as_string(tensor)
 
 
+def _padded(values: tf.SparseTensor, width: int, padding) -> tf.Tensor:
+  """Each row's first `width` values -> [batch, width], padded with `padding`."""
+  dense = tf.sparse.to_dense(values, default_value=padding)[:, :width]
+  dense = tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values=padding)
+  return tf.ensure_shape(dense, [None, width])
+
+
 def _padded_genre_ids(genre_ids: tf.SparseTensor) -> tf.Tensor:
   """Sparse genre ids -> [batch, MAX_GENRES], padded with GENRE_PADDING."""
-  dense = tf.sparse.to_dense(genre_ids, default_value=features.GENRE_PADDING)
-  dense = dense[:, :features.MAX_GENRES]
-  padding = features.MAX_GENRES - tf.shape(dense)[1]
-  dense = tf.pad(dense, [[0, 0], [0, padding]],
-                 constant_values=features.GENRE_PADDING)
-  return tf.ensure_shape(dense, [None, features.MAX_GENRES])
+  return _padded(genre_ids, features.MAX_GENRES,
+                 tf.constant(features.GENRE_PADDING, genre_ids.dtype))
 
 
 def _count_lookup(keys: tf.Tensor, counts_file: tf.Tensor) -> tuple:
@@ -114,13 +117,38 @@ def id_statistics(raw_ids: Dict[str, tf.Tensor], labels: tf.Tensor,
   return statistics
 
 
+def history_inputs(inputs, movie_vocabulary) -> dict:
+  """The user's earlier movies as movie vocabulary indices, and how long before
+  each was rated as log(1 + hours); padded (models/sequence.py)."""
+  movies = tft.apply_vocabulary(_as_strings(inputs[features.HISTORY_MOVIE_IDS]),
+                                movie_vocabulary, num_oov_buckets=features.NUM_OOV_BUCKETS)
+  ages = inputs[features.HISTORY_AGE_SECONDS]
+  hours = tf.SparseTensor(ages.indices, tf.math.log1p(tf.cast(ages.values, tf.float32) / 3600.0),
+                          ages.dense_shape)
+  return {features.transformed_name(features.HISTORY_MOVIE_IDS): _padded(
+              movies, features.HISTORY_LENGTH, tf.constant(features.HISTORY_PADDING, tf.int64)),
+          features.transformed_name(features.HISTORY_AGE_SECONDS): _padded(
+              hours, features.HISTORY_LENGTH, 0.0)}
+
+
 def preprocessing_fn(inputs):
   """tf.Transform's entry point: raw feature dict -> transformed feature dict."""
   outputs = {}
   raw_ids = {key: _as_strings(tf.squeeze(inputs[key], axis=1))
              for key in features.VOCAB_FEATURES}
   for key, ids in raw_ids.items():
-    outputs[features.transformed_name(key)] = _apply_vocabulary(ids, key)
+    if key != features.MOVIE_ID:
+      outputs[features.transformed_name(key)] = _apply_vocabulary(ids, key)
+  # One movie vocabulary, for the movie rated and the movies of its history.
+  movie_vocabulary = tft.vocabulary(raw_ids[features.MOVIE_ID],
+                                    vocab_filename=vocabulary_name(features.MOVIE_ID))
+  outputs[features.transformed_name(features.MOVIE_ID)] = tft.apply_vocabulary(
+      raw_ids[features.MOVIE_ID], movie_vocabulary, num_oov_buckets=features.NUM_OOV_BUCKETS)
+  if features.HISTORY_MOVIE_IDS in inputs:
+    outputs.update(history_inputs(inputs, movie_vocabulary))
+  # Not a model input: which of a user's ratings is the latest (export/recommend.py).
+  if features.TIMESTAMP in inputs:
+    outputs[features.TIMESTAMP] = tf.squeeze(inputs[features.TIMESTAMP], axis=1)
   outputs[features.transformed_name(features.MOVIE_DECADE)] = _apply_vocabulary(
       release_decade(tf.squeeze(inputs[features.MOVIE_TITLE], axis=1)),
       features.MOVIE_DECADE)

@@ -17,6 +17,7 @@ import tensorflow_recommenders as tfrs
 from models import features
 from models import hparams as hp
 from models import layers
+from models import sequence
 
 _MOVIE = features.transformed_name(features.MOVIE_ID)
 _MOVIE_RATING_COUNT = features.transformed_name(features.MOVIE_RATING_COUNT)
@@ -92,6 +93,19 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
                     if hparams.side_features else (features.MOVIE_ID,))
     self.user_towers = [Tower(user_fields, vocabulary_sizes, hparams.embedding_dim,
                               name=f"user_tower_{i}") for i in range(hparams.towers)]
+    # The user's history beside the user's fields, combined into the query.
+    self.history_encoders, self.query_projections = [], []
+    if hparams.history_encoder != "none":
+      self.history_encoders = [sequence.HistoryEncoder(
+          hparams.history_encoder, vocabulary_sizes[features.MOVIE_ID], hparams.embedding_dim,
+          hparams.history_length, ages=hparams.history_ages, name=f"history_encoder_{i}")
+                               for i in range(hparams.towers)]
+      self.query_projections = [tf.keras.layers.Dense(hparams.embedding_dim, use_bias=False,
+                                                      name=f"query_projection_{i}")
+                                for i in range(hparams.towers)]
+    # Every user field's out-of-vocabulary index: what an unknown user looks like.
+    self.unknown_user = {features.transformed_name(field): vocabulary_sizes[field] - 1
+                         for field in user_fields}
     self.movie_towers = [Tower(movie_fields, vocabulary_sizes, hparams.embedding_dim,
                                name=f"movie_tower_{i}") for i in range(hparams.towers)]
     self.tasks = [tfrs.tasks.Retrieval(remove_accidental_hits=True)
@@ -99,13 +113,37 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
 
   def vocabulary_tables(self) -> List[layers.VocabularyTable]:
     """Every field's table in every tower (models/warm_start.py)."""
-    return [embedding.vocabulary_table()
-            for tower in [*self.user_towers, *self.movie_towers]
-            for embedding in tower.embeddings]
+    return ([embedding.vocabulary_table()
+             for tower in [*self.user_towers, *self.movie_towers]
+             for embedding in tower.embeddings]
+            + [encoder.vocabulary_table() for encoder in self.history_encoders])
+
+  @property
+  def uses_history(self) -> bool:
+    return bool(self.history_encoders)
+
+  def _query(self, pair: int, inputs: Dict[str, tf.Tensor], training: bool = False
+             ) -> tf.Tensor:
+    """Pair `pair`'s query: the user's fields, and with an encoder their history."""
+    user = self.user_towers[pair](inputs)
+    if not self.history_encoders:
+      return user
+    history = self.history_encoders[pair](inputs, training=training)
+    return self.query_projections[pair](tf.concat([user, tf.cast(history, user.dtype)], -1))
+
+  def _without_some_users(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """`inputs` with a `user_dropout` share of the rows' users made unknown."""
+    rate = self.hparams.user_dropout
+    if not rate:
+      return inputs
+    first = next(iter(self.unknown_user))
+    dropped = tf.random.uniform(tf.shape(inputs[first])[:1]) < rate
+    return {**inputs, **{key: tf.where(dropped, tf.cast(oov, inputs[key].dtype), inputs[key])
+                         for key, oov in self.unknown_user.items()}}
 
   def _user_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     # Scaled, so that its dot product with _movie_vector is the towers' mean score.
-    vectors = [tower(inputs) for tower in self.user_towers]
+    vectors = [self._query(pair, inputs) for pair in range(len(self.user_towers))]
     return tf.concat(vectors, -1) / float(len(vectors))
 
   def _movie_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
@@ -132,18 +170,20 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
   def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
                    training: bool = False) -> tf.Tensor:
     # Each pair of towers learns alone: the sum of their losses has no cross terms.
-    return tf.add_n(self.pair_losses(inputs))
+    return tf.add_n(self.pair_losses(inputs, training=training))
 
-  def pair_losses(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor]) -> List[tf.Tensor]:
+  def pair_losses(self, inputs: Tuple[Dict[str, tf.Tensor], tf.Tensor],
+                  training: bool = False) -> List[tf.Tensor]:
     """Each pair of towers' softmax loss on a batch of (features, labels)."""
     features_, labels = inputs
+    queried = self._without_some_users(features_) if training else features_
     # A liked film says more about what to offer than one watched and disliked.
     weights = 1.0 + (self.hparams.liked_weight - 1.0) * tf.cast(tf.reshape(labels, [-1]),
                                                                 tf.float32)
     # Each pair's user tower, then its movie tower: the order their variables were
     # always created in, which decides the values the seeded initialisers draw.
-    vectors = [(user_tower(features_), movie_tower(features_))
-               for user_tower, movie_tower in zip(self.user_towers, self.movie_towers)]
+    vectors = [(self._query(pair, queried, training=training), movie_tower(features_))
+               for pair, movie_tower in enumerate(self.movie_towers)]
     queries = [query for query, _ in vectors]
     candidates = [candidate for _, candidate in vectors]
     candidate_ids = features_[_MOVIE]

@@ -197,12 +197,15 @@ def synthetic_100k(tmp_path_factory) -> synthetic.SyntheticRelease:
 
 @pytest.fixture(scope="session")
 def transformed_1m(synthetic_1m, tmp_path_factory):
-  """The synthetic 1M-layout release after the project's tf.Transform preprocessing."""
+  """The synthetic 1M-layout release, each rating with its history as ingested (one
+  split), after the project's tf.Transform preprocessing."""
   from components.movielens_example_gen import parsing  # pylint: disable=g-import-not-at-top
+  from testing import examples  # pylint: disable=g-import-not-at-top
   from tests import transform_fixture  # pylint: disable=g-import-not-at-top
 
   def build(folder):
-    table = parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"])
+    table = examples.with_histories(
+        parsing.read_release(synthetic_1m.folder, parsing.LAYOUTS["1m"]))
     return transform_fixture.run_transform(transform_fixture.rows_from_table(table),
                                            str(folder))
 

@@ -29,13 +29,18 @@ from trainer import run
 
 MODELS = {"cf": (cf.build, features.CF_RAW_FEATURES),
           "deepfm": (deepfm.build, features.DEEPFM_RAW_FEATURES),
-          "retrieval": (retrieval.build, features.RETRIEVAL_RAW_FEATURES)}
+          "retrieval": (retrieval.build, features.RETRIEVAL_RAW_FEATURES),
+          # Its history encoder's movie table is carried over by id too.
+          "retrieval-history": (retrieval.build, features.RETRIEVAL_RAW_FEATURES)}
 # Users and movies only the new span has.
 HELD_BACK_USERS = {str(u).encode() for u in range(1, 16)}
 HELD_BACK_MOVIES = {str(m).encode() for m in range(1, 21)}
 
 
 def _hparams(model_name):
+  if model_name == "retrieval-history":  # one pair: the ensemble is "retrieval"'s
+    return dataclasses.replace(hp.preset("retrieval", "best"), towers=1,
+                               history_encoder="mean", history_ages=True)
   hparams = hp.preset(model_name, "best")
   if model_name == "deepfm":
     # The id statistics are the span's own Transform constants: with them, the same
@@ -203,7 +208,9 @@ def _predict(export_dir, user_ids, movie_ids):
   return scores.numpy()
 
 
-@pytest.mark.parametrize("model_name", sorted(MODELS))
+# Not retrieval-history: its `predict` reads each user's latest history, which the
+# new span's export stores anew.
+@pytest.mark.parametrize("model_name", sorted(set(MODELS) - {"retrieval-history"}))
 def test_a_warm_started_export_predicts_like_the_base_for_ids_both_know(
     model_name, spans, base_models, warm_started, tmp_path):
   base, new = spans

@@ -34,14 +34,18 @@ def raw_feature_spec(without=()):
 
 
 def to_tf_example(row: Dict[str, list]) -> bytes:
-  def feature(values):
+  def feature(key, values):
+    if not values:  # an empty history: the type its feature has in the schema
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=[])) if (
+          key == features.HISTORY_MOVIE_IDS) else tf.train.Feature(
+              int64_list=tf.train.Int64List(value=[]))
     if isinstance(values[0], bytes):
       return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
     if isinstance(values[0], float):
       return tf.train.Feature(float_list=tf.train.FloatList(value=values))
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
   return tf.train.Example(features=tf.train.Features(
-      feature={k: feature(v) for k, v in row.items()})).SerializeToString()
+      feature={k: feature(k, v) for k, v in row.items()})).SerializeToString()
 
 
 def run_transform(rows: List[Dict[str, list]], output_dir: Optional[str] = None

@@ -69,8 +69,9 @@ def _train_and_export(fn_args, model_name: str, build: Callable,
   """`run`'s work on this worker, its logs to `model_run_dir`, its model to
   `serving_model_dir`."""
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  train_examples = data.load_examples(fn_args.train_files, tf_transform_output)
-  eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output)
+  histories = hp.uses_history(hparams)
+  train_examples = data.load_examples(fn_args.train_files, tf_transform_output, histories)
+  eval_examples = data.load_examples(fn_args.eval_files, tf_transform_output, histories)
   base_model = _base_model(fn_args, model_name)
   if base_model:
     hparams = hp.for_warm_start(hparams)
