@@ -40,12 +40,17 @@ def excluded_pairs(splits: ranking.Splits, names):
   return users, movies
 
 
+def most_ratings(splits: ranking.Splits, names) -> int:
+  """The most ratings any one user has in the named splits (0 for none)."""
+  users = [splits.splits[n].users for n in names]
+  return int(np.bincount(np.concatenate(users)).max()) if users else 0
+
+
 def retrieve_depth(splits: ranking.Splits, candidates: int, catalogue_size: int) -> int:
   """Candidates per user, so that `candidates` remain when the pushed model
   drops the most ratings any one user has outside the history splits."""
-  later = [splits.splits[n].users for n in splits.splits if n not in HISTORY_SPLITS]
-  most = int(np.bincount(np.concatenate(later)).max()) if later else 0
-  return min(candidates + most, catalogue_size)
+  later = [n for n in splits.splits if n not in HISTORY_SPLITS]
+  return min(candidates + most_ratings(splits, later), catalogue_size)
 
 
 def build(split_patterns, retrieval_dir: str, ranking_dir: str,
