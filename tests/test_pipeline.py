@@ -464,14 +464,40 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
   first_report = model_report.load(os.path.dirname(first.report_path))
   pushed = {model: _pushed_versions(config, model) for model in ("cf", "deepfm", "recommender")}
 
-  # Unchanged inputs: training is cached. The models are evaluated once more, now
-  # against themselves as the latest blessed models, and are not pushed again
-  # (the recommender neither: the same SavedModel is already served).
-  states = _states(local_runner.run(config))
-  assert states["Transform"] == states["Trainer.cf"] == states["Trainer.deepfm"] == "cached"
+  # CF trained for one epoch, and both like models judged against a floor no model
+  # reaches: neither is blessed or pushed, and the report gives every reason. One
+  # epoch of CF is also worse than the blessed CF by more than the allowed drop.
+  # Everything else is unchanged and comes from the cache, DeepFM and the
+  # recommender built on it included; but every Evaluator runs again, now against
+  # the latest blessed models (this run's own, for DeepFM and the recommender). The
+  # recommender is blessed again and not pushed again: the same SavedModel is
+  # already served.
+  worse = dataclasses.replace(config, auc_floor=0.99,
+                              overrides={**config.overrides, "cf": {"epochs": 1}})
+  summary = local_runner.run(worse)
+  states = _states(summary)
+  assert states["Trainer.cf"] == states["Evaluator.deepfm"] == states["Pusher.cf"] == "done"
+  assert states["RankingEvaluator"] == states["Pusher.recommender"] == "done"
+  for node in ("MovieLensExampleGen", "Transform", "Trainer.deepfm", "Trainer.retrieval",
+               "RecommenderBuilder", "ServedModelBuilder.deepfm"):
+    assert states[node] == "cached", (node, states)
+  report = model_report.load(os.path.dirname(summary.report_path))
+  for model in ("cf", "deepfm"):
+    result = report["models"][model]
+    assert result["baseline_auc"] == pytest.approx(first_report["models"][model]["auc"],
+                                                   abs=1e-4)
+    assert result["blessed"] is False
+    assert "is below the floor 0.9900" in result["blessing_reason"]
+    if result["auc"] < result["baseline_auc"] - config.max_auc_drop:
+      assert "below the latest blessed model's (allowed drop 0.0050)" in (
+          result["blessing_reason"])
+  cf = report["models"]["cf"]
+  assert cf["auc"] < cf["baseline_auc"] - config.max_auc_drop  # one epoch of CF is far worse
+  assert report["ranking"]["blessing"]["blessed"] is True
   assert {model: _pushed_versions(config, model) for model in pushed} == pushed
+
   # Once more: now every component is served from the cache.
-  states = _states(local_runner.run(config))
+  states = _states(local_runner.run(worse))
   assert {state for node, state in states.items()
           if not node.startswith("LatestBlessed")} == {"cached"}
   # Edited code reruns the component that runs it, and only that one: its code's
@@ -484,37 +510,10 @@ def test_reruns_cache_reject_worse_models_and_keep_pushed_ones(finished_run, mon
 
   with monkeypatch.context() as edited:
     edited.setattr(pipeline_dsl, "code_fingerprint_of", after_an_edit_of_the_report)
-    states = _states(local_runner.run(config))
+    states = _states(local_runner.run(worse))
   assert {node: state for node, state in states.items()
           if state != "cached" and not node.startswith("LatestBlessed")} == {
               "ModelReport": "done"}
-
-  # CF trained for one epoch, and both models judged against a floor no model
-  # reaches: neither is blessed or pushed, and the report gives every reason. One
-  # epoch of CF is also worse than the blessed CF by more than the allowed drop.
-  # (DeepFM, unchanged, comes from the cache, and so does the recommender built on
-  # it; its Evaluator runs again for the new floor.)
-  worse = dataclasses.replace(config, auc_floor=0.99,
-                              overrides={**config.overrides, "cf": {"epochs": 1}})
-  summary = local_runner.run(worse)
-  states = _states(summary)
-  assert states["Trainer.cf"] == states["Evaluator.deepfm"] == states["Pusher.cf"] == "done"
-  for node in ("Trainer.deepfm", "Trainer.retrieval", "RecommenderBuilder",
-               "ServedModelBuilder.deepfm"):
-    assert states[node] == "cached", (node, states)
-  report = model_report.load(os.path.dirname(summary.report_path))
-  for model in ("cf", "deepfm"):
-    result = report["models"][model]
-    assert result["baseline_auc"] == pytest.approx(first_report["models"][model]["auc"],
-                                                   abs=1e-4)
-    assert result["blessed"] is False
-    assert "is below the floor 0.9900" in result["blessing_reason"]
-    if result["auc"] < result["baseline_auc"] - config.max_auc_drop:
-      assert "below the latest blessed model's (allowed drop 0.0050)" in (
-          result["blessing_reason"])
-    assert _pushed_versions(config, model) == pushed[model]
-  cf = report["models"]["cf"]
-  assert cf["auc"] < cf["baseline_auc"] - config.max_auc_drop  # one epoch of CF is far worse
 
 
 def test_anomaly_stops_the_run_naming_the_feature(synthetic_1m, tmp_path):
