@@ -3,7 +3,6 @@ one finished end-to-end run that several test modules read."""
 import contextlib
 import fcntl
 import io
-import json
 import os
 import pathlib
 import pickle
@@ -42,8 +41,7 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
 # --no-loadscope-reorder`: a module's tests stay on one worker, which builds its
 # module-scoped fixtures once, and modules go out in this order). Started last,
 # one of them would run on alone while the other worker idles.
-LONGEST_MODULES = ("test_flink.py", "test_faults.py", "test_replay.py", "test_pipeline.py",
-                   "test_real_100k.py")
+LONGEST_MODULES = ("test_replay.py", "test_flink.py", "test_pipeline.py", "test_real_100k.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -128,22 +126,6 @@ class CliProcess:
   def kill(self, signum) -> int:
     self.popen.send_signal(signum)
     return self.finish(timeout=120)
-
-
-@pytest.fixture
-def start_cli():
-  """Starts `recsys` processes: start_cli(command, args, log_path) -> CliProcess.
-  Kills those a failed test leaves behind."""
-  started = []
-
-  def start(command, args, log_path):
-    started.append(CliProcess(command, args, log_path))
-    return started[-1]
-
-  yield start
-  for process in started:
-    if process.popen.poll() is None:
-      process.kill(signal.SIGKILL)
 
 
 def cli_error(capsys, *argv: str) -> str:
@@ -324,9 +306,3 @@ def copy_of_finished_run(finished_run_value, folder: pathlib.Path):
   copy = pipeline_config(config.data_dir, folder, overrides=BRIEF_TRAINING)
   copy.auc_floor = config.auc_floor
   return copy
-
-
-def first_report(finished_run_value) -> dict:
-  """metrics.json of `finished_run`."""
-  _, config, _ = finished_run_value
-  return json.loads((pathlib.Path(config.output_dir) / "report" / "metrics.json").read_text())
