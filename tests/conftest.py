@@ -37,11 +37,14 @@ SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", 
                            "recommenders", "both_evaluations"})
 
 
-# The longest modules, handed out first (`make test` runs `--dist loadfile
-# --no-loadscope-reorder`: a module's tests stay on one worker, which builds its
-# module-scoped fixtures once, and modules go out in this order). Started last,
-# one of them would run on alone while the other worker idles.
-LONGEST_MODULES = ("test_replay.py", "test_flink.py", "test_pipeline.py", "test_real_100k.py")
+# The longest modules, longest first, are handed out before the rest (`make test` runs
+# `--dist loadfile --no-loadscope-reorder`: a module's tests stay on one worker, which
+# builds its module-scoped fixtures once, and modules go out in this order). A long
+# module handed out last would run on alone while the other worker idles.
+LONGEST_MODULES = ("test_replay.py", "test_flink.py", "test_pipeline.py", "test_real_100k.py",
+                   "test_warm_start.py", "test_models.py", "test_client.py",
+                   "test_sequence.py", "test_multi_worker.py", "test_recommend.py",
+                   "test_transform.py", "test_two_stage.py")
 
 
 def pytest_collection_modifyitems(items):
