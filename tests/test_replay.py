@@ -44,6 +44,7 @@ from tests.conftest import E2E_AUC_FLOOR
 from tests.conftest import CliProcess
 from tests.conftest import cli_error
 from tests.conftest import pipeline_config
+from tests.test_pipeline import _states
 
 pytestmark = pytest.mark.e2e
 
@@ -108,11 +109,6 @@ def _expected_counts(release) -> list:
           for a, b in zip(seconds, seconds[1:])]
 
 
-def _states(config) -> Dict[str, str]:
-  """Node id -> state in the latest pipeline run, as ML Metadata recorded it."""
-  return {c.node_id: c.state for c in run_state.summarize_run(config).components}
-
-
 def _live_outputs(config, node: str) -> list:
   """The live artifacts that executions of `node`, in any state, output."""
   every_state = tuple(metadata_store_pb2.Execution.State.values())
@@ -171,7 +167,7 @@ class Replayed:
 
 
 def _stopped(process: CliProcess, config, returncode: int, **extra) -> Stopped:
-  return Stopped(process.output, returncode, _states(config),
+  return Stopped(process.output, returncode, _states(run_state.summarize_run(config)),
                  _serving_folders(config, "cf"), extra)
 
 
