@@ -6,12 +6,14 @@ import os
 import re
 import sys
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from common import errors
 from models import features
 from models import hparams
 from pipeline import configs
+
+RECOMMENDER = "recommender"  # the two-stage recommender's name on TF Serving
 
 
 class BadRequest(errors.RecsysError):
@@ -189,32 +191,70 @@ def _latest_version(model_dir: str) -> str:
   return os.path.join(model_dir, versions[-1])
 
 
+def _movie_ids(text: str) -> List[str]:
+  """`--history 1,2,3` -> ["1", "2", "3"]; blanks around and between commas are dropped."""
+  return [movie for movie in (part.strip() for part in text.split(",")) if movie]
+
+
 def _recommend(args: argparse.Namespace) -> int:
-  from pipeline import run_store  # pylint: disable=g-import-not-at-top
   from serving import client as serving_client  # pylint: disable=g-import-not-at-top
+  from serving import contract  # pylint: disable=g-import-not-at-top
+  if args.history is not None and args.model != RECOMMENDER:
+    raise UsageError(f"--history needs --model {RECOMMENDER}: only the two-stage "
+                     f"recommender serves {contract.RECOMMEND_FOR_HISTORY}; {args.model} "
+                     "recommends for user ids alone")
   run_dir = os.path.abspath(args.run_dir)
   if args.server:
     with serving_client.ServingClient.from_url(args.server, args.model) as client:
-      pairs = [(movie, score) for movie, score in client.recommend(args.user, args.k)
-               if movie]  # "" pads a user with fewer than k unrated movies
+      top = (client.recommend(args.user, args.k) if args.history is None else
+             client.recommend_for_history(args.history, args.k))
     source = f"{args.model} on TF Serving at {args.server}"
   else:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    from serving import contract  # pylint: disable=g-import-not-at-top
     serving_dir = args.serving_dir or os.path.join(run_dir, "serving")
     model_dir = _latest_version(os.path.join(serving_dir, args.model))
-    recommend = tf.saved_model.load(model_dir).signatures[contract.RECOMMEND]
-    try:
-      result = recommend(user_id=tf.constant([args.user]), k=tf.constant(args.k, tf.int32))
-    except tf.errors.InvalidArgumentError as e:
-      # The model's own message (e.g. "k must be between 1 and 100") sits inside
-      # TensorFlow's graph-execution report.
-      reason = re.search(r"k must be between 1 and \d+", e.message)
-      raise BadRequest(f"{model_dir}: {reason.group(0) if reason else e.message}") from None
-    pairs = [(m.decode(), float(s)) for m, s in zip(
-        result[contract.MOVIE_IDS].numpy()[0], result[contract.SCORES].numpy()[0]) if m]
+    if args.history is None:
+      top = _top_k_in_process(model_dir, contract.RECOMMEND, {contract.USER_ID: [args.user]},
+                              args.k)
+    else:
+      top = _top_k_in_process(model_dir, contract.RECOMMEND_FOR_HISTORY,
+                              {contract.HISTORY: [serving_client.history_row(args.history)]},
+                              args.k)
     source = f"{args.model} from {model_dir}"
+  pairs = [(movie, score) for movie, score in top if movie]  # "" pads a list shorter than k
+  who = (f"user {args.user}" if args.history is None else
+         f"a visitor who rated {', '.join(args.history) or 'nothing yet'}")
+  _print_top_k(pairs, who, source, run_dir)
+  return 0
+
+
+def _top_k_in_process(model_dir: str, signature: str, query: Dict[str, list],
+                      k: int) -> List[Tuple[str, float]]:
+  """A pushed SavedModel's `recommend*` signature called here on one query (string
+  inputs of batch 1): (movie_id, score) pairs, best first, padding ("") included."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from serving import contract  # pylint: disable=g-import-not-at-top
+  signatures = tf.saved_model.load(model_dir).signatures
+  if signature not in signatures:
+    raise BadRequest(f"{model_dir} predates the {signature} signature: it was pushed "
+                     "before the model had one; a new run (`recsys run`) pushes one that "
+                     "has it")
+  inputs = {name: tf.constant(values, tf.string) for name, values in query.items()}
+  try:
+    result = signatures[signature](**inputs, **{contract.K: tf.constant(k, tf.int32)})
+  except tf.errors.InvalidArgumentError as e:
+    # The model's own message (e.g. "k must be between 1 and 100") sits inside
+    # TensorFlow's graph-execution report.
+    reason = re.search(r"k must be between 1 and \d+", e.message)
+    raise BadRequest(f"{model_dir}: {reason.group(0) if reason else e.message}") from None
+  return [(m.decode(), float(s)) for m, s in zip(
+      result[contract.MOVIE_IDS].numpy()[0], result[contract.SCORES].numpy()[0])]
+
+
+def _print_top_k(pairs: List[Tuple[str, float]], who: str, source: str,
+                 run_dir: str) -> None:
+  """The list as a table, with the titles and genres of the run's movies."""
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
   catalog = {}
   try:
     examples = run_store.RunStore(run_dir).latest_artifact("Examples", "MovieLensExampleGen")
@@ -223,12 +263,11 @@ def _recommend(args: argparse.Namespace) -> int:
       catalog = movies.load_catalog(examples.uri)
   except run_store.RunFolderError:
     pass  # titles are a nicety; the ids and scores stand on their own
-  print(f"Top {len(pairs)} movies for user {args.user} ({source}):")
+  print(f"Top {len(pairs)} movies for {who} ({source}):")
   print(f"{'rank':>4}  {'movie':>6}  {'like':>6}  {'title':<45} genres")
   for rank, (movie, score) in enumerate(pairs, 1):
     title, genres = catalog.get(movie, ("", ""))
     print(f"{rank:>4}  {movie:>6}  {score:>6.3f}  {title[:45]:<45} {genres}")
-  return 0
 
 
 def _add_span_arguments(parser: argparse.ArgumentParser) -> None:
@@ -364,12 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
   report.set_defaults(handler=_report)
 
   recommend = commands.add_parser(
-      "recommend", help="top-k movies for a user, from the latest pushed model "
-      "(in-process) or from TF Serving (--server)")
-  recommend.add_argument("--user", required=True, help="user id, e.g. 42")
+      "recommend", help="top-k movies for a user or a visitor's history, from the "
+      "latest pushed model (in-process) or from TF Serving (--server)")
+  who = recommend.add_mutually_exclusive_group(required=True)
+  who.add_argument("--user", help="user id, e.g. 42")
+  who.add_argument("--history", type=_movie_ids, metavar="ID,ID,...", help="the "
+                   "movies a visitor rated, e.g. 1,260,1196: recommendations for someone "
+                   f"in no table (--model {RECOMMENDER} only)")
   recommend.add_argument("--k", type=int, default=10, help="how many movies (1 to 100)")
-  recommend.add_argument("--model", choices=["recommender", "cf", "deepfm"],
-                         default="recommender", help="the two-stage recommender, or "
+  recommend.add_argument("--model", choices=[RECOMMENDER, "cf", "deepfm"],
+                         default=RECOMMENDER, help="the two-stage recommender, or "
                          "one like model ranking the whole catalogue")
   recommend.add_argument("--server", help="TF Serving URL: http://host:8501 (REST) "
                          "or grpc://host:8500; omit to load the pushed SavedModel here")

@@ -5,9 +5,11 @@
     client.predict_batch([{"user_id": "42", "movie_id": "1193"},
                           {"user_id": "42", "movie_id": "661"}])  # [0.71, 0.43]
     client.recommend(user_id="42", k=3)  # [("2858", 0.93), ("260", 0.91), ...]
+    recommender = ServingClient.from_url("http://localhost:8501", model="recommender")
+    recommender.recommend_for_history(["1", "260"], k=3)  # [("1196", 0.95), ...]
 
 `grpc://localhost:8500` (or plain `localhost:8500`) talks gRPC instead; both give
-the same answers. Two signatures are called:
+the same answers. Three signatures are called:
 
 - `predict_raw`: one 1-D tensor per raw feature, as the raw schema types it
   (ids are strings: "42", not 42; genres one string "Action|Comedy"); output
@@ -15,17 +17,22 @@ the same answers. Two signatures are called:
   against the signature and its message comes back in the `ServingError`.
 - `recommend`: `user_id` (string, [batch]) and `k` (int32 scalar); outputs
   `movie_ids` (string, [batch, k]) and `scores` (float32, [batch, k]).
+- `recommend_for_history` (the two-stage `recommender` only): `history` (string,
+  [batch, length], the movies a visitor rated, padded with "") and `k`; the same
+  outputs as `recommend`.
 
 The request bodies are built by the module-level functions `rest_predict_body`,
-`rest_recommend_body`, `grpc_predict_request` and `grpc_recommend_request`, so
-tests and docs show exactly what goes on the wire. Every failure (server down,
-timeout, model not found, bad request, a response of unexpected shape) raises
-one exception type, `ServingError`, naming the URL and the model.
+`rest_recommend_body`, `rest_recommend_for_history_body`, `grpc_predict_request`,
+`grpc_recommend_request` and `grpc_recommend_for_history_request`, so tests and
+docs show exactly what goes on the wire. Every failure (server down, timeout,
+model not found, bad request, a response of unexpected shape) raises one
+exception type, `ServingError`, naming the URL and the model.
 
 REST uses only the standard library; gRPC needs grpcio and tensorflow-serving-api
 (and imports TensorFlow, for its tensor protos, on first use).
 """
 import base64
+import collections.abc
 import http.client
 import json
 import socket
@@ -35,6 +42,7 @@ import urllib.request
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from common import errors
+from serving.contract import HISTORY
 from serving.contract import LIKE_PROBABILITY as OUTPUT_KEY
 from serving.contract import MAX_K
 from serving.contract import MOVIE_ID
@@ -42,6 +50,7 @@ from serving.contract import MOVIE_IDS as MOVIE_IDS_KEY
 from serving.contract import PREDICT
 from serving.contract import PREDICT_RAW
 from serving.contract import RECOMMEND as RECOMMEND_SIGNATURE
+from serving.contract import RECOMMEND_FOR_HISTORY
 from serving.contract import SCORES as SCORES_KEY
 from serving.contract import USER_ID
 from serving.contract import K
@@ -58,8 +67,9 @@ class ServingError(errors.RecsysError):
   "not_found" (no such model or version), "bad_request" (the server rejected the
   request, e.g. a missing feature, a wrong dtype or a missing signature, and its
   message is included; or the client did before sending: a k outside 1 to MAX_K,
-  a value that JSON or a tensor cannot hold), "bad_response" (an answer of unexpected shape) or
-  "server_error" (anything else the server reported).
+  a history that is not a sequence of strings, a value that JSON or a tensor cannot
+  hold), "bad_response" (an answer of unexpected shape) or "server_error" (anything
+  else the server reported).
   """
 
   def __init__(self, message: str, *, url: str, model: str, reason: str):
@@ -91,6 +101,22 @@ def rest_recommend_body(user_id: str, k: int) -> Dict[str, Any]:
   return {"signature_name": RECOMMEND_SIGNATURE, "inputs": {USER_ID: [user_id], K: k}}
 
 
+def rest_recommend_for_history_body(movie_ids: Sequence[str], k: int) -> Dict[str, Any]:
+  """The JSON body of a `recommend_for_history` call: one row of `history`, columnar."""
+  return {"signature_name": RECOMMEND_FOR_HISTORY,
+          "inputs": {HISTORY: [history_row(movie_ids)], K: k}}
+
+
+def history_row(movie_ids: Sequence[str]) -> List[str]:
+  """The row of `history` sent for one visitor: their movie ids, or [""] if none.
+
+  An empty history asks for the cold-start list, not an error. It goes as one
+  padding id ("", no movie), the case the signature defines (a history with no
+  known movie), rather than as a row of length 0, whose handling it leaves open.
+  """
+  return list(movie_ids) or [""]
+
+
 def grpc_predict_request(model: str, rows: Sequence[Row]):
   """The `PredictRequest` of a predict call: one 1-D tensor per feature.
 
@@ -117,6 +143,20 @@ def grpc_recommend_request(model: str, user_id: str, k: int):
   request.model_spec.name = model
   request.model_spec.signature_name = RECOMMEND_SIGNATURE
   request.inputs[USER_ID].CopyFrom(_tensor_proto([user_id]))
+  request.inputs[K].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
+  return request
+
+
+def grpc_recommend_for_history_request(model: str, movie_ids: Sequence[str], k: int):
+  """The `PredictRequest` of a `recommend_for_history` call: `history` [1, n] and `k`
+  an int32 scalar."""
+  tf, predict_pb2 = _grpc_modules()[:2]
+  row = history_row(movie_ids)
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model
+  request.model_spec.signature_name = RECOMMEND_FOR_HISTORY
+  request.inputs[HISTORY].CopyFrom(tf.make_tensor_proto([row], dtype=tf.string,
+                                                        shape=[1, len(row)]))
   request.inputs[K].CopyFrom(tf.make_tensor_proto(k, dtype=tf.int32))
   return request
 
@@ -202,14 +242,29 @@ class ServingClient:
     if not isinstance(user_id, str):
       raise self._error(f"bad request: {USER_ID} must be a string, got {user_id!r}",
                         "bad_request")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-      raise self._error(f"bad request: k must be between 1 and {MAX_K}, got {k!r}",
-                        "bad_request")
-    movie_ids, scores = self._recommend(user_id, k)
-    if len(movie_ids) != len(scores):
-      raise self._error(f"{len(movie_ids)} {MOVIE_IDS_KEY} but {len(scores)} {SCORES_KEY}",
-                        "bad_response")
-    return list(zip(movie_ids, scores))
+    self._check_k(k)
+    return self._pairs(*self._recommend(user_id, k))
+
+  def recommend_for_history(self, movie_ids: Sequence[str],
+                            k: int) -> List[Tuple[str, float]]:
+    """The top `k` movies for a visitor who rated `movie_ids`: (movie_id, score),
+    best first. Only the two-stage `recommender` serves them.
+
+    Ids the model does not know are ignored, and a history of none it knows (or
+    an empty one, sent as [""]: see `history_row`) gets the cold-start list. A
+    `movie_ids` that is not a sequence of strings (one string is not: "1193"
+    would be four ids), or a `k` as for `recommend`, is a "bad_request"
+    ServingError before anything is sent.
+    """
+    if isinstance(movie_ids, (str, bytes)) or not isinstance(movie_ids, collections.abc.Sequence):
+      raise self._error(f"bad request: {HISTORY} must be a sequence of movie id "
+                        f"strings, got {_shown(movie_ids)}", "bad_request")
+    for index, movie_id in enumerate(movie_ids):
+      if not isinstance(movie_id, str):
+        raise self._error(f"bad request: {HISTORY}[{index}] must be a string, got "
+                          f"{_shown(movie_id)}", "bad_request")
+    self._check_k(k)
+    return self._pairs(*self._recommend_for_history(movie_ids, k))
 
   def close(self) -> None:
     """Releases the connection (gRPC); the client is unusable afterwards."""
@@ -226,14 +281,33 @@ class ServingClient:
   def _recommend(self, user_id: str, k: int) -> Tuple[List[str], List[float]]:
     raise NotImplementedError
 
+  def _recommend_for_history(self, movie_ids: Sequence[str],
+                             k: int) -> Tuple[List[str], List[float]]:
+    raise NotImplementedError
+
+  def _check_k(self, k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+      raise self._error(f"bad request: k must be between 1 and {MAX_K}, got {k!r}",
+                        "bad_request")
+
+  def _pairs(self, movie_ids: List[str], scores: List[float]) -> List[Tuple[str, float]]:
+    if len(movie_ids) != len(scores):
+      raise self._error(f"{len(movie_ids)} {MOVIE_IDS_KEY} but {len(scores)} {SCORES_KEY}",
+                        "bad_response")
+    return list(zip(movie_ids, scores))
+
   def _error(self, message: str, reason: str) -> ServingError:
     return ServingError(message, url=self.url, model=self.model, reason=reason)
 
   def _bad_response(self, what: str, response: Any) -> ServingError:
-    shown = repr(response)
-    if len(shown) > 300:
-      shown = shown[:300] + "..."
-    return self._error(f"unexpected response: {what}; got {shown}", "bad_response")
+    return self._error(f"unexpected response: {what}; got {_shown(response)}",
+                       "bad_response")
+
+
+def _shown(value: Any) -> str:
+  """`repr(value)`, cut short: enough to recognise it in a one-line error."""
+  shown = repr(value)
+  return shown[:300] + "..." if len(shown) > 300 else shown
 
 
 class RestClient(ServingClient):
@@ -256,7 +330,14 @@ class RestClient(ServingClient):
     return [self._number(p, response) for p in predictions]
 
   def _recommend(self, user_id, k):
-    response = self._post(rest_recommend_body(user_id, k))
+    return self._top_k(rest_recommend_body(user_id, k))
+
+  def _recommend_for_history(self, movie_ids, k):
+    return self._top_k(rest_recommend_for_history_body(movie_ids, k))
+
+  def _top_k(self, body: Dict[str, Any]) -> Tuple[List[str], List[float]]:
+    """Posts a `recommend*` body: the one row of movie ids and scores it answers."""
+    response = self._post(body)
     outputs = response.get("outputs") if isinstance(response, dict) else None
     if not (isinstance(outputs, dict) and _is_batch_of_one_list(outputs.get(MOVIE_IDS_KEY))
             and _is_batch_of_one_list(outputs.get(SCORES_KEY))):
@@ -361,7 +442,14 @@ class GrpcClient(ServingClient):
     return [float(p) for p in probabilities]
 
   def _recommend(self, user_id, k):
-    response = self._call(grpc_recommend_request(self.model, user_id, k))
+    return self._top_k(grpc_recommend_request(self.model, user_id, k))
+
+  def _recommend_for_history(self, movie_ids, k):
+    return self._top_k(grpc_recommend_for_history_request(self.model, movie_ids, k))
+
+  def _top_k(self, request) -> Tuple[List[str], List[float]]:
+    """Sends a `recommend*` request: the one row of movie ids and scores it answers."""
+    response = self._call(request)
     if MOVIE_IDS_KEY not in response.outputs or SCORES_KEY not in response.outputs:
       raise self._bad_response(f'expected outputs "{MOVIE_IDS_KEY}" and "{SCORES_KEY}"',
                                sorted(response.outputs))

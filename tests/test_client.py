@@ -28,6 +28,7 @@ from export import signatures
 from models import features
 from serving import client as serving_client
 from tests import tf_serving_double
+from tests.conftest import cli_error
 
 ServingError = serving_client.ServingError
 PROTOCOLS = ["rest", "grpc"]
@@ -35,6 +36,9 @@ CF_MODEL = "cf"
 # A tf.Module whose answers break the contract, to show the client refuses them.
 TOY_MODEL = "toy"
 TOY_MOVIES = [f"m{i}" for i in range(20)]
+# The toy again, served under the two-stage recommender's name, with its
+# `recommend_for_history`: the history tests need no trained model.
+RECOMMENDER_MODEL = "recommender"
 
 
 def _raw_rows(transformed, rows):
@@ -46,7 +50,8 @@ def _raw_rows(transformed, rows):
 class _ToyRecommender(tf.Module):
   """Not a project model: signatures of the right names whose answers are wrong or
   partial (a `predict_raw` without `like_probability`, no `predict`), for the error
-  tests, and a `recommend` for the double's own tests."""
+  tests, a `recommend` for the double's own tests, and a `recommend_for_history`
+  for the history tests."""
 
   def __init__(self):
     super().__init__()
@@ -59,6 +64,24 @@ class _ToyRecommender(tf.Module):
     scores = tf.cast(tf.strings.to_hash_bucket_fast(pairs, 10_000), tf.float32) / 10_000
     top = tf.math.top_k(scores, k)
     return {"movie_ids": tf.gather(self.movie_ids, top.indices), "scores": top.values}
+
+  # The toy movies not in the history, in catalogue order, scored 1.0 down by 0.05;
+  # past the movies left, "" and 0, as the recommender pads its lists. A k its 20
+  # movies cannot fill is refused in the recommender's words.
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history"),
+                                tf.TensorSpec([], tf.int32, name="k")])
+  def recommend_for_history(self, history, k):
+    k_in_range = tf.debugging.assert_equal(
+        tf.logical_and(k >= 1, k <= len(TOY_MOVIES)), True,
+        message=f"k must be between 1 and {len(TOY_MOVIES)}")
+    with tf.control_dependencies([k_in_range]):  # else top_k may fail first, in its words
+      k = tf.identity(k)
+    rated = tf.reduce_any(history[:, :, tf.newaxis] == self.movie_ids, axis=1)
+    scores = tf.where(rated, -1.0, tf.linspace(1.0, 0.05, len(TOY_MOVIES)))
+    top = tf.math.top_k(scores, k)
+    left = top.values > 0
+    return {"movie_ids": tf.where(left, tf.gather(self.movie_ids, top.indices), ""),
+            "scores": tf.where(left, top.values, 0.0)}
 
   # Two outputs, neither `like_probability`: a response the client must refuse.
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
@@ -77,6 +100,22 @@ def model_base(exported_models, tmp_path_factory):
   tf.saved_model.save(toy, str(base / TOY_MODEL / "1"), signatures={
       "recommend": toy.recommend, "predict_raw": toy.predict_raw})
   return base
+
+
+@pytest.fixture(scope="module")
+def recommender_base(tmp_path_factory):
+  """A serving folder holding only the toy, as `recommender` version 1."""
+  base = tmp_path_factory.mktemp("toy-recommender")
+  toy = _ToyRecommender()
+  tf.saved_model.save(toy, str(base / RECOMMENDER_MODEL / "1"), signatures={
+      "recommend": toy.recommend, "recommend_for_history": toy.recommend_for_history})
+  return base
+
+
+@pytest.fixture(scope="module")
+def recommender_server(recommender_base):
+  with tf_serving_double.TFServingDouble(str(recommender_base)) as double:
+    yield double
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +155,11 @@ def test_rest_bodies_are_tf_servings_row_and_columnar_formats():
       "signature_name": "predict_raw", "instances": with_side_features}
   assert serving_client.rest_recommend_body("42", 10) == {
       "signature_name": "recommend", "inputs": {"user_id": ["42"], "k": 10}}
+  assert serving_client.rest_recommend_for_history_body(["1", "260"], 10) == {
+      "signature_name": "recommend_for_history",
+      "inputs": {"history": [["1", "260"]], "k": 10}}
+  # No movie rated: one padding id, which the signature reads as "no known movie".
+  assert serving_client.rest_recommend_for_history_body([], 10)["inputs"]["history"] == [[""]]
 
 
 def test_grpc_requests_carry_one_tensor_per_input():
@@ -137,6 +181,18 @@ def test_grpc_requests_carry_one_tensor_per_input():
   assert tf.make_ndarray(request.inputs["k"]).shape == ()
   assert int(tf.make_ndarray(request.inputs["k"])) == 10
 
+  request = serving_client.grpc_recommend_for_history_request("recommender", ("1", "260"), 7)
+  assert request.model_spec.name == "recommender"
+  assert request.model_spec.signature_name == "recommend_for_history"
+  assert set(request.inputs) == {"history", "k"}
+  assert request.inputs["history"].dtype == tf.string.as_datatype_enum
+  np.testing.assert_array_equal(tf.make_ndarray(request.inputs["history"]), [[b"1", b"260"]])
+  assert request.inputs["k"].dtype == tf.int32.as_datatype_enum
+  assert tf.make_ndarray(request.inputs["k"]).shape == ()
+  assert int(tf.make_ndarray(request.inputs["k"])) == 7
+  empty = serving_client.grpc_recommend_for_history_request("recommender", [], 7)
+  np.testing.assert_array_equal(tf.make_ndarray(empty.inputs["history"]), [[b""]])
+
 
 def test_from_url_picks_the_protocol():
   assert isinstance(serving_client.ServingClient.from_url("http://localhost:8501", "cf"),
@@ -153,6 +209,29 @@ def test_rows_must_share_their_features():
   client = serving_client.ServingClient.from_url("http://127.0.0.1:1", "cf")
   with pytest.raises(ValueError, match="same features"):
     client.predict_batch([{"user_id": "42", "movie_id": "1"}, {"user_id": "7"}])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("history, k, message", [
+    ("1193", 10, "history must be a sequence of movie id strings, got '1193'"),
+    (None, 10, "history must be a sequence of movie id strings, got None"),
+    ({"1", "2"}, 10, "history must be a sequence of movie id strings"),
+    (["1", 260], 10, "history[1] must be a string, got 260"),
+    (["1", b"260"], 10, "history[1] must be a string, got b'260'"),
+    (["1"], 0, "k must be between 1 and 100, got 0"),
+    (["1"], 101, "k must be between 1 and 100, got 101"),
+    (["1"], True, "k must be between 1 and 100, got True"),
+    (["1"], "10", "k must be between 1 and 100, got '10'"),
+], ids=["one_string", "none", "set", "int_id", "bytes_id", "k_0", "k_101", "k_bool",
+        "k_string"])
+def test_history_requests_are_checked_before_sending(protocol, history, k, message):
+  # Nothing listens on port 1: a request sent would fail as "unavailable".
+  url = "http://127.0.0.1:1" if protocol == "rest" else "grpc://127.0.0.1:1"
+  with _client(url, RECOMMENDER_MODEL) as client:
+    with pytest.raises(ServingError) as error:
+      client.recommend_for_history(history, k)
+  assert error.value.reason == "bad_request"
+  assert f"bad request: {message}" in str(error.value)
 
 
 # predict: the real CF model, exported as the Trainer exports it.
@@ -194,6 +273,29 @@ def test_recommend_returns_the_signatures_top_k(protocol, server, saved_models,
       assert scores == sorted(scores, reverse=True)
     with pytest.raises(ServingError, match="k must be between 1 and 100") as error:
       client.recommend(users[0], k=0)
+    assert error.value.reason == "bad_request"
+
+
+# recommend_for_history: the toy, served as the two-stage recommender.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_recommend_for_history_leaves_out_the_history(protocol, recommender_server):
+  with _client(_url(recommender_server, protocol), RECOMMENDER_MODEL) as client:
+    # "m99" is no movie of the toy's: ignored, as the recommender ignores unknown ids.
+    recommended = client.recommend_for_history(["m0", "m3", "m99"], k=5)
+    assert [movie for movie, _ in recommended] == ["m1", "m2", "m4", "m5", "m6"]
+    assert [score for _, score in recommended] == pytest.approx([0.95, 0.9, 0.8, 0.75, 0.7])
+    assert all(isinstance(score, float) for _, score in recommended)
+    # No history: sent as [""], it gets the toy's "cold-start" list, its first movies.
+    assert [m for m, _ in client.recommend_for_history([], k=3)] == ["m0", "m1", "m2"]
+    # Fewer movies left than k: the list comes back padded, as the server sent it.
+    padded = client.recommend_for_history(TOY_MOVIES[:18], k=4)
+    assert [movie for movie, _ in padded] == ["m18", "m19", "", ""]
+    assert [score for _, score in padded] == pytest.approx([0.1, 0.05, 0, 0])
+    # A k the client lets through and the model refuses: the server's message.
+    with pytest.raises(ServingError, match="k must be between 1 and 20") as error:
+      client.recommend_for_history(["m0"], k=21)
     assert error.value.reason == "bad_request"
 
 
@@ -444,3 +546,79 @@ def test_recsys_recommend_calls_the_server(protocol, server, saved_models, trans
   assert cli.main(["recommend", "--user", user, "--k", "4",
                    "--server", _url(server, protocol), "--run-dir", str(tmp_path)]) == 1
   assert "not found" in capsys.readouterr().err
+
+
+def _usage_error(capsys, *argv: str) -> str:
+  """The last line argparse prints as it refuses `recsys ARGV` (exit 2)."""
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(list(argv))
+  assert exit_info.value.code == 2
+  return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_recsys_recommend_takes_a_user_or_a_history(capsys):
+  assert _usage_error(capsys, "recommend", "--user", "42", "--history", "1,2").endswith(
+      "error: argument --history: not allowed with argument --user")
+  assert _usage_error(capsys, "recommend").endswith(
+      "error: one of the arguments --user --history is required")
+  for model in ("cf", "deepfm"):
+    assert _usage_error(capsys, "recommend", "--history", "1,2", "--model", model).endswith(
+        "error: --history needs --model recommender: only the two-stage recommender "
+        f"serves recommend_for_history; {model} recommends for user ids alone")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_recsys_recommend_a_history_on_the_server(protocol, recommender_server, tmp_path,
+                                                  capsys):
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  url = _url(recommender_server, protocol)
+  assert cli.main(["recommend", "--history", "m0, m2,,m99", "--k", "3", "--server", url,
+                   "--run-dir", str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == (f"Top 3 movies for a visitor who rated m0, m2, m99 (recommender on "
+                      f"TF Serving at {url}):")
+  assert [line.split()[1] for line in lines[2:]] == ["m1", "m3", "m4"]
+  # The padding of a list shorter than k is not printed.
+  assert cli.main(["recommend", "--history", ",".join(TOY_MOVIES[:18]), "--k", "4",
+                   "--server", url, "--run-dir", str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("Top 2 movies for a visitor who rated m0, m1, ")
+  assert [line.split()[1] for line in lines[2:]] == ["m18", "m19"]
+  # The server's refusal, passed on (the toy's limit is below the client's own).
+  assert cli.main(["recommend", "--history", "m0", "--k", "21", "--server", url,
+                   "--run-dir", str(tmp_path)]) == 1
+  error = capsys.readouterr().err
+  assert "bad request" in error and "k must be between 1 and 20" in error
+
+
+def test_recsys_recommend_in_process_on_the_toy(recommender_base, tmp_path, capsys):
+  """The in-process path, both ways of asking, on the toy standing in for a pushed
+  recommender."""
+  from pipeline import cli  # pylint: disable=g-import-not-at-top
+  model_dir = recommender_base / RECOMMENDER_MODEL / "1"
+  local = ["--serving-dir", str(recommender_base), "--run-dir", str(tmp_path)]
+  assert cli.main(["recommend", "--history", "m1", "--k", "2", *local]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == f"Top 2 movies for a visitor who rated m1 (recommender from {model_dir}):"
+  assert [line.split()[1:3] for line in lines[2:]] == [["m0", "1.000"], ["m2", "0.900"]]
+  assert cli.main(["recommend", "--history", "", "--k", "2", *local]) == 0
+  assert capsys.readouterr().out.splitlines()[0].startswith(
+      "Top 2 movies for a visitor who rated nothing yet (recommender from ")
+  expected = tf.saved_model.load(str(model_dir)).signatures["recommend"](
+      user_id=tf.constant(["42"]), k=tf.constant(3))["movie_ids"].numpy()[0]
+  assert cli.main(["recommend", "--user", "42", "--k", "3", *local]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == f"Top 3 movies for user 42 (recommender from {model_dir}):"
+  assert [line.split()[1] for line in lines[2:]] == [m.decode() for m in expected]
+  assert cli_error(capsys, "recommend", "--history", "m1", "--k", "21", *local) == (
+      f"error: {model_dir}: k must be between 1 and 20")
+
+
+def test_recsys_recommend_a_history_with_a_recommender_from_before(tmp_path, capsys):
+  toy = _ToyRecommender()
+  model_dir = tmp_path / "serving" / RECOMMENDER_MODEL / "1"
+  tf.saved_model.save(toy, str(model_dir), signatures={"recommend": toy.recommend})
+  assert cli_error(capsys, "recommend", "--history", "m1", "--run-dir", str(tmp_path)) == (
+      f"error: {model_dir} predates the recommend_for_history signature: it was pushed "
+      "before the model had one; a new run (`recsys run`) pushes one that has it")
