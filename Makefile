@@ -143,6 +143,7 @@ bench-catalogue: $(STAMP) | $(UV)
 bench-recommender: $(STAMP)
 	$(NEED_FINISHED_RUN)
 	$(VENV)/bin/python bench/tune_recommender.py $(RUN_DIR) --output bench/results/tune_recommender.json
+	$(VENV)/bin/python bench/tune_co_occurrence.py $(RUN_DIR) --output bench/results/tune_co_occurrence.json
 
 DEEPCTR_VENV := .tools/deepctr
 MOVIELENS_100K ?= ../shared/data/movielens/ml-100k

@@ -41,6 +41,7 @@ MODEL_TITLES = {"cf": "CF (TFRS)", "deepfm": "DeepFM (Keras)"}
 # The top-k table's columns: both models' `recommend`, then the baselines.
 SYSTEM_TITLES = {**MODEL_TITLES, "retrieval": "retrieval (TFRS)",
                  "recommender": "recommender (served)",
+                 "visitor": "recommender, for a visitor's history",
                  "last_blessed": "last blessed recommender",
                  "popularity": "popularity", "ease": "EASE"}
 # The study this project grew from: test AUC on MovieLens-1M, with its own splits.

@@ -3,7 +3,9 @@
 TFMA judges the like probability example by example; this judges the list a user
 receives. For each trained model it loads the SavedModel and calls its
 `recommend` signature, the one TF Serving runs, for every test user; popularity
-and EASE rank the same candidates (evaluation/ranking.py). The result,
+and EASE rank the same candidates (evaluation/ranking.py). The served
+recommender is also asked about each test user as a visitor it knows nothing of,
+through `recommend_for_history` with their earlier ratings ("visitor"). The result,
 ranking.json in the artifact, is one entry per system with NDCG@10, recall@10,
 hit rate@10, MAP@10, MRR@10, coverage, the share of already-rated movies served,
 and NDCG@k and recall@k for k = 1..50. ModelReport puts it beside TFMA's metrics.
@@ -38,6 +40,9 @@ BASELINES = ("popularity", "ease")
 JUDGED = "recommender"
 LAST_BLESSED = "last_blessed"
 JUDGED_METRIC = "ndcg@10"
+# The JUDGED model asked about each test user as a visitor in no table: their
+# ratings before the test split as the history, their identity left out.
+VISITOR = "visitor"
 
 
 class RankingEvaluation(types.Artifact):
@@ -52,11 +57,19 @@ def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, 
   systems = {}
   for name, model_dir in model_dirs.items():
     started = time.monotonic()
-    recommend = tf.saved_model.load(model_dir).signatures[contract.RECOMMEND]
-    lists = ranking.lists_from_signature(recommend, splits, users)
+    signatures = tf.saved_model.load(model_dir).signatures
+    lists = ranking.lists_from_signature(signatures[contract.RECOMMEND], splits, users)
     systems[name] = ranking.evaluate(lists, splits, users).to_json()
     progress.report("rank", f"{name}: {len(users):,} test users' lists through its "
                     f"`recommend` signature in {time.monotonic() - started:.1f} s")
+    if name == JUDGED:
+      started = time.monotonic()
+      lists = ranking.lists_from_history_signature(
+          signatures[contract.RECOMMEND_FOR_HISTORY], splits, users, ("train", "eval"))
+      systems[VISITOR] = ranking.evaluate(lists, splits, users).to_json()
+      progress.report("rank", f"{VISITOR}: the same users as visitors, their train and eval "
+                      f"ratings through `recommend_for_history` in "
+                      f"{time.monotonic() - started:.1f} s")
   started = time.monotonic()
   seen = ("train", "eval")
   systems["popularity"] = ranking.evaluate(

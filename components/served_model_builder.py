@@ -11,6 +11,7 @@ like model (`ServedModelBuilder.cf`, `.deepfm`), between its Evaluator and Pushe
 import time
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.dsl.component.experimental.annotations import InputArtifact
@@ -39,10 +40,10 @@ def build(split_patterns, model_dir: str, tf_transform_output: tft.TFTransformOu
   # the model leaves out itself (with spans, its Trainer saw none of the earlier
   # spans' test splits).
   deeper = recommender_builder.most_ratings(splits, every_split)
-  catalogue = len(tf_transform_output.vocabulary_by_name(features.MOVIE_ID))
+  catalogue = np.array(tf_transform_output.vocabulary_by_name(features.MOVIE_ID), object)
   model = served.ServedLikeModel(tf.saved_model.load(model_dir),
-                                 served.ExcludedPairs(users, movies), deeper=deeper,
-                                 catalogue_size=catalogue)
+                                 served.UserRatings(users, movies, catalogue), deeper=deeper,
+                                 catalogue_size=len(catalogue))
   served.export_like_model(model, served_dir)
   progress.report(f"serve {name}", f"served model: {len(users):,} ratings of "
                   f"{'+'.join(every_split)} excluded, written in "

@@ -119,6 +119,27 @@ def lists_from_signature(recommend: Callable, splits: Splits, users: np.ndarray,
   return lists
 
 
+def lists_from_history_signature(recommend_for_history: Callable, splits: Splits,
+                                 users: np.ndarray, history: Sequence[str],
+                                 length: int = LIST_LENGTH) -> List[List[int]]:
+  """What `recommend_for_history(history, k)` serves each user as a visitor: their
+  identity left out, the movies they rated in the `history` splits asked about."""
+  index_of = {movie: i for i, movie in enumerate(splits.movie_ids)}
+  rated = splits.rated(*history)
+  lists = []
+  for start in range(0, len(users), _USERS_PER_REQUEST):
+    batch = [sorted(rated[u]) for u in users[start:start + _USERS_PER_REQUEST]]
+    width = max(1, max(len(movies) for movies in batch))
+    padded = np.full((len(batch), width), b"", object)
+    for row, movies in enumerate(batch):
+      padded[row, :len(movies)] = splits.movie_ids[movies]
+    answer = recommend_for_history(**{contract.HISTORY: tf.constant(padded.astype(bytes)),
+                                      contract.K: tf.constant(length, tf.int32)})
+    for row in answer[contract.MOVIE_IDS].numpy():
+      lists.append([index_of[m] for m in row if m and m in index_of])
+  return lists
+
+
 def _lists_from_scores(scores: np.ndarray, excluded: Sequence[Set[int]],
                        users: np.ndarray, length: int) -> List[List[int]]:
   """The best `length` unexcluded movies of each user's row of `scores`."""

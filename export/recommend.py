@@ -196,7 +196,7 @@ def calibrated(model: tf.keras.Model, probabilities: tf.Tensor) -> tf.Tensor:
   return probabilities if calibration is None else calibration(probabilities)
 
 
-def _lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
+def id_lookup(ids: np.ndarray) -> tf.lookup.StaticHashTable:
   """id -> vocabulary index; unknown ids -> len(ids), the out-of-vocabulary row."""
   return tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(ids.astype(bytes)),
@@ -221,8 +221,8 @@ class Recommender(tf.Module):
     self.num_users = len(tables.user_ids)
     self.num_movies = len(tables.movie_ids)
     # Unknown ids map to the tables' last row, as the Transform graph maps them.
-    self.user_lookup = _lookup(tables.user_ids)
-    self.movie_lookup = _lookup(tables.movie_ids)
+    self.user_lookup = id_lookup(tables.user_ids)
+    self.movie_lookup = id_lookup(tables.movie_ids)
     self.movie_ids = tf.constant(tables.movie_ids.astype(bytes))
     self.user_features = {k: tf.constant(v) for k, v in tables.user_features.items()}
     if getattr(model, "uses_history", False):

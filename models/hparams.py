@@ -96,14 +96,21 @@ class RecommenderHparams:
   """The served `recommend`: retrieval's candidates, re-ranked (export/two_stage.py).
 
   The order is retrieval's engagement logit + like_weight * log P(like) +
-  popularity_weight * log(1 + ratings): a movie the user would likely watch but
-  probably dislike drops down the list. The weights were chosen on the eval split
+  popularity_weight * log(1 + ratings) + co_occurrence_weight * EASE score: a
+  movie the user would likely watch but probably dislike drops down the list,
+  and one often rated with theirs rises. The weights were chosen on the eval split
   of MovieLens-100K's temporal split, with retrieval trained on train alone
-  (docs/experiments.md).
+  (bench/tune_co_occurrence.py, docs/experiments.md).
   """
   candidates: int = 200  # movies retrieved per user, before the rated ones are dropped
-  like_weight: float = 1.0
-  popularity_weight: float = 0.2
+  like_weight: float = 2.0
+  popularity_weight: float = 0.0
+  # Which movies are watched together (export/co_occurrence.py): EASE over the
+  # co_occurrence_movies most rated movies (its weights grow with their square).
+  co_occurrence_weight: float = 4.0
+  co_occurrence_movies: int = 10_000
+  # A visitor's list: EASE's score + visitor_like_weight * log P(like).
+  visitor_like_weight: float = 0.02
 
 
 PRESETS = {

@@ -233,9 +233,7 @@ def create_components(config: configs.PipelineConfig,
       transform_graph=transform.outputs["transform_graph"],
       retrieval_model=trainers["retrieval"].outputs["model"],
       ranking_model=trainers[RANKING_MODEL].outputs["model"],
-      candidates=recommender_hparams.candidates,
-      like_weight=recommender_hparams.like_weight,
-      popularity_weight=recommender_hparams.popularity_weight,
+      recommender_hparams=json.dumps(hparams.to_config(recommender_hparams)),
       code_fingerprint=code_fingerprint_of("RecommenderBuilder"))
 
   # The last blessed recommender, the baseline of the NDCG change threshold.

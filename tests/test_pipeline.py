@@ -182,7 +182,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   ranking = report["ranking"]
   test_users = {u for u in _read_split(_latest_examples(config), "test")[features.USER_ID]}
   assert ranking["users"] == len(test_users)
-  assert set(ranking["systems"]) == {"cf", "deepfm", "retrieval", "recommender",
+  assert set(ranking["systems"]) == {"cf", "deepfm", "retrieval", "recommender", "visitor",
                                      "popularity", "ease"}
   for name, system in ranking["systems"].items():
     assert system["already_rated_share"] == 0, name  # train and eval ratings excluded
@@ -195,6 +195,8 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   ndcg = {name: system["metrics"]["ndcg@10"] for name, system in ranking["systems"].items()}
   assert ndcg["retrieval"] > 2 * ndcg["popularity"], ndcg
   assert ndcg["recommender"] > 2 * ndcg["popularity"], ndcg
+  # Asked about the same users as visitors, from their ratings alone.
+  assert ndcg["visitor"] > 1.5 * ndcg["popularity"], ndcg
   assert ranking["blessing"]["blessed"] is True, ranking["blessing"]
   assert f"recommender: blessed: ndcg@10 {ndcg['recommender']:.4f} >= popularity's" in markdown
   versions = _pushed_versions(config, "recommender")
@@ -366,6 +368,13 @@ def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
   printed = capsys.readouterr().out.splitlines()
   assert printed[0].startswith("Top 3 movies for user someone-new (recommender from ")
   assert len(printed) == 5
+  # A visitor in no table, from the movies they rated: never offered those again.
+  assert cli.main(["recommend", "--history", "1,2,3", "--k", "4",
+                   "--run-dir", config.output_dir]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith("Top 4 movies for a visitor who rated 1, 2, 3 (recommender ")
+  offered = [row.split()[1] for row in printed[2:]]
+  assert len(offered) == 4 and not set(offered) & {"1", "2", "3"}
   assert cli.main(["recommend", "--user", user, "--k", "0",
                    "--run-dir", config.output_dir]) == 1
   assert "k must be between 1 and 100" in capsys.readouterr().err

@@ -38,6 +38,8 @@ def test_real_100k_ingestion(tmp_path):
   ndcg = {name: system["metrics"]["ndcg@10"]
           for name, system in everything["ranking"]["systems"].items()}
   assert ndcg["recommender"] > 1.5 * ndcg["popularity"], ndcg
+  # A visitor in no table, from their ratings alone (issue 37's floor: 1.3x).
+  assert ndcg["visitor"] > 1.3 * ndcg["popularity"], ndcg
   assert everything["ranking"]["blessing"]["blessed"] is True
   examples = _latest_examples(config)
   splits = {s: _read_split(examples, s) for s in ("train", "eval", "test")}

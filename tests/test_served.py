@@ -45,8 +45,8 @@ def pushed(request, exported_models, transformed_1m, tmp_path_factory):
   excluded_users, excluded_movies = zip(*sorted(trained | test))
   folder = tmp_path_factory.mktemp(f"served-{name}") / "1"
   served.export_like_model(served.ServedLikeModel(
-      model, served.ExcludedPairs(np.array(excluded_users, object),
-                                  np.array(excluded_movies, object)),
+      model, served.UserRatings(np.array(excluded_users, object),
+                                np.array(excluded_movies, object), movies),
       deeper=MOST_RATINGS, catalogue_size=catalogue), str(folder))
   return {"name": name, "model": model, "served": tf.saved_model.load(str(folder)).signatures,
           "users": users, "test": test, "excluded": trained | test}
