@@ -81,6 +81,12 @@ class RetrievalHparams:
   # out of vocabulary), so that the query tower learns to work from the history
   # alone, as for a visitor in no table.
   user_dropout: float = 0.0
+  # The share of training examples whose history is hidden from the query, so that
+  # it also learns the user's whole taste from their fields alone; served, the
+  # query is history_weight x the query with the history + (1 - history_weight) x
+  # the query without it (one vector: the index is unchanged).
+  history_dropout: float = 0.0
+  history_weight: float = 1.0
   learning_rate: float = 0.1  # Adagrad
   batch_size: int = 1024
   epochs: int = 10

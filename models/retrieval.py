@@ -122,14 +122,26 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
   def uses_history(self) -> bool:
     return bool(self.history_encoders)
 
-  def _query(self, pair: int, inputs: Dict[str, tf.Tensor], training: bool = False
-             ) -> tf.Tensor:
-    """Pair `pair`'s query: the user's fields, and with an encoder their history."""
+  def _query(self, pair: int, inputs: Dict[str, tf.Tensor], training: bool = False,
+             history_kept: float = 1.0) -> tf.Tensor:
+    """Pair `pair`'s query: the user's fields, and with an encoder their history.
+
+    Training, a `history_dropout` share of the rows' histories are zeros. With
+    `history_kept` below 1, the query is that share of the query with the history
+    plus the rest of the query with zeros in its place.
+    """
     user = self.user_towers[pair](inputs)
     if not self.history_encoders:
       return user
-    history = self.history_encoders[pair](inputs, training=training)
-    return self.query_projections[pair](tf.concat([user, tf.cast(history, user.dtype)], -1))
+    history = tf.cast(self.history_encoders[pair](inputs, training=training), user.dtype)
+    if training and self.hparams.history_dropout:
+      hidden = tf.random.uniform(tf.shape(history)[:1]) < self.hparams.history_dropout
+      history = tf.where(hidden[:, tf.newaxis], tf.zeros_like(history), history)
+    query = self.query_projections[pair](tf.concat([user, history], -1))
+    if history_kept == 1.0:
+      return query
+    without = self.query_projections[pair](tf.concat([user, tf.zeros_like(history)], -1))
+    return history_kept * query + (1.0 - history_kept) * without
 
   def _without_some_users(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """`inputs` with a `user_dropout` share of the rows' users made unknown."""
@@ -141,9 +153,11 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
     return {**inputs, **{key: tf.where(dropped, tf.cast(oov, inputs[key].dtype), inputs[key])
                          for key, oov in self.unknown_user.items()}}
 
-  def _user_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+  def _user_vector(self, inputs: Dict[str, tf.Tensor], history_kept: float = 1.0
+                   ) -> tf.Tensor:
     # Scaled, so that its dot product with _movie_vector is the towers' mean score.
-    vectors = [self._query(pair, inputs) for pair in range(len(self.user_towers))]
+    vectors = [self._query(pair, inputs, history_kept=history_kept)
+               for pair in range(len(self.user_towers))]
     return tf.concat(vectors, -1) / float(len(vectors))
 
   def _movie_vector(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
@@ -151,12 +165,13 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The engagement score of each (user, movie) pair, [batch, 1]."""
-    return tf.reduce_sum(self._user_vector(inputs) * self._movie_vector(inputs), -1,
-                         keepdims=True)
+    users = self._user_vector(inputs, history_kept=self.hparams.history_weight)
+    return tf.reduce_sum(users * self._movie_vector(inputs), -1, keepdims=True)
 
   def query_vectors(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Per user: the query vector [batch, towers x dim] and a score offset (0) [batch]."""
-    users = self._user_vector(inputs)
+    """Per user: the query vector [batch, towers x dim] and a score offset (0) [batch];
+    the history weighed by `history_weight`."""
+    users = self._user_vector(inputs, history_kept=self.hparams.history_weight)
     return users, tf.zeros_like(users[:, 0])
 
   def probability(self, scores: tf.Tensor) -> tf.Tensor:

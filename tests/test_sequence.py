@@ -131,3 +131,27 @@ def test_trains_and_serves_through_the_users_latest_history(encoder, transformed
   for row, user_scores in zip(top[contract.MOVIE_IDS].numpy(), scores):
     served_scores = user_scores[[list(movie_ids).index(m) for m in row if m]]
     assert np.all(np.diff(served_scores) <= 1e-5)
+
+
+def test_served_query_mixes_the_query_with_and_without_the_history(transformed_1m):
+  columns = transformed_1m.columns
+  model = training.build_seeded(retrieval.build, transformed_1m.output,
+                                _hparams("mean", history_weight=0.25, history_dropout=1.0),
+                                seed=0)
+  inputs = _inputs(columns, slice(0, 50))
+  # pylint: disable=protected-access
+  with_history = model._user_vector(inputs).numpy()
+  without = model._user_vector(inputs, history_kept=0.0).numpy()
+  served, _ = model.query_vectors(inputs)
+  np.testing.assert_allclose(served.numpy(), 0.25 * with_history + 0.75 * without, atol=1e-6)
+  assert not np.allclose(with_history, without)
+  # Without the history, the query is the user's alone: another history changes nothing.
+  shuffled = {**inputs, _MOVIES: tf.reverse(inputs[_MOVIES], axis=[0])}
+  np.testing.assert_allclose(model._user_vector(shuffled, history_kept=0.0).numpy(), without,
+                             atol=1e-6)
+  # Training with every history hidden is training on empty histories (the mean of
+  # none is zeros).
+  empty = {**inputs, _MOVIES: tf.fill(tf.shape(inputs[_MOVIES]), features.HISTORY_PADDING)}
+  labels = tf.constant(columns[features.LABEL][:50])
+  hidden = model.pair_losses((inputs, labels), training=True)[0].numpy()
+  np.testing.assert_allclose(hidden, model.pair_losses((empty, labels))[0].numpy(), rtol=1e-5)
