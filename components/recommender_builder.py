@@ -9,8 +9,9 @@ histories (export/served.py):
 - `served_model`: what the Pusher pushes. It excludes every rating ingested,
   test included, so nobody is offered a film they have already rated.
 Both retrieve the same number of candidates per user (`candidates` plus the most
-ratings any user has outside train and eval), so that excluding more movies
-changes nothing else about the lists.
+ratings any user has outside train and eval), so that excluding more movies does
+not run a list short. The served model also reads each user's EASE score from
+every rating, so its order can differ beyond the excluded movies.
 """
 import json
 import time
@@ -41,24 +42,11 @@ from models import hparams as hp
 HISTORY_SPLITS = ("train", "eval")
 
 
-def excluded_pairs(splits: ranking.Splits, names):
-  """The (user id, movie id) of every rating in the named splits, as two arrays."""
-  users = np.concatenate([splits.user_ids[splits.splits[n].users] for n in names])
-  movies = np.concatenate([splits.movie_ids[splits.splits[n].movies] for n in names])
-  return users, movies
-
-
-def most_ratings(splits: ranking.Splits, names) -> int:
-  """The most ratings any one user has in the named splits (0 for none)."""
-  users = [splits.splits[n].users for n in names]
-  return int(np.bincount(np.concatenate(users)).max()) if users else 0
-
-
 def retrieve_depth(splits: ranking.Splits, candidates: int, catalogue_size: int) -> int:
   """Candidates per user, so that `candidates` remain when the pushed model
   drops the most ratings any one user has outside the history splits."""
   later = [n for n in splits.splits if n not in HISTORY_SPLITS]
-  return min(candidates + most_ratings(splits, later), catalogue_size)
+  return min(candidates + ranking.most_ratings(splits, later), catalogue_size)
 
 
 def co_occurrence_weights(splits: ranking.Splits, catalogue: np.ndarray, l2: float,
@@ -105,7 +93,7 @@ def build(split_patterns, retrieval_dir: str, ranking_dir: str,
   for name, folder, exclude in (("evaluated", evaluated_dir, HISTORY_SPLITS),
                                 ("served", served_dir, tuple(splits.splits))):
     started = time.monotonic()
-    users, rated_movies = excluded_pairs(splits, exclude)
+    users, rated_movies = ranking.rated_pairs(splits, exclude)
     recommender = two_stage.TwoStageRecommender(
         retrieval, like_model, known_users, served.UserRatings(users, rated_movies, catalogue),
         cooccurrence, splits.movie_ids, movie_ratings, retrieve_k=depth,

@@ -23,7 +23,6 @@ from tfx.utils import path_utils
 
 from common import progress
 from components import ranking_evaluator
-from components import recommender_builder
 from evaluation import ranking
 from export import served
 from models import features
@@ -35,11 +34,11 @@ def build(split_patterns, model_dir: str, tf_transform_output: tft.TFTransformOu
   started = time.monotonic()
   splits = ranking.read_splits(split_patterns)
   every_split = tuple(splits.splits)
-  users, movies = recommender_builder.excluded_pairs(splits, every_split)
+  users, movies = ranking.rated_pairs(splits, every_split)
   # As many more candidates as the most ratings any one user has: enough whatever
   # the model leaves out itself (with spans, its Trainer saw none of the earlier
   # spans' test splits).
-  deeper = recommender_builder.most_ratings(splits, every_split)
+  deeper = ranking.most_ratings(splits, every_split)
   catalogue = np.array(tf_transform_output.vocabulary_by_name(features.MOVIE_ID), object)
   model = served.ServedLikeModel(tf.saved_model.load(model_dir),
                                  served.UserRatings(users, movies, catalogue), deeper=deeper,

@@ -96,6 +96,19 @@ def read_splits(split_patterns: Dict[str, Union[str, Sequence[str]]]) -> Splits:
   return Splits(user_ids.astype(object), movie_ids.astype(object), splits)
 
 
+def rated_pairs(splits: Splits, names: Sequence[str]):
+  """The (user id, movie id) of every rating in the named splits, as two arrays."""
+  users = np.concatenate([splits.user_ids[splits.splits[n].users] for n in names])
+  movies = np.concatenate([splits.movie_ids[splits.splits[n].movies] for n in names])
+  return users, movies
+
+
+def most_ratings(splits: Splits, names: Sequence[str]) -> int:
+  """The most ratings any one user has in the named splits (0 for none)."""
+  users = [splits.splits[n].users for n in names]
+  return int(np.bincount(np.concatenate(users)).max()) if users else 0
+
+
 def test_users(splits: Splits) -> np.ndarray:
   """The user indices that have a rating in the test split, in order."""
   return np.unique(splits.splits["test"].users)

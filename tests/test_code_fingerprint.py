@@ -79,8 +79,10 @@ def test_comments_and_docstrings_do_not_count_but_undoing_an_edit_restores(proje
                      + original[len(docstring):] + "\n# end\n")
   assert _fingerprints(project) == before
   hparams.write_text(original.replace("epochs", "num_epochs"))
+  # The Trainers' settings, and the recommender's blend (RecommenderHparams).
   assert _changed(before, _fingerprints(project)) == {"Trainer.cf", "Trainer.deepfm",
-                                                      "Trainer.retrieval"}
+                                                      "Trainer.retrieval",
+                                                      "RecommenderBuilder"}
   hparams.write_text(original)
   assert _fingerprints(project) == before
 

@@ -411,8 +411,8 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
     assert set(runs) == {"cf/train", "cf/validation", "deepfm/train", "deepfm/validation",
                          "retrieval/train", "retrieval/validation", "evaluation/cf",
                          "evaluation/deepfm", "evaluation/retrieval",
-                         "evaluation/recommender", "evaluation/popularity",
-                         "evaluation/ease"}
+                         "evaluation/recommender", "evaluation/visitor",
+                         "evaluation/popularity", "evaluation/ease"}
     tags = _wait_for(f"{url}/data/plugin/scalars/tags", seconds=10)
     # The top-k curves of every model and baseline, with k as the step.
     for system in report["ranking"]["systems"]:
