@@ -9,7 +9,8 @@ asks both, as production recommenders do:
    the whole catalogue, movies it was trained on as rated left out);
 2. exclude: every movie the user rated among the ratings this model holds
    (`rated`): the Trainers' splits for the evaluated model, every split for the
-   pushed one. It is the only difference between the two (export/served.py);
+   pushed one. The ratings held are the only difference between the two
+   (export/served.py): they are also each user's history for the EASE score;
 3. rank: the like SavedModel's `predict` for each candidate, ordered by
    engagement logit + like_weight * log P(like) + popularity_weight *
    log(1 + the movie's ratings) + co_occurrence_weight * EASE score (the sum of
@@ -195,7 +196,8 @@ PASSED_THROUGH = (contract.SERVING_DEFAULT, contract.PREDICT, contract.PREDICT_R
 
 
 def export(recommender: TwoStageRecommender, export_dir: str) -> None:
-  """Saves `recommender` with `recommend` and the like model's signatures."""
+  """Saves `recommender` with `recommend`, `recommend_for_history` and the like
+  model's signatures."""
   signatures = {name: recommender.ranking.signatures[name] for name in PASSED_THROUGH}
   signatures[contract.RECOMMEND] = recommender.recommend.get_concrete_function()
   signatures[contract.RECOMMEND_FOR_HISTORY] = (

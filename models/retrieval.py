@@ -137,11 +137,9 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
     if training and self.hparams.history_dropout:
       hidden = tf.random.uniform(tf.shape(history)[:1]) < self.hparams.history_dropout
       history = tf.where(hidden[:, tf.newaxis], tf.zeros_like(history), history)
-    query = self.query_projections[pair](tf.concat([user, history], -1))
-    if history_kept == 1.0:
-      return query
-    without = self.query_projections[pair](tf.concat([user, tf.zeros_like(history)], -1))
-    return history_kept * query + (1.0 - history_kept) * without
+    # The projection has no bias: with the history scaled by w, the query is
+    # w x the query with the history + (1 - w) x the query with zeros in its place.
+    return self.query_projections[pair](tf.concat([user, history_kept * history], -1))
 
   def _without_some_users(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """`inputs` with a `user_dropout` share of the rows' users made unknown."""
