@@ -5,6 +5,7 @@ two workers, each running TFX's GenericExecutor with its own TF_CONFIG, on a few
 thousand synthetic ratings through the project's Transform graph.
 """
 import _thread
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ import pathlib
 import re
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -155,20 +155,27 @@ def test_a_trainer_trains_one_model_on_two_workers(transformed_1m, tmp_path, wor
   assert not _our_workers()
 
 
+@contextlib.contextmanager
 def _once_both_workers_run(action):
-  """Calls action(pids by worker index) from another thread once both workers run."""
+  """Calls action(pids by worker index) from another thread once both workers run,
+  however long they take to start; the thread stops when the block ends."""
+  done = threading.Event()
+
   def wait_then_act():
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while not done.is_set():
       workers = {config["task"]["index"]: pid for pid, config in _our_workers().items()}
       if len(workers) == 2:
         action(workers)
         return
-      time.sleep(0.05)
+      done.wait(0.05)
 
   thread = threading.Thread(target=wait_then_act, daemon=True)
   thread.start()
-  return thread
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
 
 
 @pytest.mark.slow
@@ -181,10 +188,9 @@ def test_a_failed_worker_fails_the_trainer_and_stops_the_others(transformed_1m, 
     os.kill(workers[1], signal.SIGKILL)
     killed.append(workers[1])
 
-  killer = _once_both_workers_run(kill_worker_1)
-  with pytest.raises(multi_worker_trainer.WorkerFailedError) as failure:
-    _executor(tmp_path).Do(inputs, outputs, exec_properties)
-  killer.join()
+  with _once_both_workers_run(kill_worker_1):
+    with pytest.raises(multi_worker_trainer.WorkerFailedError) as failure:
+      _executor(tmp_path).Do(inputs, outputs, exec_properties)
   assert killed
   message = str(failure.value)
   assert "worker 1 of 2" in message and "was killed by SIGKILL" in message, message
@@ -197,10 +203,9 @@ def test_a_failed_worker_fails_the_trainer_and_stops_the_others(transformed_1m, 
 def test_an_interrupted_trainer_stops_its_workers(transformed_1m, tmp_path):
   inputs, outputs, exec_properties = _execution(transformed_1m, tmp_path)
   # Ctrl-C in the pipeline's process, while its workers run.
-  interrupter = _once_both_workers_run(lambda _: _thread.interrupt_main())
   with pytest.raises(KeyboardInterrupt):
-    _executor(tmp_path).Do(inputs, outputs, exec_properties)
-  interrupter.join()
+    with _once_both_workers_run(lambda _: _thread.interrupt_main()):
+      _executor(tmp_path).Do(inputs, outputs, exec_properties)
   assert not _our_workers()
 
 
