@@ -114,9 +114,8 @@ def test_users(splits: Splits) -> np.ndarray:
   return np.unique(splits.splits["test"].users)
 
 
-def lists_from_signature(recommend: Callable, splits: Splits, users: np.ndarray,
-                         length: int = LIST_LENGTH) -> List[List[int]]:
-  """What `recommend(user_id, k)` (a SavedModel signature) serves each user, as indices.
+def _served_lists(ask: Callable, splits: Splits, users: np.ndarray) -> List[List[int]]:
+  """The lists `ask(batch of user indices)` (a signature's answer) serves, as indices.
 
   Movies the model knows but the evaluation's data does not are dropped (they
   cannot be relevant); an empty place ("") ends a list.
@@ -124,12 +123,19 @@ def lists_from_signature(recommend: Callable, splits: Splits, users: np.ndarray,
   index_of = {movie: i for i, movie in enumerate(splits.movie_ids)}
   lists = []
   for start in range(0, len(users), _USERS_PER_REQUEST):
-    batch = users[start:start + _USERS_PER_REQUEST]
-    answer = recommend(**{contract.USER_ID: tf.constant(splits.user_ids[batch].astype(bytes)),
-                          contract.K: tf.constant(length, tf.int32)})
+    answer = ask(users[start:start + _USERS_PER_REQUEST])
     for row in answer[contract.MOVIE_IDS].numpy():
       lists.append([index_of[m] for m in row if m and m in index_of])
   return lists
+
+
+def lists_from_signature(recommend: Callable, splits: Splits, users: np.ndarray,
+                         length: int = LIST_LENGTH) -> List[List[int]]:
+  """What `recommend(user_id, k)` (a SavedModel signature) serves each user, as indices."""
+  return _served_lists(
+      lambda batch: recommend(**{
+          contract.USER_ID: tf.constant(splits.user_ids[batch].astype(bytes)),
+          contract.K: tf.constant(length, tf.int32)}), splits, users)
 
 
 def lists_from_history_signature(recommend_for_history: Callable, splits: Splits,
@@ -137,20 +143,17 @@ def lists_from_history_signature(recommend_for_history: Callable, splits: Splits
                                  length: int = LIST_LENGTH) -> List[List[int]]:
   """What `recommend_for_history(history, k)` serves each user as a visitor: their
   identity left out, the movies they rated in the `history` splits asked about."""
-  index_of = {movie: i for i, movie in enumerate(splits.movie_ids)}
   rated = splits.rated(*history)
-  lists = []
-  for start in range(0, len(users), _USERS_PER_REQUEST):
-    batch = [sorted(rated[u]) for u in users[start:start + _USERS_PER_REQUEST]]
-    width = max(1, max(len(movies) for movies in batch))
-    padded = np.full((len(batch), width), b"", object)
-    for row, movies in enumerate(batch):
-      padded[row, :len(movies)] = splits.movie_ids[movies]
-    answer = recommend_for_history(**{contract.HISTORY: tf.constant(padded.astype(bytes)),
-                                      contract.K: tf.constant(length, tf.int32)})
-    for row in answer[contract.MOVIE_IDS].numpy():
-      lists.append([index_of[m] for m in row if m and m in index_of])
-  return lists
+
+  def ask(batch):
+    movies = [sorted(rated[u]) for u in batch]
+    padded = np.full((len(movies), max(1, max(len(m) for m in movies))), b"", object)
+    for row, ids in enumerate(movies):
+      padded[row, :len(ids)] = splits.movie_ids[ids]
+    return recommend_for_history(**{contract.HISTORY: tf.constant(padded.astype(bytes)),
+                                    contract.K: tf.constant(length, tf.int32)})
+
+  return _served_lists(ask, splits, users)
 
 
 def _lists_from_scores(scores: np.ndarray, excluded: Sequence[Set[int]],
