@@ -18,15 +18,25 @@ users, relevant = the eval movies each liked:
   alone with each movie's weights cut to its largest, what serving only the top
   neighbours per movie would cost.
 
+With a history in the query tower (`--set history_encoder=mean ...`), each
+trained model is exported once per `--history-weights` value (how much of the
+history the served query keeps, RetrievalHparams.history_weight), and that weight
+is part of the grid.
+
 Every score goes through the exported code: the retrieval model's `candidates`,
 DeepFM's `predict` signature and export/co_occurrence.py's scores. Writes every
 cell, and the choices, as JSON.
 
   python bench/tune_co_occurrence.py runs/movielens-100k \
     --output bench/results/tune_co_occurrence.json
+  python bench/tune_co_occurrence.py runs/movielens-100k-temporal \
+    --set history_encoder=mean --set history_ages=true --set history_dropout=0.3 \
+    --history-weights 0.25 0.5 0.75 1 --output bench/results/tune_history.json
 """
 import argparse
+import dataclasses
 import glob
+import itertools
 import json
 import os
 import sys
@@ -57,11 +67,22 @@ from models import training  # pylint: disable=g-import-not-at-top,wrong-import-
 from pipeline import run_store  # pylint: disable=g-import-not-at-top,wrong-import-position
 from serving import contract  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CO_OCCURRENCE_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-LIKE_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
-POPULARITY_WEIGHTS = (0.0, 0.2, 0.4)
+# A known user's blend: each signal's weights. The recency signals (issue 37's
+# time-aware ranking) are computed at each user's own cutoff, their latest train
+# rating: how often each candidate was rated in the `recent_days` before it, and
+# the EASE score of the user's last LAST_MOVIES movies alone.
+KNOWN_GRID = {
+    "like_weight": (1.0, 2.0, 4.0),
+    "popularity_weight": (0.0, 0.2),
+    "co_occurrence_weight": (0.0, 2.0, 4.0, 8.0),
+    "recent_days": (7, 30),
+    "recent_popularity_weight": (0.0, 0.25, 0.5, 1.0),
+    "recent_co_occurrence_weight": (0.0, 2.0, 4.0),
+}
+LAST_MOVIES = 5
 VISITOR_LIKE_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 TRUNCATED_NEIGHBOURS = (100, 200, 400)
+_KEY_SPAN = 1 << 32  # above every timestamp, in seconds
 
 
 def _ndcg(order, index, splits, users):
@@ -81,12 +102,90 @@ def _histories(splits, users, catalogue):
   return tf.ragged.constant(rows, dtype=tf.int32, ragged_rank=1)
 
 
+def _blend(results, candidates, rows, ease_scores, recency, predict, splits, catalogue,
+           from_catalogue, log_popularity, cell):
+  """Appends to results["known"] the NDCG@10 of every blend of `candidates` for `rows`."""
+  ids, engagement = candidates
+  like = predict(user_id=tf.constant(np.repeat(splits.user_ids[rows].astype(bytes),
+                                               ids.shape[1])),
+                 movie_id=tf.constant(ids.reshape(-1)))[contract.LIKE_PROBABILITY]
+  log_like = np.log(np.maximum(like.numpy().reshape(ids.shape), 1e-6))
+  in_catalogue = served.indices_in(catalogue, ids.reshape(-1)).reshape(ids.shape)
+  index = np.where(in_catalogue < len(catalogue),
+                   from_catalogue[np.minimum(in_catalogue, len(catalogue) - 1)], -1)
+  index[index >= len(splits.movie_ids)] = -1
+  ease = np.take_along_axis(ease_scores, in_catalogue, axis=1)
+  last_ease = np.take_along_axis(recency.last_ease, in_catalogue, axis=1)
+  recent = {days: recency.popularity(rows, index, days) for days in KNOWN_GRID["recent_days"]}
+  for weights in itertools.product(*KNOWN_GRID.values()):
+    weights = dict(zip(KNOWN_GRID, weights))
+    if weights["recent_days"] != KNOWN_GRID["recent_days"][0] and not weights[
+        "recent_popularity_weight"]:
+      continue  # the same blend as with the first window
+    order = (engagement + weights["like_weight"] * log_like
+             + weights["popularity_weight"] * log_popularity[np.maximum(index, 0)]
+             + weights["co_occurrence_weight"] * ease
+             + weights["recent_popularity_weight"] * recent[weights["recent_days"]]
+             + weights["recent_co_occurrence_weight"] * last_ease)
+    results["known"].append({**cell, **weights, "ndcg@10": _ndcg(order, index, splits, rows)})
+
+
+class _Recency:
+  """What each known user's recent behaviour says, at their own cutoff (their latest
+  train rating): the candidates' recent popularity, and the EASE scores of their
+  last movies (as RecommenderBuilder picks them)."""
+
+  def __init__(self, splits, rows, catalogue, ease):
+    train = splits.splits["train"]
+    self.cutoff = np.zeros(len(splits.user_ids), np.int64)
+    np.maximum.at(self.cutoff, train.users, train.times)
+    # One sorted key per rating, movie first: a window's count is two searches.
+    self._keys = np.sort(train.movies * _KEY_SPAN + train.times)
+    users, movies = ranking.latest_pairs(splits, ("train",), LAST_MOVIES)
+    to_catalogue = dict(zip(catalogue, range(len(catalogue))))
+    last = {}
+    for user, movie in zip(users, movies):
+      last.setdefault(user, []).append(to_catalogue.get(movie, len(catalogue)))
+    self.last_ease = ease.scores(tf.ragged.constant(
+        [last.get(splits.user_ids[u], []) for u in rows], dtype=tf.int32,
+        ragged_rank=1)).numpy()
+
+  def popularity(self, rows, index, days):
+    """log(1 + ratings) of each candidate `index` [rows, candidates] in the `days`
+    up to each row's user's cutoff."""
+    end = self.cutoff[rows][:, np.newaxis]
+    movies = np.maximum(index, 0).astype(np.int64) * _KEY_SPAN
+    count = (np.searchsorted(self._keys, movies + end, side="right")
+             - np.searchsorted(self._keys, movies + end - days * 86400, side="right"))
+    return np.log1p(count)
+
+
+def _settings(pairs):
+  """NAME=VALUE pairs as a dict, each value read as JSON where it is."""
+  settings = {}
+  for pair in pairs:
+    name, _, value = pair.partition("=")
+    try:
+      settings[name] = json.loads(value)
+    except json.JSONDecodeError:
+      settings[name] = value
+  return settings
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("run_dir", help="a finished run's output folder")
   parser.add_argument("--seeds", type=int, nargs="+", default=tune_recommender.SEEDS)
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="a retrieval hyperparameter, changed from the `best` preset")
+  parser.add_argument("--history-weights", type=float, nargs="+", default=None,
+                      help="the served query's history weights to try (default: the "
+                           "retrieval hyperparameters' own)")
   parser.add_argument("--output", required=True)
   args = parser.parse_args(argv)
+  retrieval_hparams = dataclasses.replace(hp.preset("retrieval", "best"),
+                                          **_settings(args.set))
+  history_weights = args.history_weights or [retrieval_hparams.history_weight]
   settings = hp.RecommenderHparams()
   store = run_store.RunStore(args.run_dir)
   examples = store.require("Examples", "MovieLensExampleGen", what="examples")
@@ -108,13 +207,13 @@ def main(argv=None) -> int:
   kept, weights = recommender_builder.co_occurrence_weights(splits, catalogue, l2,
                                                             settings.co_occurrence_movies)
   histories = _histories(splits, users, catalogue)
-  scores = co_occurrence.CoOccurrence(len(catalogue), kept, weights).scores(
-      histories).numpy()
+  ease = co_occurrence.CoOccurrence(len(catalogue), kept, weights)
+  scores = ease.scores(histories).numpy()
   popularity = ranking.evaluate(ranking.popularity_lists(splits, users, ("train",)),
                                 splits, users).metrics["ndcg@10"]
   results = {"run_dir": os.path.abspath(args.run_dir), "eval_users": len(users),
-             "ease_l2": l2, "popularity_ndcg@10": popularity, "known": [], "visitors": [],
-             "truncated": []}
+             "retrieval": dataclasses.asdict(retrieval_hparams), "ease_l2": l2,
+             "popularity_ndcg@10": popularity, "known": [], "visitors": [], "truncated": []}
   print(f"{len(users)} eval users; popularity NDCG@10 {popularity:.4f}; EASE L2 {l2:g} "
         f"({time.monotonic() - started:.0f} s)", flush=True)
 
@@ -127,40 +226,26 @@ def main(argv=None) -> int:
   held_out = data.load_examples([patterns["eval"]], output)
   log_popularity = np.log1p(np.bincount(splits.splits["train"].movies,
                                         minlength=len(splits.movie_ids)))
+  recency = _Recency(splits, known_rows, catalogue, ease)
   work = tempfile.mkdtemp(prefix="tune-co-occurrence-")
   for seed in args.seeds:
     started = time.monotonic()
     tf.keras.utils.set_random_seed(seed)
-    retrieval_hparams = hp.preset("retrieval", "best")
     model, _ = training.fit(tf.distribute.get_strategy(), "retrieval", retrieval.build,
                             data.vocabulary_sizes(output), retrieval_hparams, train, held_out,
                             os.path.join(work, f"run-{seed}"), seed)
-    model_dir = os.path.join(work, f"model-{seed}")
-    saved_model.export(model, output, features.RETRIEVAL_RAW_FEATURES, model_dir, train)
-    ids, engagement = tune_recommender._candidates(  # pylint: disable=protected-access
-        model_dir, splits, known_rows, depth)
-    like = predict(user_id=tf.constant(np.repeat(splits.user_ids[known_rows].astype(bytes),
-                                                 depth)),
-                   movie_id=tf.constant(ids.reshape(-1)))[contract.LIKE_PROBABILITY]
-    log_like = np.log(np.maximum(like.numpy().reshape(ids.shape), 1e-6))
-    in_catalogue = served.indices_in(catalogue, ids.reshape(-1)).reshape(ids.shape)
-    index = np.where(in_catalogue < len(catalogue),
-                     from_catalogue[np.minimum(in_catalogue, len(catalogue) - 1)], -1)
-    index[index >= len(splits.movie_ids)] = -1
-    ease = np.take_along_axis(scores[known], in_catalogue, axis=1)
-    for like_weight in LIKE_WEIGHTS:
-      for popularity_weight in POPULARITY_WEIGHTS:
-        for weight in CO_OCCURRENCE_WEIGHTS:
-          order = (engagement + like_weight * log_like
-                   + popularity_weight * log_popularity[np.maximum(index, 0)]
-                   + weight * ease)
-          results["known"].append({
-              "seed": seed, "like_weight": like_weight,
-              "popularity_weight": popularity_weight, "co_occurrence_weight": weight,
-              "ndcg@10": _ndcg(order, index, splits, known_rows)})
+    for history_weight in history_weights:
+      # The served query is traced at export, from the model's hyperparameters.
+      model.hparams = dataclasses.replace(retrieval_hparams, history_weight=history_weight)
+      model_dir = os.path.join(work, f"model-{seed}-{history_weight:g}")
+      saved_model.export(model, output, features.RETRIEVAL_RAW_FEATURES, model_dir, train)
+      _blend(results, tune_recommender._candidates(  # pylint: disable=protected-access
+          model_dir, splits, known_rows, depth), known_rows, scores[known], recency,
+             predict, splits, catalogue, from_catalogue, log_popularity,
+             {"seed": seed, "history_weight": history_weight})
     print(f"seed {seed}: retrieval trained and blended in {time.monotonic() - started:.0f} s",
           flush=True)
-  grid = ("like_weight", "popularity_weight", "co_occurrence_weight")
+  grid = ("history_weight",) + tuple(KNOWN_GRID)
   means = {}
   for cell in results["known"]:
     means.setdefault(tuple(cell[key] for key in grid), []).append(cell["ndcg@10"])
@@ -213,11 +298,16 @@ def main(argv=None) -> int:
                            users)})
   print("visitors, EASE alone, each movie's weights cut to its largest: " + ", ".join(
       f"{c['neighbours']} by {c['kept_by']}: {c['ndcg@10']:.4f}" for c in results["truncated"]))
-  today = [c for c in results["known_means"]
-           if (c["like_weight"], c["popularity_weight"])
-           == (settings.like_weight, settings.popularity_weight)]
-  print("known users, today's like and popularity weights, by co_occurrence_weight: "
-        + ", ".join(f"{c['co_occurrence_weight']:g}: {c['ndcg@10']:.4f}" for c in today))
+  def best(cells):
+    cell = max(cells, key=lambda c: c["ndcg@10"])
+    return (f"{cell['ndcg@10']:.4f} at " + ", ".join(f"{key} {cell[key]:g}" for key in grid
+                                                      if key != "history_weight"))
+  for history_weight in history_weights:
+    cells = [c for c in results["known_means"] if c["history_weight"] == history_weight]
+    print(f"known users, history weight {history_weight:g}: best without recency "
+          + best([c for c in cells if not (c["recent_popularity_weight"]
+                                           or c["recent_co_occurrence_weight"])])
+          + "; best of all " + best(cells))
   print("visitors, by visitor_like_weight: " + ", ".join(
       f"{c['visitor_like_weight']:g}: {c['ndcg@10']:.4f}" for c in results["visitors"]))
   results["chosen"] = {"known": max(results["known_means"], key=lambda c: c["ndcg@10"]),

@@ -52,7 +52,7 @@ SEEDS = (0, 1, 2)
 def eval_as_test(split_patterns):
   """The splits with eval in test's place, and no eval: history is train alone."""
   full = ranking.read_splits(split_patterns)
-  none = ranking.Ratings(*(np.zeros(0, np.int64) for _ in range(3)))
+  none = ranking.Ratings(*(np.zeros(0, np.int64) for _ in range(4)))
   return ranking.Splits(full.user_ids, full.movie_ids, {
       "train": full.splits["train"], "eval": none, "test": full.splits["eval"]})
 

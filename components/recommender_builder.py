@@ -3,7 +3,7 @@
 Composes the two Trainers' SavedModels and EASE's item-item weights, fitted here
 (export/co_occurrence.py), into one (export/two_stage.py) and writes it twice,
 identical but for the ratings it holds: never recommended, and the users'
-histories (export/served.py):
+histories, whole and their latest (export/served.py):
 - `model`: what RankingEvaluator judges. It excludes the train and eval splits'
   ratings, the history the models learned from; the test split is the future.
 - `served_model`: what the Pusher pushes. It excludes every rating ingested,
@@ -94,11 +94,14 @@ def build(split_patterns, retrieval_dir: str, ranking_dir: str,
                                 ("served", served_dir, tuple(splits.splits))):
     started = time.monotonic()
     users, rated_movies = ranking.rated_pairs(splits, exclude)
+    latest = served.UserRatings(*ranking.latest_pairs(splits, exclude, hparams.recent_movies),
+                                catalogue)
     recommender = two_stage.TwoStageRecommender(
         retrieval, like_model, known_users, served.UserRatings(users, rated_movies, catalogue),
-        cooccurrence, splits.movie_ids, movie_ratings, retrieve_k=depth,
+        latest, cooccurrence, splits.movie_ids, movie_ratings, retrieve_k=depth,
         like_weight=hparams.like_weight, popularity_weight=hparams.popularity_weight,
         co_occurrence_weight=hparams.co_occurrence_weight,
+        recent_co_occurrence_weight=hparams.recent_co_occurrence_weight,
         visitor_like_weight=hparams.visitor_like_weight)
     two_stage.export(recommender, folder)
     progress.report("recommender", f"{name} model: {depth} candidates per user, "

@@ -10,7 +10,7 @@ own exclusion of rated movies; the baselines rank the same candidates:
   its L2 weight chosen on the eval split among EASE_L2_GRID (fitted on train).
 """
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Set, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Union
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +32,7 @@ class Ratings:
   users: np.ndarray  # int64
   movies: np.ndarray  # int64
   likes: np.ndarray  # int64, 0 or 1
+  times: Optional[np.ndarray] = None  # int64, seconds since the epoch
 
 
 @dataclasses.dataclass
@@ -63,13 +64,15 @@ class Splits:
 
 
 def read_splits(split_patterns: Dict[str, Union[str, Sequence[str]]]) -> Splits:
-  """The (user, movie, like) of every example, from gzipped tf.Example files per split.
+  """The (user, movie, like, time) of every example, from gzipped tf.Example files per
+  split.
 
   Each split's files are those its pattern, or any of its patterns, matches.
   """
   spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string),
           features.MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
-          features.LABEL: tf.io.FixedLenFeature([], tf.int64)}
+          features.LABEL: tf.io.FixedLenFeature([], tf.int64),
+          features.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
   raw = {}
   for name, patterns in split_patterns.items():
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -91,7 +94,7 @@ def read_splits(split_patterns: Dict[str, Union[str, Sequence[str]]]) -> Splits:
   for name, columns in raw.items():
     end = start + len(columns[features.LABEL])
     splits[name] = Ratings(user_index[start:end], movie_index[start:end],
-                           columns[features.LABEL])
+                           columns[features.LABEL], columns[features.TIMESTAMP])
     start = end
   return Splits(user_ids.astype(object), movie_ids.astype(object), splits)
 
@@ -101,6 +104,20 @@ def rated_pairs(splits: Splits, names: Sequence[str]):
   users = np.concatenate([splits.user_ids[splits.splits[n].users] for n in names])
   movies = np.concatenate([splits.movie_ids[splits.splits[n].movies] for n in names])
   return users, movies
+
+
+def latest_pairs(splits: Splits, names: Sequence[str], count: int):
+  """The (user id, movie id) of each user's `count` latest ratings in the named
+  splits (by time; of ratings at the same second, the later movie ids), as two
+  arrays."""
+  ratings = [splits.splits[n] for n in names]
+  users, movies, times = (np.concatenate([getattr(r, field) for r in ratings])
+                          for field in ("users", "movies", "times"))
+  order = np.lexsort((-movies, -times, users))  # each user's latest first
+  users, movies = users[order], movies[order]
+  first = np.searchsorted(users, users)  # where each user's rows start
+  kept = np.arange(len(users)) - first < count
+  return splits.user_ids[users[kept]], splits.movie_ids[movies[kept]]
 
 
 def most_ratings(splits: Splits, names: Sequence[str]) -> int:

@@ -14,8 +14,10 @@ asks both, as production recommenders do:
 3. rank: the like SavedModel's `predict` for each candidate, ordered by
    engagement logit + like_weight * log P(like) + popularity_weight *
    log(1 + the movie's ratings) + co_occurrence_weight * EASE score (the sum of
-   EASE's item-item weights from every movie the user rated, export/co_occurrence.py),
-   and the k best returned with their like probabilities. Retrieval's training
+   EASE's item-item weights from every movie the user rated, export/co_occurrence.py)
+   + recent_co_occurrence_weight * the EASE score of the user's latest movies alone
+   (`latest`: what they watched last says more about the next one), and the k best
+   returned with their like probabilities. Retrieval's training
    corrects for popularity (logQ); part of it is given back here, as much as
    helped on the eval split (docs/experiments.md).
 
@@ -55,16 +57,18 @@ class TwoStageRecommender(tf.Module):
   exclude, rank; see the module's docstring."""
 
   def __init__(self, retrieval, ranking, known_user_ids: np.ndarray,
-               rated: served.UserRatings, cooccurrence: co_occurrence.CoOccurrence,
-               movie_ids: np.ndarray, movie_ratings: np.ndarray, retrieve_k: int,
-               like_weight: float, popularity_weight: float, co_occurrence_weight: float,
-               visitor_like_weight: float):
+               rated: served.UserRatings, latest: served.UserRatings,
+               cooccurrence: co_occurrence.CoOccurrence, movie_ids: np.ndarray,
+               movie_ratings: np.ndarray, retrieve_k: int, like_weight: float,
+               popularity_weight: float, co_occurrence_weight: float,
+               recent_co_occurrence_weight: float, visitor_like_weight: float):
     """
     Args:
       retrieval: the retrieval model's SavedModel, loaded (`tf.saved_model.load`).
       ranking: the like model's SavedModel (DeepFM), loaded.
       known_user_ids: the users both models were trained on (bytes).
       rated: each user's rated movies: never recommended to them, and their history.
+      latest: each user's latest rated movies, among `rated`.
       cooccurrence: EASE's item-item weights over `rated`'s catalogue.
       movie_ids, movie_ratings: each movie's number of ratings the models learned from.
       retrieve_k: candidates retrieved per user: enough that, once this model's
@@ -73,6 +77,7 @@ class TwoStageRecommender(tf.Module):
       like_weight: the weight of log P(like) against the engagement logit.
       popularity_weight: the weight of log(1 + ratings) against it.
       co_occurrence_weight: the weight of the EASE score against it.
+      recent_co_occurrence_weight: the weight of the latest movies' EASE score.
       visitor_like_weight: for a history without a user, the weight of log P(like)
         against the EASE score.
     """
@@ -83,6 +88,7 @@ class TwoStageRecommender(tf.Module):
     self.like_weight = float(like_weight)
     self.popularity_weight = float(popularity_weight)
     self.co_occurrence_weight = float(co_occurrence_weight)
+    self.recent_co_occurrence_weight = float(recent_co_occurrence_weight)
     self.visitor_like_weight = float(visitor_like_weight)
     self.log_popularity = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
@@ -94,6 +100,7 @@ class TwoStageRecommender(tf.Module):
             tf.constant(known_user_ids.astype(bytes)),
             tf.ones([len(known_user_ids)], tf.int64)), default_value=0)
     self.rated = rated
+    self.latest = latest
     self.co_occurrence = cooccurrence
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.USER_ID),
@@ -111,14 +118,18 @@ class TwoStageRecommender(tf.Module):
     movie_ids, engagement = retrieved[contract.MOVIE_IDS], retrieved[contract.SCORES]
     like = self._like(tf.broadcast_to(user_id[:, tf.newaxis], tf.shape(movie_ids)), movie_ids)
     known = (self.known_users.lookup(user_id) > 0)[:, tf.newaxis]
-    ease = tf.gather(self.co_occurrence.scores(rated),
-                     self.rated.movie_lookup.lookup(movie_ids), batch_dims=1)
+    # Both EASE scores in one product: the rated movies' rows, then the latest's.
+    both = tf.gather(self.co_occurrence.scores(tf.concat([rated, self.latest.of_users(user_id)],
+                                                         axis=0)),
+                     tf.tile(self.rated.movie_lookup.lookup(movie_ids), [2, 1]), batch_dims=1)
+    ease, recent = tf.split(both, 2)
     # Cold start: retrieval's list is already the most-liked movies, kept in its order.
     retrieved_order = -tf.cast(tf.range(tf.shape(engagement)[1]), engagement.dtype)
     blend = (engagement
              + self.like_weight * tf.math.log(tf.maximum(like, _SMALLEST_PROBABILITY))
              + self.popularity_weight * self.log_popularity.lookup(movie_ids)
-             + self.co_occurrence_weight * ease)
+             + self.co_occurrence_weight * ease
+             + self.recent_co_occurrence_weight * recent)
     order = tf.where(known, blend, retrieved_order[tf.newaxis, :])
     excluded = self.rated.among(rated, movie_ids)
     known_list = _top(movie_ids, order, tf.where(known, like, engagement), excluded, k)

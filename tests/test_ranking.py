@@ -5,12 +5,13 @@ import tensorflow as tf
 from evaluation import ranking
 from models import features
 
-# (user, movie, like) per split. Movie "m1" is liked by most in train and eval.
+# (user, movie, like, time) per split. Movie "m1" is liked by most in train and eval.
 _SPLITS = {
-    "train": [("u1", "m1", 1), ("u1", "m2", 0), ("u2", "m1", 1), ("u3", "m1", 1),
-              ("u3", "m3", 1), ("u2", "m4", 1)],
-    "eval": [("u1", "m3", 1), ("u4", "m1", 1)],
-    "test": [("u1", "m4", 1), ("u2", "m3", 1), ("u2", "m5", 0), ("u4", "m2", 0)],
+    "train": [("u1", "m1", 1, 10), ("u1", "m2", 0, 30), ("u2", "m1", 1, 1),
+              ("u3", "m3", 1, 5), ("u3", "m1", 1, 5), ("u2", "m4", 1, 2)],
+    "eval": [("u1", "m3", 1, 20), ("u4", "m1", 1, 40)],
+    "test": [("u1", "m4", 1, 50), ("u2", "m3", 1, 60), ("u2", "m5", 0, 61),
+             ("u4", "m2", 0, 62)],
 }
 
 
@@ -20,13 +21,15 @@ def _write_splits(folder):
     path = folder / f"Split-{split}" / "data.gz"
     path.parent.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
-      for user, movie, like in rows:
+      for user, movie, like, time in rows:
         writer.write(tf.train.Example(features=tf.train.Features(feature={
             features.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
                 value=[user.encode()])),
             features.MOVIE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(
                 value=[movie.encode()])),
             features.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[like])),
+            features.TIMESTAMP: tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[time])),
         })).SerializeToString())
     patterns[split] = str(path.parent / "*")
   return patterns
@@ -40,6 +43,26 @@ def test_splits_share_one_vocabulary_and_know_who_rated_and_liked_what(tmp_path)
   assert splits.rated("train", "eval")[u1] == {0, 1, 2}
   assert splits.liked("test")[u1] == {3}
   assert ranking.test_users(splits).tolist() == [0, 1, 3]  # u3 has no test rating
+
+
+def test_latest_pairs_are_each_users_latest_in_the_named_splits(tmp_path):
+  splits = ranking.read_splits(_write_splits(tmp_path))
+
+  def latest(names, count):
+    users, movies = ranking.latest_pairs(splits, names, count)
+    by_user = {}
+    for user, movie in zip(users, movies):
+      by_user.setdefault(user.decode(), set()).add(movie.decode())
+    return by_user
+
+  # u1's eval rating (20) is later than m1 (10) in train, earlier than m2 (30);
+  # u3 rated m1 and m3 in the same second: the later movie id is the latest.
+  assert latest(("train", "eval"), 2) == {"u1": {"m2", "m3"}, "u2": {"m1", "m4"},
+                                          "u3": {"m1", "m3"}, "u4": {"m1"}}
+  assert latest(("train", "eval"), 1) == {"u1": {"m2"}, "u2": {"m4"}, "u3": {"m3"},
+                                          "u4": {"m1"}}
+  assert latest(("train",), 1) == {"u1": {"m2"}, "u2": {"m4"}, "u3": {"m3"}}
+  assert latest(("test",), 5)["u2"] == {"m3", "m5"}
 
 
 def test_popularity_ranks_unrated_movies_by_likes_and_scores_against_test_likes(tmp_path):

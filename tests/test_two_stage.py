@@ -22,6 +22,8 @@ _MOVIE = features.transformed_name(features.MOVIE_ID)
 LIKE_WEIGHT = 0.5
 POPULARITY_WEIGHT = 0.4
 CO_OCCURRENCE_WEIGHT = 2.0
+RECENT_CO_OCCURRENCE_WEIGHT = 3.0
+LATEST = 3  # each user's "latest" movies: their last pairs in the data's order
 VISITOR_LIKE_WEIGHT = 0.3
 RETRIEVE_K = 60
 # A user the models never saw, whose ratings the pushed model holds.
@@ -52,16 +54,30 @@ def _ease(users, movies, catalogue):
   return topk.ease_weights(interactions.T @ interactions, 300.0)
 
 
+def _latest(users, movies):
+  """Each user's last LATEST (user, movie) pairs, in the arrays' order."""
+  latest = {}
+  for user, movie in zip(users, movies):
+    latest[user] = latest.get(user, [])[-(LATEST - 1):] + [movie]
+  return latest
+
+
 def _saved(exported_models, folder, excluded_users, excluded_movies, known_users,
            ratings_per_movie, catalogue, weights):
+  latest = _latest(excluded_users, excluded_movies)
   recommender = two_stage.TwoStageRecommender(
       tf.saved_model.load(str(exported_models / "retrieval" / "1")),
       tf.saved_model.load(str(exported_models / "deepfm" / "1")),
       known_users, served.UserRatings(excluded_users, excluded_movies, catalogue),
+      served.UserRatings(np.array([u for u, ms in latest.items() for _ in ms], object),
+                         np.array([m for ms in latest.values() for m in ms], object),
+                         catalogue),
       co_occurrence.CoOccurrence(len(catalogue), np.arange(len(catalogue)), weights),
       np.array(list(ratings_per_movie), object), np.array(list(ratings_per_movie.values())),
       retrieve_k=RETRIEVE_K, like_weight=LIKE_WEIGHT, popularity_weight=POPULARITY_WEIGHT,
-      co_occurrence_weight=CO_OCCURRENCE_WEIGHT, visitor_like_weight=VISITOR_LIKE_WEIGHT)
+      co_occurrence_weight=CO_OCCURRENCE_WEIGHT,
+      recent_co_occurrence_weight=RECENT_CO_OCCURRENCE_WEIGHT,
+      visitor_like_weight=VISITOR_LIKE_WEIGHT)
   two_stage.export(recommender, str(folder))
   return tf.saved_model.load(str(folder)).signatures
 
@@ -94,6 +110,9 @@ def built(exported_models, transformed_1m, tmp_path_factory):
           "serving_base": folder / "serving", "catalogue": catalogue, "weights": weights,
           "ratings_per_movie": ratings_per_movie, "rated_by": rated_by,
           "rated": set(zip(users, movies)), "test": set(zip(test_users, test_movies)),
+          "latest": {"evaluated": _latest(users, movies),
+                     "pushed": _latest(np.concatenate([users, test_users]),
+                                       np.concatenate([movies, test_movies]))},
           "retrieval": retrieval,
           "deepfm": tf.saved_model.load(str(exported_models / "deepfm" / "1"))}
 
@@ -144,10 +163,11 @@ def test_pushed_model_leaves_out_the_test_split(built):
 @pytest.mark.parametrize("variant", ["evaluated", "pushed"])
 def test_orders_by_engagement_like_popularity_and_co_occurrence_serves_like_probabilities(
     built, variant):
-  # Each variant reads a user's history from the ratings it holds: the pushed one's
-  # include the test split's.
+  # Each variant reads a user's history, and their latest movies, from the ratings it
+  # holds: the pushed one's include the test split's.
   users = built["known_users"][:10]
   ids, scores = _lists(built[variant], users)
+  reordered_by_recent = 0
   candidates = built["retrieval"].recommender.candidates(
       tf.constant(users.astype(bytes)), tf.constant(RETRIEVE_K))
   engagement = {(u, m): s for u, row, srow in zip(
@@ -166,12 +186,17 @@ def test_orders_by_engagement_like_popularity_and_co_occurrence_serves_like_prob
     if variant == "pushed":
       history |= {m for u, m in built["test"] if u == user}
     ease = _ease_scores(built, history)
-    blended = [engagement[(user, m)] + LIKE_WEIGHT * np.log(p)
-               + POPULARITY_WEIGHT * np.log1p(built["ratings_per_movie"].get(m, 0))
-               + CO_OCCURRENCE_WEIGHT * ease[m]
-               for m, p in zip(row, like)]
+    recent = _ease_scores(built, built["latest"][variant][user])
+    without_recent = np.array([
+        engagement[(user, m)] + LIKE_WEIGHT * np.log(p)
+        + POPULARITY_WEIGHT * np.log1p(built["ratings_per_movie"].get(m, 0))
+        + CO_OCCURRENCE_WEIGHT * ease[m] for m, p in zip(row, like)])
+    blended = without_recent + RECENT_CO_OCCURRENCE_WEIGHT * np.array([recent[m] for m in row])
     assert np.all(np.diff(blended) <= 1e-5), blended
+    reordered_by_recent += bool(np.any(np.diff(without_recent) > 1e-5))
     assert np.all((row_scores > 0) & (row_scores < 1))
+  # The latest movies' term is what orders some lists: without it, they are not.
+  assert reordered_by_recent
 
 
 def test_unknown_user_gets_retrievals_cold_start_list(built):
