@@ -105,16 +105,16 @@ class RecommenderHparams:
   popularity_weight * log(1 + ratings) + co_occurrence_weight * EASE score +
   recent_co_occurrence_weight * their latest movies' EASE score: a movie the user
   would likely watch but probably dislike drops down the list, and one often rated
-  with theirs, above all with their latest, rises. The weights were chosen on the eval split
-  of MovieLens-100K's temporal split, with retrieval trained on train alone
-  (bench/tune_co_occurrence.py, docs/experiments.md).
+  with theirs, above all with their latest, rises. The weights were chosen on the
+  eval splits of MovieLens-100K's temporal and random splits, with retrieval
+  trained on train alone (bench/tune_co_occurrence.py, docs/experiments.md).
   """
   candidates: int = 200  # movies retrieved per user, before the rated ones are dropped
   like_weight: float = 2.0
   popularity_weight: float = 0.0
   # Which movies are watched together (export/co_occurrence.py): EASE over the
   # co_occurrence_movies most rated movies (its weights grow with their square).
-  co_occurrence_weight: float = 2.0
+  co_occurrence_weight: float = 4.0
   co_occurrence_movies: int = 10_000
   # What the user watched last: the EASE score of their recent_movies latest
   # movies alone, by recent_co_occurrence_weight.
