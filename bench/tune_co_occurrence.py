@@ -18,7 +18,7 @@ users, relevant = the eval movies each liked:
   alone with each movie's weights cut to its largest, what serving only the top
   neighbours per movie would cost.
 
-With a history in the query tower (`--set history_encoder=mean ...`), each
+With a history in the query tower (`--set retrieval.history_encoder=mean ...`), each
 trained model is exported once per `--history-weights` value (how much of the
 history the served query keeps, RetrievalHparams.history_weight), and that weight
 is part of the grid.
@@ -30,7 +30,8 @@ cell, and the choices, as JSON.
   python bench/tune_co_occurrence.py runs/movielens-100k \
     --output bench/results/tune_co_occurrence.json
   python bench/tune_co_occurrence.py runs/movielens-100k-temporal \
-    --set history_encoder=mean --set history_ages=true --set history_dropout=0.3 \
+    --set retrieval.history_encoder=mean --set retrieval.history_ages=true \
+    --set retrieval.history_dropout=0.3 \
     --history-weights 0.25 0.5 0.75 1 --output bench/results/tune_history.json
 """
 import argparse
@@ -46,7 +47,8 @@ import time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Last, so that bench/engines.py does not hide the engines package pipeline.cli imports.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -64,6 +66,7 @@ from models import features  # pylint: disable=g-import-not-at-top,wrong-import-
 from models import hparams as hp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from models import retrieval  # pylint: disable=g-import-not-at-top,wrong-import-position
 from models import training  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pipeline import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pipeline import run_store  # pylint: disable=g-import-not-at-top,wrong-import-position
 from serving import contract  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -142,10 +145,9 @@ class _Recency:
     # One sorted key per rating, movie first: a window's count is two searches.
     self._keys = np.sort(train.movies * _KEY_SPAN + train.times)
     users, movies = ranking.latest_pairs(splits, ("train",), LAST_MOVIES)
-    to_catalogue = dict(zip(catalogue, range(len(catalogue))))
     last = {}
-    for user, movie in zip(users, movies):
-      last.setdefault(user, []).append(to_catalogue.get(movie, len(catalogue)))
+    for user, movie in zip(users, served.indices_in(catalogue, movies)):
+      last.setdefault(user, []).append(int(movie))
     self.last_ease = ease.scores(tf.ragged.constant(
         [last.get(splits.user_ids[u], []) for u in rows], dtype=tf.int32,
         ragged_rank=1)).numpy()
@@ -160,31 +162,24 @@ class _Recency:
     return np.log1p(count)
 
 
-def _settings(pairs):
-  """NAME=VALUE pairs as a dict, each value read as JSON where it is."""
-  settings = {}
-  for pair in pairs:
-    name, _, value = pair.partition("=")
-    try:
-      settings[name] = json.loads(value)
-    except json.JSONDecodeError:
-      settings[name] = value
-  return settings
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("run_dir", help="a finished run's output folder")
   parser.add_argument("--seeds", type=int, nargs="+", default=tune_recommender.SEEDS)
-  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                      help="a retrieval hyperparameter, changed from the `best` preset")
+  parser.add_argument("--set", action="append", default=[], metavar="retrieval.NAME=VALUE",
+                      help="a retrieval hyperparameter, changed from the `best` preset, "
+                           "as `recsys run --set` takes it")
   parser.add_argument("--history-weights", type=float, nargs="+", default=None,
                       help="the served query's history weights to try (default: the "
                            "retrieval hyperparameters' own)")
   parser.add_argument("--output", required=True)
   args = parser.parse_args(argv)
+  overrides = cli.parse_overrides(args.set)
+  hp.check_overrides(overrides)
+  if set(overrides) - {"retrieval"}:
+    parser.error("--set changes the retrieval model's hyperparameters only")
   retrieval_hparams = dataclasses.replace(hp.preset("retrieval", "best"),
-                                          **_settings(args.set))
+                                          **overrides.get("retrieval", {}))
   history_weights = args.history_weights or [retrieval_hparams.history_weight]
   settings = hp.RecommenderHparams()
   store = run_store.RunStore(args.run_dir)
