@@ -95,7 +95,8 @@ class CliProcess:
 
   def wait_for(self, pattern, timeout=300, since=0):
     """The first console line matching `pattern` (from line `since` on); fails if the
-    run ends first."""
+    run ends first, or prints nothing for `timeout` s: a busy machine slows a run
+    down but does not silence it."""
     return self._wait(pattern, lambda: self.lines[since:], timeout)
 
   def wait_for_log(self, pattern, timeout=300):
@@ -109,8 +110,12 @@ class CliProcess:
     return self._wait(pattern, lines, timeout)
 
   def _wait(self, pattern, lines, timeout):
+    printed = len(self.lines)
     deadline = time.monotonic() + timeout
     while True:
+      if len(self.lines) > printed:
+        printed = len(self.lines)
+        deadline = time.monotonic() + timeout
       for line in lines():
         if re.search(pattern, line):
           return line
@@ -118,7 +123,8 @@ class CliProcess:
         raise AssertionError(f"the run ended (exit {self.popen.returncode}) before "
                              f"{pattern!r}:\n{self.output[-3000:]}")
       if time.monotonic() > deadline:
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output[-3000:]}")
+        raise AssertionError(f"no {pattern!r}, and no console line for {timeout} s:\n"
+                             f"{self.output[-3000:]}")
       time.sleep(0.2)
 
   def finish(self, timeout=600) -> int:

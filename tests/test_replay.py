@@ -227,7 +227,7 @@ def replayed(tmp_path_factory) -> Replayed:
     # span 2's CF already served: a FIFO in the pushed model's folder holds the copy
     # there (reading it blocks).
     third = start("killed-in-pusher")
-    third.wait_for(r"replay: span 2 in \d+ s: cf auc", timeout=600)
+    third.wait_for(r"replay: span 2 in \d+ s: cf auc")
     third.wait_for(r"replay: span 3 \(2002-07-01 to 2003-03-31\), 2 of 2")
     third.wait_for(r"ServedModelBuilder\.cf done", since=len(third.lines))
     hold = _served_model_dirs(config, "cf")[-1] / "hold-the-copy"
