@@ -43,7 +43,8 @@ SYSTEM_TITLES = {**MODEL_TITLES, "retrieval": "retrieval (TFRS)",
                  "recommender": "recommender (served)",
                  "visitor": "recommender, for a visitor's history",
                  "last_blessed": "last blessed recommender",
-                 "popularity": "popularity", "ease": "EASE"}
+                 "popularity": "popularity", "ease": "EASE",
+                 "next_movie": "next movie (Markov chain)"}
 # The study this project grew from: test AUC on MovieLens-1M, with its own splits.
 REFERENCE_AUC = {"cf": 0.81, "deepfm": 0.82}
 _VALUE_NAMES = {features.USER_GENDER: {"0": "female", "1": "male"}}

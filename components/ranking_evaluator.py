@@ -34,7 +34,7 @@ from models import features
 from serving import contract
 
 RESULTS_FILE = "ranking.json"
-BASELINES = ("popularity", "ease")
+BASELINES = ("popularity", "ease", "next_movie")
 # The recommending model this component blesses, and the name its last blessed
 # version is evaluated under, on the same split, as the change threshold's baseline.
 JUDGED = "recommender"
@@ -78,8 +78,10 @@ def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, 
   systems["ease"] = ranking.evaluate(
       ranking.ease_lists(splits, users, seen, l2), splits, users).to_json()
   systems["ease"]["l2"] = l2
-  progress.report("rank", f"baselines: popularity, and EASE with L2 {l2:g} chosen on "
-                  f"eval, in {time.monotonic() - started:.1f} s")
+  systems["next_movie"] = ranking.evaluate(
+      ranking.next_movie_lists(splits, users, seen), splits, users).to_json()
+  progress.report("rank", f"baselines: popularity, EASE with L2 {l2:g} chosen on eval, "
+                  f"and the next movie, in {time.monotonic() - started:.1f} s")
   return {"users": len(users), "movies": len(splits.movie_ids), "models": list(model_dirs),
           "systems": systems}
 

@@ -7,12 +7,15 @@ lists come from the same `recommend` signature TF Serving runs, with the model's
 own exclusion of rated movies; the baselines rank the same candidates:
 - popularity: the movies liked by most users in train and eval;
 - EASE (Steck, 2019): an item-item model over who rated what in train and eval,
-  its L2 weight chosen on the eval split among EASE_L2_GRID (fitted on train).
+  its L2 weight chosen on the eval split among EASE_L2_GRID (fitted on train);
+- the next movie: a first-order Markov chain over each user's train and eval
+  ratings in time order, the simplest sequential recommender.
 """
 import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence, Set, Union
 
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 
 from evaluation import topk
@@ -106,17 +109,24 @@ def rated_pairs(splits: Splits, names: Sequence[str]):
   return users, movies
 
 
+def _in_time_order(splits: Splits, names: Sequence[str]):
+  """(users, movies) of the named splits' ratings, each user's oldest first (of
+  ratings at the same second, the lower movie index first)."""
+  ratings = [splits.splits[n] for n in names]
+  users, movies, times = (np.concatenate([getattr(r, field) for r in ratings])
+                          for field in ("users", "movies", "times"))
+  order = np.lexsort((movies, times, users))
+  return users[order], movies[order]
+
+
 def latest_pairs(splits: Splits, names: Sequence[str], count: int):
   """The (user id, movie id) of each user's `count` latest ratings in the named
   splits (by time; of ratings at the same second, the later movie ids), as two
   arrays."""
-  ratings = [splits.splits[n] for n in names]
-  users, movies, times = (np.concatenate([getattr(r, field) for r in ratings])
-                          for field in ("users", "movies", "times"))
-  order = np.lexsort((-movies, -times, users))  # each user's latest first
-  users, movies = users[order], movies[order]
-  first = np.searchsorted(users, users)  # where each user's rows start
-  kept = np.arange(len(users)) - first < count
+  users, movies = _in_time_order(splits, names)
+  # 1 for each user's latest rating, 2 for the one before, ...
+  place_from_latest = np.searchsorted(users, users, side="right") - np.arange(len(users))
+  kept = place_from_latest <= count
   return splits.user_ids[users[kept]], splits.movie_ids[movies[kept]]
 
 
@@ -191,11 +201,15 @@ def _lists_from_scores(scores: np.ndarray, excluded: Sequence[Set[int]],
 def popularity_lists(splits: Splits, users: np.ndarray, seen: Sequence[str],
                      length: int = LIST_LENGTH) -> List[List[int]]:
   """Most liked in the `seen` splits first, each user's rated movies left out."""
+  return _lists_from_scores(_likes(splits, seen), splits.rated(*seen), users, length)
+
+
+def _likes(splits: Splits, seen: Sequence[str]) -> np.ndarray:
+  """Per movie, how many users liked it in the `seen` splits."""
   ratings = [splits.splits[name] for name in seen]
-  scores = topk.popularity_scores(
+  return topk.popularity_scores(
       np.concatenate([r.users for r in ratings]), np.concatenate([r.movies for r in ratings]),
       np.concatenate([r.likes for r in ratings]), len(splits.movie_ids))
-  return _lists_from_scores(scores, splits.rated(*seen), users, length)
 
 
 def _interactions(splits: Splits, seen: Sequence[str]) -> np.ndarray:
@@ -219,6 +233,35 @@ def ease_lists(splits: Splits, users: np.ndarray, seen: Sequence[str], l2: float
   interactions = _interactions(splits, seen)
   return _ease_lists(interactions, interactions.T @ interactions, l2, splits.rated(*seen),
                      users, length)
+
+
+def next_movie_counts(splits: Splits, seen: Sequence[str]) -> scipy.sparse.csr_matrix:
+  """[movie, movie]: how many times a user rated the column's movie right after the
+  row's, over the `seen` splits' ratings in time order (`_in_time_order`)."""
+  users, movies = _in_time_order(splits, seen)
+  same_user = users[1:] == users[:-1]
+  num_movies = len(splits.movie_ids)
+  return scipy.sparse.csr_matrix(
+      (np.ones(same_user.sum(), np.float32),
+       (movies[:-1][same_user], movies[1:][same_user])), shape=(num_movies, num_movies))
+
+
+def next_movie_lists(splits: Splits, users: np.ndarray, seen: Sequence[str],
+                     length: int = LIST_LENGTH) -> List[List[int]]:
+  """The movies rated most often right after each user's latest one in the `seen`
+  splits (`next_movie_counts`); among equal counts, and for a latest movie nobody
+  rated anything after, the most liked first. Each user's rated movies left out."""
+  counts = next_movie_counts(splits, seen)
+  rated_by, movies = _in_time_order(splits, seen)
+  ends = np.append(rated_by[1:] != rated_by[:-1], True)  # each user's latest rating
+  latest = np.full(len(splits.user_ids), -1)
+  latest[rated_by[ends]] = movies[ends]
+  likes = _likes(splits, seen)
+  scores = np.zeros((len(splits.user_ids), len(splits.movie_ids)), np.float32)
+  followed = users[latest[users] >= 0]
+  scores[followed] = counts[latest[followed]].toarray()
+  scores[users] += likes / (likes.max() + 1)  # below 1: it orders equal counts only
+  return _lists_from_scores(scores, splits.rated(*seen), users, length)
 
 
 def choose_ease_l2(splits: Splits, grid: Sequence[float] = EASE_L2_GRID,

@@ -183,7 +183,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   test_users = {u for u in _read_split(_latest_examples(config), "test")[features.USER_ID]}
   assert ranking["users"] == len(test_users)
   assert set(ranking["systems"]) == {"cf", "deepfm", "retrieval", "recommender", "visitor",
-                                     "popularity", "ease"}
+                                     "popularity", "ease", "next_movie"}
   for name, system in ranking["systems"].items():
     assert system["already_rated_share"] == 0, name  # train and eval ratings excluded
     assert system["users_scored"] + system["users_without_relevant"] == len(test_users)

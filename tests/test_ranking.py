@@ -90,6 +90,25 @@ def test_ease_leaves_out_what_each_user_rated_and_chooses_a_weight_from_the_grid
   assert np.isfinite(ranking.evaluate(lists, splits, users).metrics["ndcg@10"])
 
 
+def test_the_next_movie_follows_each_users_latest_in_time_order(tmp_path):
+  splits = ranking.read_splits(_write_splits(tmp_path))
+  m1, m2, m3, m4, m5 = range(5)
+  counts = ranking.next_movie_counts(splits, ("train", "eval")).toarray()
+  # u1: m1 (10), m3 (20, eval), m2 (30); u2: m1, m4; u3 rated m3 and m1 in the
+  # same second: the lower movie index first, so m1 -> m3; u4 rated one movie.
+  expected = np.zeros((5, 5))
+  expected[m1, m3], expected[m3, m2], expected[m1, m4] = 2, 1, 1
+  np.testing.assert_array_equal(counts, expected)
+  assert counts[:, m5].sum() == 0  # test ratings are not counted
+  users = ranking.test_users(splits)  # u1, u2, u4
+  lists = ranking.next_movie_lists(splits, users, ("train", "eval"), length=4)
+  # u4's latest, m1, was followed by m3 twice and m4 once; then the most liked.
+  # Nobody rated anything after u1's latest (m2) or u2's (m4): the most liked
+  # first, as popularity_lists ranks them.
+  assert lists[2] == [m3, m4, m2, m5]
+  assert lists[:2] == ranking.popularity_lists(splits, users[:2], ("train", "eval"), length=4)
+
+
 def _results(**ndcg):
   return {"systems": {name: {"metrics": {"ndcg@10": value}} for name, value in ndcg.items()}}
 
