@@ -41,9 +41,10 @@ from models import training  # pylint: disable=g-import-not-at-top,wrong-import-
 from pipeline import run_store  # pylint: disable=g-import-not-at-top,wrong-import-position
 from serving import contract  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# name -> changes to the `best` preset; _NO_HISTORY keeps a variant without the
-# history whatever the preset holds.
-_NO_HISTORY = {"history_encoder": "none", "history_ages": False, "user_dropout": 0.0}
+# name -> changes to the `best` preset; _NO_HISTORY resets every history setting,
+# so that a variant is what its name says whatever the preset holds.
+_NO_HISTORY = {"history_encoder": "none", "history_ages": False, "user_dropout": 0.0,
+               "history_dropout": 0.0, "history_weight": 1.0}
 VARIANTS = {
     "towers-1": {**_NO_HISTORY, "towers": 1},
     "towers-3": _NO_HISTORY,

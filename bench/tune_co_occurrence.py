@@ -18,21 +18,18 @@ users, relevant = the eval movies each liked:
   alone with each movie's weights cut to its largest, what serving only the top
   neighbours per movie would cost.
 
-With a history in the query tower (`--set retrieval.history_encoder=mean ...`), each
-trained model is exported once per `--history-weights` value (how much of the
-history the served query keeps, RetrievalHparams.history_weight), and that weight
-is part of the grid.
+With a history in the query tower (the `best` preset's), each trained model is
+exported once per `--history-weights` value (how much of the history the served
+query keeps, RetrievalHparams.history_weight), and that weight is part of the grid.
 
 Every score goes through the exported code: the retrieval model's `candidates`,
 DeepFM's `predict` signature and export/co_occurrence.py's scores. Writes every
 cell, and the choices, as JSON.
 
-  python bench/tune_co_occurrence.py runs/movielens-100k \
-    --output bench/results/tune_co_occurrence.json
   python bench/tune_co_occurrence.py runs/movielens-100k-temporal \
-    --set retrieval.history_encoder=mean --set retrieval.history_ages=true \
-    --set retrieval.history_dropout=0.3 \
     --history-weights 0.25 0.5 0.75 1 --output bench/results/tune_history.json
+  python bench/tune_co_occurrence.py runs/movielens-100k-temporal \
+    --set retrieval.history_encoder=none --output bench/results/tune_no_history.json
 """
 import argparse
 import dataclasses

@@ -121,8 +121,10 @@ def test_an_ensemble_of_towers_scores_the_mean_of_its_pairs_through_one_index(
     transformed_1m):
   """What the BruteForce index serves (query . candidate) is the towers' mean score."""
   tf.keras.utils.set_random_seed(0)
+  # The user towers alone: how a history joins each pair's query is test_sequence's.
   model = retrieval.build(data.vocabulary_sizes(transformed_1m.output),
-                          dataclasses.replace(hp.preset("retrieval", "best"), towers=3))
+                          dataclasses.replace(hp.preset("retrieval", "best"), towers=3,
+                                              history_encoder="none"))
   inputs = _inputs(transformed_1m, slice(0, 200))
   pair_scores = [tf.reduce_sum(user(inputs) * movie(inputs), -1)
                  for user, movie in zip(model.user_towers, model.movie_towers)]
