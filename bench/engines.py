@@ -17,10 +17,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
-
-import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -90,9 +87,7 @@ def main() -> int:
   cluster = flink.FlinkCluster()
   started_here = False
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-             "machine": {"cores": os.cpu_count(),
-                         "memory_gb": round(psutil.virtual_memory().total / 2**30),
-                         "python": platform.python_version()},
+             "machine": pipeline_1m.machine(),
              "data": {"ratings": pipeline_1m.NUM_RATINGS, "users": pipeline_1m.NUM_USERS},
              "flink": {"version": flink.FLINK_VERSION,
                        "beam_job_server": flink.BEAM_JOB_SERVER_VERSION,

@@ -177,6 +177,30 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
+# Instruction sets that change TensorFlow's speed on a CPU severalfold: runs on
+# machines that differ in them are not comparable.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def machine() -> dict:
+  """What a result was measured on: cores, memory, Python, the CPU and its flags."""
+  cpu, flags = platform.processor(), set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          cpu = value.strip()
+        elif key.strip() == "flags":
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
+          "python": platform.python_version(), "cpu": cpu,
+          "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work-dir", default=os.path.join(REPO, "runs", "bench-1m"))
@@ -189,9 +213,7 @@ def main() -> int:
   output_dir = os.path.join(args.work_dir, "run")
   results = {"label": args.label,
              "date": datetime.datetime.now().isoformat(timespec="seconds"),
-             "machine": {"cores": os.cpu_count(),
-                         "memory_gb": round(psutil.virtual_memory().total / 2**30),
-                         "python": platform.python_version()},
+             "machine": machine(),
              "data": {"users": NUM_USERS, "rated_movies": NUM_RATED_MOVIES,
                       "ratings": NUM_RATINGS, "like_min_rating": features.LIKE_MIN_RATING},
              "command": ["recsys", "run", "--dataset", "1m", "--data-dir", data_dir,
