@@ -412,7 +412,7 @@ def test_tensorboard_shows_both_evaluations_in_a_browser(finished_run, tmp_path)
                          "retrieval/train", "retrieval/validation", "evaluation/cf",
                          "evaluation/deepfm", "evaluation/retrieval",
                          "evaluation/recommender", "evaluation/visitor",
-                         "evaluation/popularity", "evaluation/ease"}
+                         "evaluation/popularity", "evaluation/ease", "evaluation/next_movie"}
     tags = _wait_for(f"{url}/data/plugin/scalars/tags", seconds=10)
     # The top-k curves of every model and baseline, with k as the step.
     for system in report["ranking"]["systems"]:
