@@ -136,7 +136,8 @@ def test_trains_and_serves_through_the_users_latest_history(encoder, transformed
 def test_served_query_mixes_the_query_with_and_without_the_history(transformed_1m):
   columns = transformed_1m.columns
   model = training.build_seeded(retrieval.build, transformed_1m.output,
-                                _hparams("mean", history_weight=0.25, history_dropout=1.0),
+                                _hparams("mean", history_weight=0.25, history_dropout=1.0,
+                                         user_dropout=0.0),
                                 seed=0)
   inputs = _inputs(columns, slice(0, 50))
   # pylint: disable=protected-access
@@ -150,7 +151,7 @@ def test_served_query_mixes_the_query_with_and_without_the_history(transformed_1
   np.testing.assert_allclose(model._user_vector(shuffled, history_kept=0.0).numpy(), without,
                              atol=1e-6)
   # Training with every history hidden is training on empty histories (the mean of
-  # none is zeros).
+  # none is zeros); with no user dropout (above), nothing else differs.
   empty = {**inputs, _MOVIES: tf.fill(tf.shape(inputs[_MOVIES]), features.HISTORY_PADDING)}
   labels = tf.constant(columns[features.LABEL][:50])
   hidden = model.pair_losses((inputs, labels), training=True)[0].numpy()

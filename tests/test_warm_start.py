@@ -41,6 +41,8 @@ def _hparams(model_name):
   if model_name == "retrieval-history":  # one pair: the ensemble is "retrieval"'s
     return dataclasses.replace(hp.preset("retrieval", "best"), towers=1,
                                history_encoder="mean", history_ages=True)
+  if model_name == "retrieval":  # the ensemble, its history left to "retrieval-history"
+    return dataclasses.replace(hp.preset("retrieval", "best"), history_encoder="none")
   hparams = hp.preset(model_name, "best")
   if model_name == "deepfm":
     # The id statistics are the span's own Transform constants: with them, the same
