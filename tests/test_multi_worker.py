@@ -199,8 +199,19 @@ def test_a_failed_worker_fails_the_trainer_and_stops_the_others(transformed_1m, 
   assert not (tmp_path / "model" / "Format-Serving").exists()
 
 
+@pytest.fixture
+def python_sigint_handler():
+  """SIGINT raises KeyboardInterrupt, as in a `recsys` process, whatever handler an
+  earlier test left in this one: `interrupt_main` does nothing without Python's."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
-def test_an_interrupted_trainer_stops_its_workers(transformed_1m, tmp_path):
+def test_an_interrupted_trainer_stops_its_workers(transformed_1m, tmp_path,
+                                                  python_sigint_handler):
+  del python_sigint_handler
   inputs, outputs, exec_properties = _execution(transformed_1m, tmp_path)
   # Ctrl-C in the pipeline's process, while its workers run.
   with pytest.raises(KeyboardInterrupt):
