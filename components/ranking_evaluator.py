@@ -34,7 +34,6 @@ from models import features
 from serving import contract
 
 RESULTS_FILE = "ranking.json"
-BASELINES = ("popularity", "ease", "next_movie")
 # The recommending model this component blesses, and the name its last blessed
 # version is evaluated under, on the same split, as the change threshold's baseline.
 JUDGED = "recommender"

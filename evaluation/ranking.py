@@ -238,9 +238,13 @@ def ease_lists(splits: Splits, users: np.ndarray, seen: Sequence[str], l2: float
 def next_movie_counts(splits: Splits, seen: Sequence[str]) -> scipy.sparse.csr_matrix:
   """[movie, movie]: how many times a user rated the column's movie right after the
   row's, over the `seen` splits' ratings in time order (`_in_time_order`)."""
-  users, movies = _in_time_order(splits, seen)
+  return _next_movie_counts(*_in_time_order(splits, seen), len(splits.movie_ids))
+
+
+def _next_movie_counts(users: np.ndarray, movies: np.ndarray,
+                       num_movies: int) -> scipy.sparse.csr_matrix:
+  """`next_movie_counts` of ratings already in time order."""
   same_user = users[1:] == users[:-1]
-  num_movies = len(splits.movie_ids)
   return scipy.sparse.csr_matrix(
       (np.ones(same_user.sum(), np.float32),
        (movies[:-1][same_user], movies[1:][same_user])), shape=(num_movies, num_movies))
@@ -251,8 +255,8 @@ def next_movie_lists(splits: Splits, users: np.ndarray, seen: Sequence[str],
   """The movies rated most often right after each user's latest one in the `seen`
   splits (`next_movie_counts`); among equal counts, and for a latest movie nobody
   rated anything after, the most liked first. Each user's rated movies left out."""
-  counts = next_movie_counts(splits, seen)
   rated_by, movies = _in_time_order(splits, seen)
+  counts = _next_movie_counts(rated_by, movies, len(splits.movie_ids))
   ends = np.append(rated_by[1:] != rated_by[:-1], True)  # each user's latest rating
   latest = np.full(len(splits.user_ids), -1)
   latest[rated_by[ends]] = movies[ends]
