@@ -74,11 +74,14 @@ WEEKLY_THRESHOLDS: Dict[str, Tuple[str, float]] = {
 MONTHLY_MIN_DAYS = 28
 
 
-def thresholds_for(span_days: int, span_months: int) -> Dict[str, Tuple[str, float]]:
-  """The thresholds measured on spans like these (`--span-days`, `--span-months`)."""
-  if span_months or span_days >= MONTHLY_MIN_DAYS:
-    return THRESHOLDS
-  return WEEKLY_THRESHOLDS
+def thresholds_for(span_days: int, span_months: int,
+                   dataset: str = features.DEFAULT_DATASET) -> Dict[str, Tuple[str, float]]:
+  """The thresholds measured on spans like these (`--span-days`, `--span-months`),
+  for the features `dataset` has."""
+  thresholds = (THRESHOLDS if span_months or span_days >= MONTHLY_MIN_DAYS
+                else WEEKLY_THRESHOLDS)
+  return {name: threshold for name, threshold in thresholds.items()
+          if features.in_release(name, dataset)}
 
 
 # Features whose month-to-month distance says nothing about the data's health.

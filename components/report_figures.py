@@ -60,9 +60,11 @@ def auc_by_slice(results, path: str, titles: Dict[str, str],
                  slice_label: Callable[[str, str], str]) -> None:
   """Test AUC per slice of every slicing feature, the models side by side."""
   names = list(results)
-  figure, axes = plt.subplots(len(tfma_config.SLICE_FEATURES), 1,
-                              figsize=(9, 3.2 * len(tfma_config.SLICE_FEATURES)))
-  for ax, feature in zip(axes, tfma_config.SLICE_FEATURES):
+  # The slices the evaluation has (20M and 25M: genres alone).
+  sliced = [f for f in tfma_config.SLICE_FEATURES
+            if results[names[0]].slice_metrics.get(f)] or list(tfma_config.SLICE_FEATURES)
+  figure, axes = plt.subplots(len(sliced), 1, figsize=(9, 3.2 * len(sliced)), squeeze=False)
+  for ax, feature in zip(axes[:, 0], sliced):
     first = results[names[0]].slice_metrics.get(feature, {})
     values = [v for v, m in first.items() if m["example_count"] >= _MIN_SLICE_EXAMPLES]
     width = 0.8 / len(names)

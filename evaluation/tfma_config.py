@@ -37,7 +37,13 @@ def _auc_threshold(auc_floor: float, max_auc_drop: float) -> tfma.MetricThreshol
           absolute={"value": -max_auc_drop - 1e-10}))
 
 
-def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
+def slice_features(dataset: str) -> tuple:
+  """The SLICE_FEATURES `dataset`'s examples have (20M and 25M: genres alone)."""
+  return tuple(f for f in SLICE_FEATURES if features.in_release(f, dataset))
+
+
+def eval_config(auc_floor: float, max_auc_drop: float,
+                dataset: str = features.DEFAULT_DATASET) -> tfma.EvalConfig:
   """The Evaluator's config: metrics, plots, slices and blessing thresholds."""
   metric = tfma.MetricConfig
   # The metrics' code in their config, which is part of the Evaluator's cache key:
@@ -48,7 +54,7 @@ def eval_config(auc_floor: float, max_auc_drop: float) -> tfma.EvalConfig:
                                   label_key=features.LABEL,
                                   prediction_key=contract.LIKE_PROBABILITY)],
       slicing_specs=[tfma.SlicingSpec()] + [
-          tfma.SlicingSpec(feature_keys=[key]) for key in SLICE_FEATURES],
+          tfma.SlicingSpec(feature_keys=[key]) for key in slice_features(dataset)],
       metrics_specs=[tfma.MetricsSpec(metrics=[
           # The blessing looks at the overall AUC only: small slices are noisy.
           metric(class_name="AUC", config=f'{{"name": "{AUC}"}}',

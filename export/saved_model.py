@@ -22,6 +22,8 @@ def export(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
   Trainer passes the eval split: the evaluation's candidates are the movies a user
   rated in neither).
   """
+  # Only the features the release has: 20M and 25M have no user demographics.
+  raw_feature_keys = features.available(raw_feature_keys, tf_transform_output.raw_feature_spec())
   if getattr(model, "uses_history", False):  # its signatures read the raw history too
     raw_feature_keys = tuple(raw_feature_keys) + tuple(
         key for key in features.HISTORY_RAW_FEATURES if key not in raw_feature_keys)

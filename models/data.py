@@ -107,6 +107,8 @@ def make_dataset(examples: Dict[str, np.ndarray], batch_size: int, shuffle: bool
 
 
 def vocabulary_sizes(tf_transform_output: tft.TFTransformOutput) -> Dict[str, int]:
-  """Embedding rows of every categorical field (vocabulary + OOV buckets)."""
+  """Embedding rows of every categorical field the release has (vocabulary + OOV buckets)."""
+  transformed = tf_transform_output.transformed_feature_spec()
   return {field: preprocessing.vocabulary_size(tf_transform_output, field)
-          for field in features.DEEPFM_FIELDS}
+          for field in features.DEEPFM_FIELDS
+          if features.transformed_name(field) in transformed}

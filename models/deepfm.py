@@ -12,7 +12,6 @@ from models import layers
 _GENRES = features.transformed_name(features.MOVIE_GENRES)
 # The DNN's input puts the user's fields first, then the movie's (and so does
 # `logits_of_every_pair`, which splits the input at that point).
-_MOVIE_SIDE_FIELDS = features.DEEPFM_FIELDS[len(features.USER_FIELDS):]
 assert features.DEEPFM_FIELDS[:len(features.USER_FIELDS)] == features.USER_FIELDS
 
 
@@ -28,16 +27,19 @@ class FieldEmbeddings(tf.keras.layers.Layer):
   def __init__(self, vocabulary_sizes: Dict[str, int], dim: int, l2: float,
                init_stddev: float, **kwargs):
     super().__init__(**kwargs)
-    sizes = [vocabulary_sizes[f] for f in features.DEEPFM_FIELDS]
-    self._first_rows = dict(zip(features.DEEPFM_FIELDS,
-                                np.cumsum([0] + sizes[:-1]).tolist()))
+    # The fields the release has: the user's, then the movie's.
+    self.fields = features.available(features.DEEPFM_FIELDS, vocabulary_sizes)
+    self.user_fields = features.available(features.USER_FIELDS, vocabulary_sizes)
+    self.movie_fields = self.fields[len(self.user_fields):]
+    sizes = [vocabulary_sizes[f] for f in self.fields]
+    self._first_rows = dict(zip(self.fields, np.cumsum([0] + sizes[:-1]).tolist()))
     self.table = tf.keras.layers.Embedding(
         sum(sizes), dim,
         embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=init_stddev),
         embeddings_regularizer=tf.keras.regularizers.l2(l2) if l2 else None)
 
   def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
-    return self.embed(inputs, features.DEEPFM_FIELDS)
+    return self.embed(inputs, self.fields)
 
   def embed(self, inputs: Dict[str, tf.Tensor], fields: Sequence[str]) -> tf.Tensor:
     """[batch, fields, dim]: `fields` (genres, if among them, last) in their order.
@@ -58,7 +60,7 @@ class FieldEmbeddings(tf.keras.layers.Layer):
     return tf.concat([embedded, pooled[:, tf.newaxis, :]], axis=1)
 
   def vocabulary_table(self) -> layers.VocabularyTable:
-    return layers.VocabularyTable(self.table.embeddings, features.DEEPFM_FIELDS)
+    return layers.VocabularyTable(self.table.embeddings, self.fields)
 
 
 class FactorizationMachine(tf.keras.layers.Layer):
@@ -152,8 +154,8 @@ class DeepFM(layers.ChunkedTrainStep, tfrs.Model):
     The split parts are summed in float32. Under bfloat16 compute the logits
     therefore differ from `_logits` by bfloat16's rounding (docs/serving.md).
     """
-    user_fields = self.embeddings.embed(users, features.USER_FIELDS)
-    movie_fields = self.embeddings.embed(movies, _MOVIE_SIDE_FIELDS)
+    user_fields = self.embeddings.embed(users, self.embeddings.user_fields)
+    movie_fields = self.embeddings.embed(movies, self.embeddings.movie_fields)
 
     def own_terms(fields, first_order):
       """Per row: the first-order term and the FM's pairs within the side; the sum."""
@@ -165,9 +167,9 @@ class DeepFM(layers.ChunkedTrainStep, tfrs.Model):
       return linear + own_pairs, total
 
     user_terms, user_total = own_terms(
-        user_fields, self.first_order.embed(users, features.USER_FIELDS))
+        user_fields, self.first_order.embed(users, self.first_order.user_fields))
     movie_terms, movie_total = own_terms(
-        movie_fields, self.first_order.embed(movies, _MOVIE_SIDE_FIELDS))
+        movie_fields, self.first_order.embed(movies, self.first_order.movie_fields))
     cross_pairs = tf.matmul(user_total, movie_total, transpose_b=True)
 
     first_layer, *other_layers = self.dnn.layers

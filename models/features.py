@@ -18,8 +18,12 @@ OCCUPATION_LABEL = "user_occupation_label"  # harmonised across 100K and 1M
 OCCUPATION_TEXT = "user_occupation_text"  # as written in the data set
 ZIP_CODE = "user_zip_code"  # a string: "55455", "T8H1N", "98107-2117"
 TIMESTAMP = "timestamp"  # seconds since the epoch
-USER_RATING = "user_rating"  # 1 to 5 stars
+USER_RATING = "user_rating"  # 1 to 5 stars; 20M and 25M: 0.5 to 5 in half stars
 RAW_USER_AGE = "raw_user_age"  # MovieLens 100K only
+# What only the releases with a users table (100K, 1M) know of a user; 20M and 25M
+# give ids, ratings, times, titles and genres.
+DEMOGRAPHIC_FEATURES = (USER_GENDER, AGE_BUCKET, OCCUPATION_LABEL, OCCUPATION_TEXT,
+                        ZIP_CODE, RAW_USER_AGE)
 # The user's latest earlier ratings, most recent first (MovieLensExampleGen's
 # histories.py says which ratings a history may hold): their movies, and how many
 # seconds before this rating each was made.
@@ -44,10 +48,22 @@ AGE_BUCKETS = (1, 18, 25, 35, 45, 50, 56)
 DATASETS = {
     "1m": "movielens/1m-ratings",
     "100k": "movielens/100k-ratings",
+    "20m": "movielens/20m-ratings",
+    "25m": "movielens/25m-ratings",
 }
 DEFAULT_DATASET = "1m"
 # Ratings in each release (sizes the Beam runner before the data is read).
-DATASET_RATINGS = {"1m": 1_000_209, "100k": 100_000}
+DATASET_RATINGS = {"1m": 1_000_209, "100k": 100_000, "20m": 20_000_263, "25m": 25_000_095}
+# The releases with user demographics (a users table).
+WITH_DEMOGRAPHICS = ("1m", "100k")
+def in_release(feature: str, dataset: str) -> bool:
+  """Whether the examples of `dataset` have the raw `feature`."""
+  return dataset in WITH_DEMOGRAPHICS or feature not in DEMOGRAPHIC_FEATURES
+
+
+# The lowest rating of each release: 20M and 25M rate in half stars from 0.5.
+LOWEST_RATING = {"1m": 1.0, "100k": 1.0, "20m": 0.5, "25m": 0.5}
+HIGHEST_RATING = 5.0
 
 # Output splits of ExampleGen and their share of the hash buckets (80/10/10).
 SPLITS = (("train", 8), ("eval", 1), ("test", 1))
@@ -71,8 +87,15 @@ NUM_OOV_BUCKETS = 1
 # while the field has fewer (models/preprocessing.py).
 SMALL_VOCAB_FIELDS = (USER_GENDER, AGE_BUCKET, OCCUPATION_LABEL, MOVIE_DECADE, MOVIE_GENRES)
 SMALL_VOCAB_MAX_VALUES = 1000
-MAX_GENRES = 6  # most genres a MovieLens movie has; genre ids are padded to this
+MAX_GENRES = 10  # most genres a MovieLens movie has (25M's; 1M's: 6); ids padded to this
 GENRE_PADDING = -1
+
+
+def available(fields, present) -> tuple:
+  """`fields` that a release has, in their order: those in `present` (e.g. the
+  vocabulary sizes Transform computed). MovieLens 20M and 25M lack the user
+  demographics, and the models leave them out."""
+  return tuple(f for f in fields if f in present)
 
 
 def transformed_name(key: str) -> str:

@@ -134,8 +134,9 @@ def history_inputs(inputs, movie_vocabulary) -> dict:
 def preprocessing_fn(inputs):
   """tf.Transform's entry point: raw feature dict -> transformed feature dict."""
   outputs = {}
+  # The user fields the release has (the schema leaves out what it lacks).
   raw_ids = {key: _as_strings(tf.squeeze(inputs[key], axis=1))
-             for key in features.VOCAB_FEATURES}
+             for key in features.VOCAB_FEATURES if key in inputs}
   for key, ids in raw_ids.items():
     if key != features.MOVIE_ID:
       outputs[features.transformed_name(key)] = _apply_vocabulary(ids, key)

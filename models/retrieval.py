@@ -88,7 +88,8 @@ class Retrieval(layers.ChunkedTrainStep, tfrs.Model):
   def __init__(self, vocabulary_sizes: Dict[str, int], hparams: hp.RetrievalHparams):
     super().__init__()
     self.hparams = hparams
-    user_fields = features.USER_FIELDS if hparams.side_features else (features.USER_ID,)
+    user_fields = (features.available(features.USER_FIELDS, vocabulary_sizes)
+                   if hparams.side_features else (features.USER_ID,))
     movie_fields = ((features.MOVIE_ID, features.MOVIE_DECADE, features.MOVIE_GENRES)
                     if hparams.side_features else (features.MOVIE_ID,))
     self.user_towers = [Tower(user_fields, vocabulary_sizes, hparams.embedding_dim,

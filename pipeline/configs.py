@@ -41,8 +41,9 @@ COMPILE_TARGETS = ("kubeflow-v2",)
 # 100k run writes there (docs/reliability.md) grows with the data: 1M has ten times
 # the ratings, examples are stored several times (raw, transformed, statistics,
 # evaluation), and each rerun with changed inputs adds a full set. The minimum
-# leaves room for that and for the machine; override with --min-free-gb.
-MIN_FREE_GB = {"100k": 0.5, "1m": 2.0}
+# leaves room for that and for the machine; override with --min-free-gb. A 1M run
+# writes about 1 GB (with the examples' histories); 20M and 25M scale that.
+MIN_FREE_GB = {"100k": 0.5, "1m": 2.0, "20m": 25.0, "25m": 30.0}
 
 
 def available_cores() -> int:

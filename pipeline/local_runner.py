@@ -124,7 +124,7 @@ def span_plan(config: configs.PipelineConfig) -> Tuple[str, spans.SpanPlan]:
   source = sources.resolve(config.dataset, config.data_dir, config.download_dir)
   layout = parsing.LAYOUTS[config.dataset]
   shards = parsing.plan_ratings_shards(f"{source.folder}/{layout.ratings_file}",
-                                       _LINES_PER_SHARD)
+                                       _LINES_PER_SHARD, layout.ratings_header)
   keys = parsing.read_rating_keys(shards, layout, parsing.read_users(source.folder, layout),
                                   parsing.read_movies(source.folder, layout))
   return shards[0].path, spans.SpanPlan.of(

@@ -133,7 +133,8 @@ def create_components(config: configs.PipelineConfig,
 
   # The fixed schema checked into the repo, not one inferred from the data.
   schema_gen = ImportSchemaGen(schema_file=config.schema_file,
-                               schema_fingerprint=_schema_fingerprint(config))
+                               schema_fingerprint=_schema_fingerprint(config),
+                               dataset=config.dataset)
 
   # Feature statistics of every split (TFDV). With spans, computed with the schema:
   # the drift check needs the categorical ints' value counts (components/drift.py).
@@ -163,7 +164,8 @@ def create_components(config: configs.PipelineConfig,
                            producer_component_id=statistics_gen.id,
                            output_key="statistics"),
         accept_drift=int(config.accept_drift),
-        thresholds=json.dumps(drift.thresholds_for(config.span_days, config.span_months)),
+        thresholds=json.dumps(drift.thresholds_for(config.span_days, config.span_months,
+                                                   config.dataset)),
         code_fingerprint=code_fingerprint_of("DriftValidator"))
 
   # The Transform graph: vocabularies and per-id statistics of the train split
@@ -338,7 +340,8 @@ def _evaluator(model: str, trainer, latest_blessed, examples,
       # With spans, the whole newest span is the test; without, its test split.
       example_splits=(list(features.SPLIT_NAMES) if config.spans_enabled
                       else [tfma_config.EVAL_SPLIT]),
-      eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop),
+      eval_config=tfma_config.eval_config(config.auc_floor, config.max_auc_drop,
+                                          config.dataset),
   ).with_id(evaluator_id(model))
 
 

@@ -1,10 +1,12 @@
-"""Synthetic MovieLens releases in the 1M (`*.dat`) and 100K (`u.*`) layouts.
+"""Synthetic MovieLens releases in the 1M (`*.dat`), 100K (`u.*`) and 20M/25M
+(`*.csv`) layouts.
 
 For tests and benchmarks: GroupLens forbids redistributing the real files. Likes
 come from a planted latent-factor model (user and movie factors plus biases and a
 per-genre taste), so a model that learns anything scores clearly above AUC 0.5.
 Real users.dat/movies.dat (or u.user/u.item) can be reused with `tables_from`.
 """
+import csv
 import dataclasses
 import os
 from typing import Optional
@@ -143,7 +145,11 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
                   latent_dim: int = 8,
                   rated_movies: Optional[int] = None,
                   watch_affinity: float = 0.0) -> SyntheticRelease:
-  """Writes a MovieLens release in `layout` ("1m" or "100k") into `folder`.
+  """Writes a MovieLens release in `layout` ("1m", "100k", "20m" or "25m") into `folder`.
+
+  The CSV layouts (20M, 25M) have no users file and rate in half stars: some
+  ratings are half a star lower than the planted model's, never across the like
+  threshold.
 
   With `tables_from`, the users and movies files are read from that real release
   folder (same layout) instead of being invented; ratings are always synthetic.
@@ -156,10 +162,13 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
   if tables_from:
     users = parsing.read_users(tables_from, spec)
     movie_table = parsing.read_movies(tables_from, spec)
-    user_ids = users.ids.to_pylist()
+    user_ids = (users.ids.to_pylist() if users is not None
+                else [str(u) for u in range(1, num_users + 1)])
     movie_ids = movie_table.ids.to_pylist()
     movie_genres = movie_table.genres.to_pylist()
-    for name in spec.files[1:]:
+    for name in (spec.users_file, spec.movies_file):
+      if name is None:
+        continue
       with open(os.path.join(tables_from, name), "rb") as src, \
           open(os.path.join(folder, name), "wb") as dst:
         dst.write(src.read())
@@ -175,18 +184,40 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
       watch_affinity)
   separator = spec.ratings_separator
   user_ids, movie_ids = np.array(user_ids), np.array(movie_ids)
+  if spec.ratings_header:  # half stars, as "3.5" and "4.0"
+    half = (rng.random(len(ratings)) < 0.3) & (ratings != features.LIKE_MIN_RATING)
+    ratings = ratings - 0.5 * half
   lines = (np.char.add(np.char.add(user_ids[users_idx], separator),
                        np.char.add(movie_ids[movies_idx], separator))
            .astype(object) + ratings.astype(str).astype(object) + separator
            + timestamps.astype(str).astype(object))
+  if spec.ratings_header:
+    lines = np.concatenate([[spec.ratings_header], lines])
   with open(os.path.join(folder, spec.ratings_file), "w", encoding="ascii") as f:
     f.write("\n".join(lines) + "\n")
   return SyntheticRelease(folder, len(user_ids), len(movie_ids), len(ratings),
                           int((ratings >= features.LIKE_MIN_RATING).sum()))
 
 
+def _write_csv_movies(path: str, movie_rows) -> None:
+  """movies.csv as GroupLens writes 20M's and 25M's: UTF-8, a header, titles with a
+  comma quoted ("Night, The (1995)"), some movies without genres."""
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(["movieId", "title", "genres"])
+    for m, title, genres in movie_rows:
+      if int(m) % 7 == 0:
+        title = title.replace(" (", ", The (", 1)
+      names = ([g.replace("Children's", "Children") for g in genres]
+               if int(m) % 50 else ["(no genres listed)"])
+      writer.writerow([m, title, "|".join(names)])
+
+
 def _write_tables(folder: str, spec: parsing.Layout, user_rows, movie_rows) -> None:
   """Writes users and movies files as GroupLens does: ISO-8859-1, one row a line."""
+  if spec.users_file is None:
+    _write_csv_movies(os.path.join(folder, spec.movies_file), movie_rows)
+    return
   if spec.name == "1m":
     users = [f"{u}::{g}::{min(a for a in features.AGE_BUCKETS if a >= age - 4)}::{o}::{z}"
              for u, g, age, o, z in user_rows]

@@ -34,7 +34,7 @@ REAL_1M = REAL_DATA / "ml-1m"
 # that uses one, directly or through another fixture, is marked `slow`, and
 # `make test-fast` leaves it out.
 SLOW_FIXTURES = frozenset({"transformed_1m", "exported_models", "finished_run", "fans",
-                           "recommenders", "both_evaluations"})
+                           "recommenders", "both_evaluations", "transformed_25m"})
 
 
 # The longest modules, longest first, are handed out before the rest (`make test` runs
@@ -203,7 +203,7 @@ def transformed_1m(synthetic_1m, tmp_path_factory):
   return built_once(tmp_path_factory, "transformed_1m", build)
 
 
-def _export_briefly_trained(model_name: str, transformed, export_dir: str) -> None:
+def export_briefly_trained(model_name: str, transformed, export_dir: str) -> None:
   """The project's model, trained for a few eager steps, exported as the Trainer does."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -241,7 +241,7 @@ def exported_models(transformed_1m, tmp_path_factory) -> pathlib.Path:
   release, with every signature."""
   def build(base):
     for model_name in ("cf", "deepfm", "retrieval"):
-      _export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
+      export_briefly_trained(model_name, transformed_1m, str(base / model_name / "1"))
     return base
 
   return built_once(tmp_path_factory, "exported_models", build)

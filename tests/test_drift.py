@@ -203,7 +203,7 @@ def test_two_real_consecutive_months_pass(schema, drift_schema):
     (28, 0, "monthly"), (0, 1, "monthly"), (0, 3, "monthly")])
 def test_thresholds_follow_the_span_length(span_days, span_months, expected):
   chosen = drift.thresholds_for(span_days, span_months)
-  assert chosen is {"weekly": drift.WEEKLY_THRESHOLDS, "monthly": drift.THRESHOLDS}[expected]
+  assert chosen == {"weekly": drift.WEEKLY_THRESHOLDS, "monthly": drift.THRESHOLDS}[expected]
 
 
 def test_weekly_thresholds_compare_the_same_features_more_loosely():

@@ -152,10 +152,15 @@ _TITLE = st.builds(lambda a, colon, b, year: f"{a}{': ' + b if colon else ''} ({
 _ZIP = st.text(alphabet="0123456789ABCDEFGHJKLMNPRSTVXYZ-", min_size=1, max_size=10)
 
 
+# The layouts of separated text files; 20M's and 25M's CSV is read by Python's csv
+# module and tested in test_csv_releases.py.
+_FUZZED_LAYOUTS = ("100k", "1m")
+
+
 @st.composite
 def releases(draw, layout_name: Optional[str] = None) -> Release:
-  """A small valid release of either layout."""
-  layout = parsing.LAYOUTS[layout_name or draw(st.sampled_from(sorted(parsing.LAYOUTS)))]
+  """A small valid release of either fuzzed layout."""
+  layout = parsing.LAYOUTS[layout_name or draw(st.sampled_from(_FUZZED_LAYOUTS))]
   user_ids = draw(st.lists(_ascii_digits(1, 10**6), min_size=1, max_size=6, unique=True))
   movie_ids = draw(st.lists(_ascii_digits(1, 10**6), min_size=1, max_size=6, unique=True))
   users, movies = [], []

@@ -69,7 +69,7 @@ class MovieLensExampleGen(base_beam_component.BaseBeamComponent):
     """Creates the component.
 
     Args:
-      dataset: "1m" (default) or "100k".
+      dataset: "1m" (default), "100k", "20m" or "25m".
       data_dir: None to download through TFDS; else a folder holding the official
         zip or its extracted files. A URI (gs://..., read through tf.io.gfile)
         must hold the extracted files.

@@ -228,9 +228,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     movies = parsing.read_movies(source.folder, layout)
     shards = parsing.plan_ratings_shards(
         f"{source.folder}/{layout.ratings_file}",
-        int(exec_properties["lines_per_shard"]))
+        int(exec_properties["lines_per_shard"]), layout.ratings_header)
     num_lines = sum(s.num_lines for s in shards)
-    progress.report("ingest", f"{len(users.ids):,} users, {len(movies.ids):,} movies, "
+    progress.report("ingest", (f"{len(users.ids):,} users, " if users is not None else
+                               "users known by their ratings alone, ")
+                    + f"{len(movies.ids):,} movies, "
                     f"{num_lines:,} rating lines in {len(shards)} shard(s)")
     split_method = exec_properties.get("split") or "random"
     span_length = spans.SpanLength(int(exec_properties.get("span_days") or 0),

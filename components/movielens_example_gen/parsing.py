@@ -1,11 +1,13 @@
-"""Reads MovieLens 1M (`*.dat`) and 100K (`u.*`) files into Arrow record batches.
+"""Reads MovieLens 1M (`*.dat`), 100K (`u.*`), 20M and 25M (`*.csv`) files into
+Arrow record batches.
 
 Files are read through tf.io.gfile, so a release may lie in a bucket (gs://...).
 
 The features are those of tensorflow-datasets' MovieLens builder, computed the
 way its parsers compute them (`tensorflow_datasets/structured/movielens_parsing.py`:
 ISO-8859-1 text, "Children's" read as "Children", 1M occupation codes and 100K
-occupation names mapped to one label set, 100K ages put in 1M's buckets);
+occupation names mapped to one label set, 100K ages put in 1M's buckets; 20M's and
+25M's movies.csv read as CSV, quoted titles and all);
 `tests/test_parsing.py` checks row-for-row equality with those parsers on the real
 files. We do not call TFDS's ratings parsers themselves: they read the whole file in
 one generator (no sharding across Beam workers), keep ratings as unchecked strings,
@@ -13,7 +15,9 @@ and fail on a bad line with a bare KeyError or ValueError. This module validates
 every field, names the file and line of the first bad one, and parses ratings a
 shard at a time with NumPy and Arrow.
 """
+import csv
 import dataclasses
+import io
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -36,20 +40,32 @@ class Layout:
   """Where one MovieLens release keeps its ratings, users and movies."""
   name: str
   ratings_file: str
-  users_file: str
+  users_file: Optional[str]  # None: no users table (20M, 25M)
   movies_file: str
   ratings_separator: str
   users_separator: str
   movies_separator: str
+  ratings_header: Optional[str] = None  # the ratings file's first line, if it has one
 
   @property
-  def files(self) -> Tuple[str, str, str]:
-    return (self.ratings_file, self.users_file, self.movies_file)
+  def files(self) -> Tuple[str, ...]:
+    return tuple(f for f in (self.ratings_file, self.users_file, self.movies_file) if f)
 
+  @property
+  def lowest_rating(self) -> float:
+    return features.LOWEST_RATING[self.name]
+
+
+_CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
+_CSV_MOVIES_HEADER = ["movieId", "title", "genres"]
 
 LAYOUTS = {
     "1m": Layout("1m", "ratings.dat", "users.dat", "movies.dat", "::", "::", "::"),
     "100k": Layout("100k", "u.data", "u.user", "u.item", "\t", "|", "|"),
+    "20m": Layout("20m", "ratings.csv", None, "movies.csv", ",", "", ",",
+                  _CSV_RATINGS_HEADER),
+    "25m": Layout("25m", "ratings.csv", None, "movies.csv", ",", "", ",",
+                  _CSV_RATINGS_HEADER),
 }
 
 # MovieLens 1M's occupation codes (its README), as TFDS lists them.
@@ -267,19 +283,63 @@ class UserTable:
   index: pd.Index
 
 
+def _csv_movie_lines(path: str) -> List[Tuple[int, List[str]]]:
+  """20M's and 25M's movies.csv as (line number, [id, title, genres]), header checked.
+
+  Titles with a comma are quoted ("American President, The (1995)"), so the file
+  is read as CSV, not split. A row's number is the line it ends on.
+  """
+  text = decode_text(read_bytes(path))
+  if "\x00" in text:
+    raise _nul_error(path, text.count("\n", 0, text.index("\x00")) + 1)
+  reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+  rows, header_seen = [], False
+  try:
+    for fields in reader:
+      if not "".join(fields).strip(_BLANK):
+        continue
+      if not header_seen:
+        if fields != _CSV_MOVIES_HEADER:
+          raise _fail(path, reader.line_num, "expected the header "
+                      f"{','.join(_CSV_MOVIES_HEADER)!r}, found {_shown(','.join(fields))}")
+        header_seen = True
+        continue
+      if len(fields) != len(_CSV_MOVIES_HEADER):
+        raise _fail(path, reader.line_num, f"expected 3 comma-separated fields (movieId, "
+                    f"title, genres; a title with a comma in quotes), found {len(fields)}: "
+                    f"{_shown(','.join(fields))}")
+      rows.append((reader.line_num, fields))
+  except csv.Error as e:
+    raise _fail(path, reader.line_num, f"not valid CSV ({e})") from None
+  if not rows:
+    raise no_rows_error(path, "movies")
+  return rows
+
+
+def _genre_names(path: str, number: int, genre_text: str) -> List[str]:
+  """'Action|Comedy' -> ['Action', 'Comedy'], as TFDS names them."""
+  names = genre_text.split("|")
+  if not all(names):
+    raise _fail(path, number, f"genres {_shown(genre_text)}: a genre name is "
+                "empty (expected names separated by '|', e.g. 'Action|Comedy')")
+  return ["Children" if g == "Children's" else g for g in names]
+
+
 def read_movies(folder: str, layout: Layout) -> MovieTable:
   path = os.path.join(folder, layout.movies_file)
   ids, titles, genres, seen = [], [], [], {}
-  if layout.name == "1m":
-    for number, (movie_id, title, genre_text) in _table_lines(path, "::", 3):
+  if layout.movies_file.endswith(".csv"):
+    for number, (movie_id, title, genre_text) in _csv_movie_lines(path):
       _check_unique_id(path, number, movie_id, seen, "movie")
-      names = genre_text.split("|")
-      if not all(names):
-        raise _fail(path, number, f"genres {_shown(genre_text)}: a genre name is "
-                    "empty (expected names separated by '|', e.g. 'Action|Comedy')")
       ids.append(movie_id)
       titles.append(title)
-      genres.append(["Children" if g == "Children's" else g for g in names])
+      genres.append(_genre_names(path, number, genre_text))
+  elif layout.name == "1m":
+    for number, (movie_id, title, genre_text) in _table_lines(path, "::", 3):
+      _check_unique_id(path, number, movie_id, seen, "movie")
+      ids.append(movie_id)
+      titles.append(title)
+      genres.append(_genre_names(path, number, genre_text))
   else:
     for number, fields in _table_lines(path, "|", _U_ITEM_FIELDS):
       _check_unique_id(path, number, fields[0], seen, "movie")
@@ -302,7 +362,11 @@ def _age_bucket(age: int) -> int:
   return bucket
 
 
-def read_users(folder: str, layout: Layout) -> UserTable:
+def read_users(folder: str, layout: Layout) -> Optional[UserTable]:
+  """The users table; None for a release without one (20M, 25M), whose users are
+  known by the ids in the ratings alone."""
+  if layout.users_file is None:
+    return None
   path = os.path.join(folder, layout.users_file)
   ids, seen = [], {}
   cols: Dict[str, list] = {
@@ -360,18 +424,31 @@ class RatingsShard:
   num_lines: int
 
 
-def plan_ratings_shards(path: str, lines_per_shard: int) -> List[RatingsShard]:
-  """Cuts the ratings file into shards of whole lines, for parallel parsing."""
+def plan_ratings_shards(path: str, lines_per_shard: int,
+                        header: Optional[str] = None) -> List[RatingsShard]:
+  """Cuts the ratings file into shards of whole lines, for parallel parsing.
+
+  With `header`, the file's first line must be it, and the shards start after it.
+  """
   data = read_bytes(path)
   newline_ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
   if not len(newline_ends) or newline_ends[-1] != len(data):
     newline_ends = np.append(newline_ends, len(data))  # no newline at the end
+  skipped, body_start = 0, 0
+  if header is not None:
+    body_start = int(newline_ends[0])
+    first_line = decode_text(data[:body_start]).strip(_BLANK)
+    if first_line != header:
+      raise _fail(path, 1, f"expected the header {header!r}, found {_shown(first_line)}")
+    skipped, newline_ends = 1, newline_ends[1:]
+    if not len(newline_ends):
+      raise no_rows_error(path, "ratings")
   shards = []
   for first in range(0, len(newline_ends), lines_per_shard):
     last = min(first + lines_per_shard, len(newline_ends))
-    start = int(newline_ends[first - 1]) if first else 0
+    start = int(newline_ends[first - 1]) if first else body_start
     shards.append(RatingsShard(path, start, int(newline_ends[last - 1]),
-                               first + 1, last - first))
+                               skipped + first + 1, last - first))
   return shards
 
 
@@ -418,6 +495,16 @@ def _lookup(path: str, line_numbers: np.ndarray, ids: Sequence[str],
                 f"{table_file} ({len(unknown)} rating(s) of this shard have "
                 f"unknown {what}s)")
   return positions
+
+
+def _check_whole_numbers(path: str, line_numbers: np.ndarray, values: np.ndarray,
+                         field: str) -> None:
+  """Ids that no table lists (20M's and 25M's users) must be as MovieLens writes them."""
+  valid = pc.match_substring_regex(pa.array(values, pa.string()), "^[0-9]+$")
+  bad = np.flatnonzero(~valid.to_numpy(zero_copy_only=False))
+  if len(bad):
+    raise _fail(path, int(line_numbers[bad[0]]),
+                f"{field} {_shown(values[bad[0]])} is not a whole number")
 
 
 def _as_lists(values: pa.Array) -> pa.ListArray:
@@ -477,7 +564,7 @@ def _split_lines(path: str, first_line: int, text: str, separator: str
 
 
 def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
-                  users: UserTable, movies: MovieTable, keys_only: bool = False,
+                  users: Optional[UserTable], movies: MovieTable, keys_only: bool = False,
                   time_range: Optional[Tuple[int, int]] = None
                   ) -> Optional[ParsedRatings]:
   """Parses one shard of ratings and joins it with the user and movie tables.
@@ -497,11 +584,12 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
     return None
   user_ids, movie_ids, rating_text, timestamp_text = columns
   ratings = _numbers(path, line_numbers, rating_text, np.float64, "rating")
-  out_of_range = np.flatnonzero(~((ratings >= 1) & (ratings <= 5)))
+  lowest = layout.lowest_rating
+  out_of_range = np.flatnonzero(~((ratings >= lowest) & (ratings <= features.HIGHEST_RATING)))
   if len(out_of_range):
     i = out_of_range[0]
-    raise _fail(path, int(line_numbers[i]),
-                f"rating {_shown(rating_text[i])} is outside 1 to 5")
+    raise _fail(path, int(line_numbers[i]), f"rating {_shown(rating_text[i])} is outside "
+                f"{lowest:g} to {features.HIGHEST_RATING:g}")
   timestamps = _numbers(path, line_numbers, timestamp_text, np.int64, "timestamp")
   negative = np.flatnonzero(timestamps < 0)
   if len(negative):
@@ -522,19 +610,23 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
       return None
     line_numbers, user_ids, movie_ids, ratings, timestamps = (
         values[keep] for values in (line_numbers, user_ids, movie_ids, ratings, timestamps))
-  user_rows = pa.array(_lookup(path, line_numbers, user_ids, users.index, "user",
-                               layout.users_file))
+  if users is None:
+    _check_whole_numbers(path, line_numbers, user_ids, "user id")
+  else:
+    user_rows = pa.array(_lookup(path, line_numbers, user_ids, users.index, "user",
+                                 layout.users_file))
   movie_rows = pa.array(_lookup(path, line_numbers, movie_ids, movies.index,
                                 "movie", layout.movies_file))
   if keys_only:
     return ParsedRatings(None, user_ids, movie_ids, timestamps)
 
   columns = {
-      features.USER_ID: users.ids.take(user_rows),
+      features.USER_ID: (pa.array(user_ids, pa.string()) if users is None
+                         else users.ids.take(user_rows)),
       features.MOVIE_ID: movies.ids.take(movie_rows),
       features.MOVIE_TITLE: movies.titles.take(movie_rows),
   }
-  for name, values in users.columns.items():
+  for name, values in (users.columns.items() if users is not None else ()):
     columns[name] = values.take(user_rows)
   columns[features.TIMESTAMP] = pa.array(timestamps)
   columns[features.USER_RATING] = pa.array(ratings.astype(np.float32))
@@ -547,7 +639,8 @@ def parse_ratings(shard: RatingsShard, data: bytes, layout: Layout,
   return ParsedRatings(batch, user_ids, movie_ids, timestamps)
 
 
-def read_rating_keys(shards: Sequence[RatingsShard], layout: Layout, users: UserTable,
+def read_rating_keys(shards: Sequence[RatingsShard], layout: Layout,
+                     users: Optional[UserTable],
                      movies: MovieTable) -> ParsedRatings:
   """Every rating's user, movie and time, from one pass over the ratings in this
   process: the temporal split and the spans are cut from them before Beam runs.
@@ -647,7 +740,7 @@ def read_release(folder: str, layout: Layout,
   users, movies = read_users(folder, layout), read_movies(folder, layout)
   path = os.path.join(folder, layout.ratings_file)
   batches = [parse_ratings(shard, read_shard_bytes(shard), layout, users, movies)
-             for shard in plan_ratings_shards(path, lines_per_shard)]
+             for shard in plan_ratings_shards(path, lines_per_shard, layout.ratings_header)]
   batches = [b.batch for b in batches if b is not None]
   if not batches:
     raise no_rows_error(path, "ratings")

@@ -24,7 +24,7 @@ class Source:
 
 
 def tfds_config(dataset: str):
-  """TFDS's builder config for `dataset` ("1m" or "100k")."""
+  """TFDS's builder config for `dataset` ("1m", "100k", "20m" or "25m")."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = features.DATASETS[dataset].split("/", 1)[1]
   return tfds.builder_cls("movielens").builder_configs[name]
@@ -85,7 +85,7 @@ def resolve(dataset: str, data_dir: Optional[str], download_dir: Optional[str] =
   """Returns the extracted folder of `dataset`.
 
   Args:
-    dataset: "1m" or "100k".
+    dataset: a key of `features.DATASETS` ("1m", "100k", "20m", "25m").
     data_dir: None to download through TFDS; else a folder holding the official
       `ml-<dataset>.zip` (checked against TFDS's checksum), or the extracted files
       (directly or in an `ml-<dataset>/` subfolder). A URI (gs://...) must hold
