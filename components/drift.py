@@ -22,19 +22,29 @@ feature's distance between every pair of consecutive spans (docs/data.md, "Drift
 between spans", has the numbers). Each threshold is THRESHOLD_MARGIN times the
 largest distance measured on real data between consecutive spans of that length,
 rounded up to two significant digits: every real span passes, and a shift a
-quarter larger than the largest MovieLens itself showed stops the run. There are
-two sets: THRESHOLDS for calendar months (and longer spans) and WEEKLY_THRESHOLDS
-for spans shorter than 28 days, whose fewer users move the per-rating shares of
-gender, age and occupation much more from one span to the next
-(`thresholds_for`). Measured on MovieLens 100K only (MovieLens 1M's ratings were
-not at hand): rerun the script on 1M and take the larger.
+quarter larger than the largest MovieLens itself showed stops the run. THRESHOLDS
+are for calendar months (and longer spans); the features of the ratings have
+looser WEEKLY_THRESHOLDS for spans shorter than 28 days (`thresholds_for`).
+Measured on MovieLens 100K only (MovieLens 1M's ratings were not at hand): rerun
+the script on 1M and take the larger.
+
+A span with few users moves the user features (gender, age, occupation) far by
+chance alone: every rating of a user carries the same value, so their sample is
+the span's users, not its ratings. Between two spans, such a feature's threshold
+is its calibrated one or, if larger, the distance that two samples with the spans'
+effective numbers of users, drawn from the two spans pooled, exceed one time in a
+thousand (`sampling_thresholds`). That is what lets any span length and any number
+of users through without a threshold per length (bench/drift_gate.py measures it
+on real weekly, four-weekly and monthly spans).
 
 Features not compared, and why, are in NOT_COMPARED.
 """
 import math
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
+import numpy as np
 from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from models import features
 
@@ -56,30 +66,27 @@ THRESHOLDS: Dict[str, Tuple[str, float]] = {
     features.RAW_USER_AGE: (JENSEN_SHANNON, 0.082),
 }
 
-# The same features, measured between consecutive 7-day spans of MovieLens 100K
-# (`bench/drift_thresholds.py --every 1w`). A week holds 39 to 129 users, each
-# with dozens of ratings, so the user features' shares are a few users' own and
-# only a gross break (most of a week's users changed) stands out.
+# The features of the ratings themselves, measured between consecutive 7-day spans
+# of MovieLens 100K (`bench/drift_thresholds.py --every 1w`). The user features keep
+# THRESHOLDS for any span length: how far a span's few users move them by chance is
+# the spans' own sampling threshold (`sampling_thresholds`).
 WEEKLY_THRESHOLDS: Dict[str, Tuple[str, float]] = {
-    features.USER_GENDER: (INFINITY_NORM, 0.48),
-    features.AGE_BUCKET: (INFINITY_NORM, 0.64),
-    features.OCCUPATION_LABEL: (INFINITY_NORM, 0.41),
     features.MOVIE_GENRES: (INFINITY_NORM, 0.057),
     features.LABEL: (INFINITY_NORM, 0.19),
     features.USER_RATING: (JENSEN_SHANNON, 0.065),
-    features.RAW_USER_AGE: (JENSEN_SHANNON, 0.48),
 }
 # Spans at least this long are compared with THRESHOLDS, shorter ones with
-# WEEKLY_THRESHOLDS.
+# WEEKLY_THRESHOLDS for the features it has.
 MONTHLY_MIN_DAYS = 28
 
 
 def thresholds_for(span_days: int, span_months: int,
                    dataset: str = features.DEFAULT_DATASET) -> Dict[str, Tuple[str, float]]:
-  """The thresholds measured on spans like these (`--span-days`, `--span-months`),
+  """The calibrated thresholds of spans like these (`--span-days`, `--span-months`),
   for the features `dataset` has."""
-  thresholds = (THRESHOLDS if span_months or span_days >= MONTHLY_MIN_DAYS
-                else WEEKLY_THRESHOLDS)
+  thresholds = dict(THRESHOLDS)
+  if not span_months and span_days < MONTHLY_MIN_DAYS:
+    thresholds.update(WEEKLY_THRESHOLDS)
   return {name: threshold for name, threshold in thresholds.items()
           if features.in_release(name, dataset)}
 
@@ -152,3 +159,113 @@ def with_drift_comparators(
     feature.drift_comparator.Clear()
     getattr(feature.drift_comparator, comparator).threshold = threshold
   return drifted
+
+
+# Features whose every value is the user's own (a user's ratings all carry it): a
+# span's sample of them is its users, weighted by how many ratings each made, not
+# its ratings. A span with few users moves them far by chance alone.
+USER_LEVEL_FEATURES = (features.USER_GENDER, features.AGE_BUCKET, features.OCCUPATION_LABEL,
+                       features.RAW_USER_AGE)
+# A user feature's threshold between two spans is at least the distance that two
+# samples of the spans' sizes, drawn from one population (the two spans pooled),
+# exceed with probability 1 - SAMPLING_QUANTILE (`sampling_thresholds`).
+SAMPLING_QUANTILE = 0.999
+SAMPLING_DRAWS = 4000
+
+
+def _feature_statistics(statistics: statistics_pb2.DatasetFeatureStatistics, name: str
+                        ) -> Optional[statistics_pb2.FeatureNameStatistics]:
+  return next((f for f in statistics.features if ".".join(f.path.step) == name), None)
+
+
+def effective_users(statistics: statistics_pb2.DatasetFeatureStatistics) -> float:
+  """Kish's effective sample size of a span's users: (sum of their ratings)^2 / the
+  sum of squares of their ratings, from user_id's rank histogram. TFDV counts its top
+  1,000 values exactly; any users past those are taken to have rated equally."""
+  user = _feature_statistics(statistics, features.USER_ID)
+  if user is None or not user.string_stats.rank_histogram.buckets:
+    return float(statistics.num_examples)
+  counts = np.array([b.sample_count for b in user.string_stats.rank_histogram.buckets])
+  total = float(statistics.num_examples)
+  rest_users = user.string_stats.unique - len(counts)
+  rest = max(total - counts.sum(), 0.0)
+  squares = float(np.square(counts).sum()) + (rest * rest / rest_users if rest_users > 0 else 0.0)
+  return total * total / squares
+
+
+def _value_counts(feature: statistics_pb2.FeatureNameStatistics) -> Dict[str, float]:
+  return {b.label: b.sample_count for b in feature.string_stats.rank_histogram.buckets}
+
+
+def _standard_histogram(feature: statistics_pb2.FeatureNameStatistics):
+  return next(h for h in feature.num_stats.histograms
+              if h.type == statistics_pb2.Histogram.STANDARD)
+
+
+def _rebinned(histogram, edges: np.ndarray) -> np.ndarray:
+  """A histogram's counts over the buckets between `edges`, each bucket's count
+  spread evenly over its range (a bucket of one value counts where the value is)."""
+  counts = np.zeros(len(edges) - 1)
+  for bucket in histogram.buckets:
+    low, high = bucket.low_value, bucket.high_value
+    if high <= low:
+      counts[min(max(np.searchsorted(edges, low, side="right") - 1, 0), len(counts) - 1)] += (
+          bucket.sample_count)
+      continue
+    overlap = np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0, None)
+    counts += bucket.sample_count * overlap / (high - low)
+  return counts
+
+
+def _pooled(current: statistics_pb2.FeatureNameStatistics,
+            previous: statistics_pb2.FeatureNameStatistics, comparator: str) -> np.ndarray:
+  """The two spans' values pooled, as shares of one set of categories or buckets."""
+  if comparator == INFINITY_NORM:
+    a, b = _value_counts(current), _value_counts(previous)
+    counts = np.array([a.get(v, 0.0) + b.get(v, 0.0) for v in sorted(set(a) | set(b))])
+  else:
+    histograms = (_standard_histogram(current), _standard_histogram(previous))
+    edges = np.unique([edge for h in histograms for bucket in h.buckets
+                       for edge in (bucket.low_value, bucket.high_value)])
+    if len(edges) < 2:
+      return np.ones(1)
+    counts = sum(_rebinned(h, edges) for h in histograms)
+  return counts / counts.sum() if counts.sum() > 0 else np.ones(1)
+
+
+def _distances(first: np.ndarray, second: np.ndarray, comparator: str) -> np.ndarray:
+  """Per row, L-infinity or Jensen-Shannon divergence (base 2) of two share matrices."""
+  if comparator == INFINITY_NORM:
+    return np.abs(first - second).max(axis=1)
+  middle = (first + second) / 2
+
+  def kullback_leibler(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+      return np.where(p > 0, p * np.log2(p / middle), 0.0).sum(axis=1)
+
+  return (kullback_leibler(first) + kullback_leibler(second)) / 2
+
+
+def sampling_thresholds(current: statistics_pb2.DatasetFeatureStatistics,
+                        previous: statistics_pb2.DatasetFeatureStatistics,
+                        thresholds: Mapping[str, Tuple[str, float]]) -> Dict[str, Dict]:
+  """For each user feature of `thresholds`: the distance two spans with these numbers
+  of users would show by chance alone, and those numbers (the previous span's first).
+
+  The chance distance is the SAMPLING_QUANTILE quantile, over SAMPLING_DRAWS draws,
+  of the comparator's distance between two samples from the two spans pooled, of
+  each span's effective number of users (`effective_users`). Seeded: the same
+  statistics give the same numbers.
+  """
+  sizes = [max(1, round(effective_users(s))) for s in (previous, current)]
+  rng = np.random.default_rng(0)
+  result = {}
+  for name, (comparator, _) in thresholds.items():
+    pair = (_feature_statistics(previous, name), _feature_statistics(current, name))
+    if name not in USER_LEVEL_FEATURES or None in pair:
+      continue
+    shares = _pooled(*pair, comparator)
+    samples = [rng.multinomial(size, shares, size=SAMPLING_DRAWS) / size for size in sizes]
+    chance = float(np.quantile(_distances(*samples, comparator), SAMPLING_QUANTILE))
+    result[name] = {"chance_distance": chance, "effective_users": sizes}
+  return result

@@ -47,8 +47,16 @@ def compare(current: statistics_pb2.DatasetFeatureStatisticsList,
             previous: statistics_pb2.DatasetFeatureStatisticsList,
             schema, thresholds=drift.THRESHOLDS) -> Dict[str, Dict]:
   """Per feature compared (those of `thresholds` both spans have): comparator,
-  distance, threshold and whether it drifted."""
-  with_comparators = drift.with_drift_comparators(schema, thresholds)
+  distance, threshold and whether it drifted.
+
+  A user feature's threshold is its calibrated one or, if larger, the distance the
+  two spans' numbers of users give by chance (`drift.sampling_thresholds`): both
+  are in the result, with those numbers.
+  """
+  sampling = drift.sampling_thresholds(current.datasets[0], previous.datasets[0], thresholds)
+  fitted = {name: (comparator, max(threshold, sampling.get(name, {}).get("chance_distance", 0.0)))
+            for name, (comparator, threshold) in thresholds.items()}
+  with_comparators = drift.with_drift_comparators(schema, fitted)
   anomalies = tfdv.validate_statistics(current, with_comparators,
                                        previous_statistics=previous)
   drifted = {name for name, info in anomalies.anomaly_info.items()
@@ -59,15 +67,26 @@ def compare(current: statistics_pb2.DatasetFeatureStatisticsList,
     for measurement in info.drift_measurements:
       measured[name] = (measurement.value, measurement.threshold)
   return {name: {"comparator": thresholds[name][0], "distance": float(distance),
-                 "threshold": float(threshold), "drifted": name in drifted}
+                 "threshold": float(threshold), "drifted": name in drifted,
+                 "calibrated_threshold": float(thresholds[name][1]), **sampling.get(name, {})}
           for name, (distance, threshold) in sorted(measured.items())}
 
 
 def describe(distances: Dict[str, Dict]) -> List[str]:
-  """One line per drifted feature: name, distance, threshold."""
-  return [f"feature '{name}': {_COMPARATOR_NAMES[d['comparator']]} {d['distance']:.4g} "
-          f"above its threshold {d['threshold']:g}"
-          for name, d in sorted(distances.items()) if d["drifted"]]
+  """One line per drifted feature: name, distance, threshold (and where it comes from
+  when the spans' numbers of users set it)."""
+  lines = []
+  for name, d in sorted(distances.items()):
+    if not d["drifted"]:
+      continue
+    line = (f"feature '{name}': {_COMPARATOR_NAMES[d['comparator']]} {d['distance']:.4g} "
+            f"above its threshold {d['threshold']:.4g}")
+    if d["threshold"] > d.get("calibrated_threshold", d["threshold"]):
+      users = d["effective_users"]
+      line += (f" (what spans of {users[0]:,} and then {users[1]:,} effective users show "
+               f"by chance; calibrated {d['calibrated_threshold']:g})")
+    lines.append(line)
+  return lines
 
 
 def previous_span(current: types.Artifact, candidates: List[types.Artifact]

@@ -16,6 +16,7 @@ import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.statistics import stats_impl
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx.types import standard_artifacts
 
 from components import drift
@@ -203,18 +204,21 @@ def test_two_real_consecutive_months_pass(schema, drift_schema):
     (28, 0, "monthly"), (0, 1, "monthly"), (0, 3, "monthly")])
 def test_thresholds_follow_the_span_length(span_days, span_months, expected):
   chosen = drift.thresholds_for(span_days, span_months)
-  assert chosen == {"weekly": drift.WEEKLY_THRESHOLDS, "monthly": drift.THRESHOLDS}[expected]
+  assert chosen == {"weekly": {**drift.THRESHOLDS, **drift.WEEKLY_THRESHOLDS},
+                    "monthly": drift.THRESHOLDS}[expected]
 
 
-def test_weekly_thresholds_compare_the_same_features_more_loosely():
-  assert {name: comparator for name, (comparator, _) in drift.WEEKLY_THRESHOLDS.items()} == {
-      name: comparator for name, (comparator, _) in drift.THRESHOLDS.items()}
-  for name, (_, weekly) in drift.WEEKLY_THRESHOLDS.items():
+def test_weekly_thresholds_compare_the_ratings_features_more_loosely():
+  # The user features' thresholds follow the spans' users (sampling_thresholds).
+  assert not set(drift.WEEKLY_THRESHOLDS) & set(drift.USER_LEVEL_FEATURES)
+  assert set(drift.WEEKLY_THRESHOLDS) | set(drift.USER_LEVEL_FEATURES) == set(drift.THRESHOLDS)
+  for name, (comparator, weekly) in drift.WEEKLY_THRESHOLDS.items():
+    assert comparator == drift.THRESHOLDS[name][0]
     assert weekly > drift.THRESHOLDS[name][1], name
 
 
 @requires(REAL_100K)
-def test_two_real_consecutive_weeks_pass_the_weekly_thresholds_only(schema):
+def test_two_real_consecutive_weeks_pass_through_their_few_users(schema):
   table = parsing.read_release(str(REAL_100K), parsing.LAYOUTS["100k"])
   seconds = _values(table, features.TIMESTAMP)
   cutter = spans.SpanCutter.starting_at(spans.SpanLength(days=7), int(seconds.min()))
@@ -224,11 +228,18 @@ def test_two_real_consecutive_weeks_pass_the_weekly_thresholds_only(schema):
   assert [cutter.span(n).first_day for n in (24, 25)] == ["1998-03-07", "1998-03-14"]
   earlier, later = (_statistics(table.filter(pa.array(numbers == n)), schema)
                     for n in (24, 25))
-  weekly = drift_validator.compare(later, earlier, schema, drift.WEEKLY_THRESHOLDS)
+  weekly = drift_validator.compare(later, earlier, schema, drift.thresholds_for(7, 0))
   assert not drift_validator.describe(weekly), weekly
+  # Gender and age moved past their calibrated thresholds; the few users of these
+  # weeks move them that far by chance.
+  for name in (features.USER_GENDER, features.AGE_BUCKET):
+    moved = weekly[name]
+    assert moved["calibrated_threshold"] < moved["distance"] <= moved["chance_distance"]
+    assert moved["effective_users"][0] < 20 and moved["effective_users"][1] < 30
+  # The ratings' features keep the weekly thresholds: the monthly ones stop these weeks.
   monthly = drift_validator.compare(later, earlier, schema, drift.THRESHOLDS)
-  assert {name for name, d in monthly.items() if d["drifted"]} >= {
-      features.USER_GENDER, features.AGE_BUCKET}
+  assert {name for name, d in monthly.items() if d["drifted"]} - set(
+      drift.USER_LEVEL_FEATURES)
 
 
 def test_with_drift_comparators_changes_only_the_drift_comparators(schema):
@@ -296,10 +307,15 @@ def test_the_drift_validator_reports_every_distance_and_names_the_drifted_featur
   gender = distances[features.USER_GENDER]
   assert gender["distance"] == pytest.approx(
       _linf(_values(earlier, features.USER_GENDER), _values(swapped, features.USER_GENDER)))
+  # The synthetic spans' few users set the threshold above the calibrated one.
+  assert gender["threshold"] == gender["chance_distance"] > gender["calibrated_threshold"]
   (line,) = drift_validator.describe(distances)
+  previous_users, current_users = gender["effective_users"]
   assert line == (f"feature '{features.USER_GENDER}': L-infinity distance "
-                  f"{gender['distance']:.4g} above its threshold "
-                  f"{drift.THRESHOLDS[features.USER_GENDER][1]:g}")
+                  f"{gender['distance']:.4g} above its threshold {gender['threshold']:.4g} "
+                  f"(what spans of {previous_users} and then {current_users} effective "
+                  f"users show by chance; calibrated "
+                  f"{drift.THRESHOLDS[features.USER_GENDER][1]:g})")
   clean = drift_validator.compare(_statistics(later, schema), earlier_stats, schema)
   assert not drift_validator.describe(clean)
   assert all(0 < d["distance"] <= d["threshold"] for d in clean.values()), clean
@@ -315,3 +331,86 @@ def test_the_previous_span_is_the_latest_before_the_newest():
   every = [statistics(3, 1), statistics(4, 2), statistics(4, 7), newest]
   assert drift_validator.previous_span(newest, every).id == 7
   assert drift_validator.previous_span(statistics(3, 1), every) is None
+
+
+def _span_statistics(user_counts, gender_counts=None, unique_users=None, ages=None):
+  """Hand-made statistics of a span: user_id's rank histogram of `user_counts`
+  ratings per user (of `unique_users` users), and the given genders or ages."""
+  span = statistics_pb2.DatasetFeatureStatistics(num_examples=int(sum(user_counts)))
+  user = span.features.add()
+  user.path.step.append(features.USER_ID)
+  user.string_stats.unique = unique_users or len(user_counts)
+  for rank, count in enumerate(user_counts):
+    user.string_stats.rank_histogram.buckets.add(label=str(rank), sample_count=count)
+  if gender_counts:
+    gender = span.features.add()
+    gender.path.step.append(features.USER_GENDER)
+    for label, count in gender_counts.items():
+      gender.string_stats.rank_histogram.buckets.add(label=label, sample_count=count)
+  if ages:
+    age = span.features.add()
+    age.path.step.append(features.RAW_USER_AGE)
+    histogram = age.num_stats.histograms.add(type=statistics_pb2.Histogram.STANDARD)
+    for low, high, count in ages:
+      histogram.buckets.add(low_value=low, high_value=high, sample_count=count)
+  return span
+
+
+def test_effective_users_weigh_each_user_by_their_ratings():
+  assert drift.effective_users(_span_statistics([5, 5, 5, 5])) == pytest.approx(4)
+  # One heavy rater makes the span as informative as fewer users: 36 / (9 + 1 + 1 + 1).
+  assert drift.effective_users(_span_statistics([3, 1, 1, 1])) == pytest.approx(3)
+  # Users past TFDV's rank histogram share the rest of the ratings equally.
+  span = _span_statistics([3, 1], unique_users=4)
+  span.num_examples = 6
+  assert drift.effective_users(span) == pytest.approx(36 / (9 + 1 + 2 * 1))
+
+
+@pytest.mark.parametrize("name", [features.USER_GENDER, features.RAW_USER_AGE])
+def test_the_chance_distance_shrinks_as_the_spans_hold_more_users(name):
+  def span(users):
+    ages = [(18.0, 30.0, 40 * users), (30.0, 45.0, 40 * users), (45.0, 70.0, 20 * users)]
+    return _span_statistics([100] * users, {"0": 30 * users, "1": 70 * users}, ages=ages)
+
+  thresholds = {name: drift.THRESHOLDS[name]}
+  chance = {users: drift.sampling_thresholds(span(users), span(users), thresholds)[name]
+            for users in (10, 100, 1000)}
+  assert [chance[u]["effective_users"] for u in (10, 100, 1000)] == [[10, 10], [100, 100],
+                                                                      [1000, 1000]]
+  distances = [chance[u]["chance_distance"] for u in (10, 100, 1000)]
+  assert distances[0] > distances[1] > distances[2] > 0
+  if name == features.USER_GENDER:
+    # Two shares of 0.3 from 1,000 users each differ by N(0, sqrt(0.21 * 2 / 1000)):
+    # its 99.9% quantile in absolute value is 3.29 standard deviations, 0.067.
+    assert distances[2] == pytest.approx(3.29 * np.sqrt(0.21 * 2 / 1000), rel=0.15)
+  # The same statistics give the same thresholds.
+  assert drift.sampling_thresholds(span(10), span(10), thresholds)[name] == chance[10]
+  # Features of the ratings, not of the users, keep their calibrated thresholds.
+  assert not drift.sampling_thresholds(span(10), span(10), {
+      features.LABEL: drift.THRESHOLDS[features.LABEL]})
+
+
+@requires(REAL_100K)
+def test_real_four_week_spans_with_few_users_pass_and_a_gender_swap_is_still_caught(schema):
+  table = parsing.read_release(str(REAL_100K), parsing.LAYOUTS["100k"])
+  seconds = _values(table, features.TIMESTAMP)
+  length = spans.SpanLength(days=28)
+  cutter = spans.SpanCutter.starting_at(length, int(seconds.min()))
+  numbers = cutter.numbers(seconds)
+  # The spans where `recsys replay --every 4w` stopped on raw_user_age with the
+  # calibrated thresholds alone: 1998-03-07 and 1998-04-04 (spans 6 and 7).
+  assert [cutter.span(n).first_day for n in (5, 6, 7)] == [
+      "1998-02-07", "1998-03-07", "1998-04-04"]
+  span_tables = {n: table.filter(pa.array(numbers == n)) for n in (5, 6, 7)}
+  stats = {n: _statistics(t, schema) for n, t in span_tables.items()}
+  thresholds = drift.thresholds_for(length.days, length.months, "100k")
+  for earlier, later in ((5, 6), (6, 7)):
+    distances = drift_validator.compare(stats[later], stats[earlier], schema, thresholds)
+    age = distances[features.RAW_USER_AGE]
+    assert age["distance"] > age["calibrated_threshold"]  # the stop it was
+    assert not drift_validator.describe(distances), distances
+    assert age["threshold"] == pytest.approx(age["chance_distance"])
+    swapped = drift_validator.compare(_statistics(_with_genders_swapped(span_tables[later]),
+                                                  schema), stats[earlier], schema, thresholds)
+    (line,) = drift_validator.describe(swapped)
+    assert line.startswith(f"feature '{features.USER_GENDER}': L-infinity distance")
