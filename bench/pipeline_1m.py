@@ -34,7 +34,7 @@ sys.path.insert(0, REPO)
 from models import features
 from testing import synthetic
 
-NUM_USERS, NUM_RATED_MOVIES, NUM_RATINGS = 6_040, 3_706, 1_000_209
+SHAPE = synthetic.SHAPES["1m"]
 REAL_1M = os.path.join(REPO, "..", "shared", "data", "movielens", "ml-1m")
 TARGETS = {"total_seconds": 360, "component_seconds": 90, "peak_memory_gb": 6.0}
 
@@ -47,8 +47,7 @@ def write_data(folder: str, seed: int) -> str:
   tables_from = REAL_1M if os.path.exists(os.path.join(REAL_1M, "movies.dat")) else None
   started = time.perf_counter()
   release = synthetic.write_release(
-      folder, "1m", num_users=NUM_USERS, num_movies=3_883, num_ratings=NUM_RATINGS,
-      seed=seed, tables_from=tables_from, latent_dim=16, rated_movies=NUM_RATED_MOVIES)
+      folder, "1m", seed=seed, tables_from=tables_from, latent_dim=16, **SHAPE)
   print(f"wrote {release.num_ratings:,} ratings ({release.num_likes / release.num_ratings:.0%} "
         f"likes) for {release.num_users:,} users and "
         f"{'the real' if tables_from else 'synthetic'} movies in "
@@ -214,8 +213,9 @@ def main() -> int:
   results = {"label": args.label,
              "date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": machine(),
-             "data": {"users": NUM_USERS, "rated_movies": NUM_RATED_MOVIES,
-                      "ratings": NUM_RATINGS, "like_min_rating": features.LIKE_MIN_RATING},
+             "data": {"users": SHAPE["num_users"], "rated_movies": SHAPE["rated_movies"],
+                      "ratings": SHAPE["num_ratings"],
+                      "like_min_rating": features.LIKE_MIN_RATING},
              "command": ["recsys", "run", "--dataset", "1m", "--data-dir", data_dir,
                          "--output-dir", output_dir, *args.run_args]}
   results.update(run_pipeline(data_dir, output_dir, args.run_args))

@@ -18,6 +18,12 @@ from models import features
 
 # MovieLens 1M's first and last rating times.
 TIMESTAMP_RANGE = (956_703_932, 1_046_454_590)
+# Each release's first and last rating times (1M's for 1M and 100K, as before).
+TIMESTAMP_RANGES = {"1m": TIMESTAMP_RANGE, "100k": TIMESTAMP_RANGE,
+                    "20m": (789_652_009, 1_427_784_002), "25m": (789_652_009, 1_574_327_703)}
+# Ratings scored and written at a time: a 25M-rating release in one piece would
+# hold several gigabytes of factor products and text at once.
+_CHUNK = 1 << 20
 _OCCUPATIONS_100K = ("administrator", "artist", "doctor", "educator", "engineer",
                      "entertainment", "executive", "healthcare", "homemaker",
                      "lawyer", "librarian", "marketing", "none", "other",
@@ -92,7 +98,8 @@ def _ratings_per_user(rng, num_users: int, num_movies: int, num_ratings: int):
 
 
 def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: int,
-             rated_movies: Optional[int] = None, watch_affinity: float = 0.0):
+             rated_movies: Optional[int] = None, watch_affinity: float = 0.0,
+             time_range=TIMESTAMP_RANGE):
   """Samples distinct (user, movie) pairs and rates them from a planted model.
 
   With `rated_movies`, only that many movies (chosen at random) get ratings, as in
@@ -129,12 +136,17 @@ def _ratings(rng, num_users: int, movie_genres, num_ratings: int, latent_dim: in
                       - np.log(-np.log(rng.random(num_movies))),
                       num_movies - k)[num_movies - k:]
       for user, k in enumerate(per_user)])
-  score = ((user_factors[users] * movie_factors[movies]).sum(1) / np.sqrt(latent_dim)
-           + (genre_taste[users] * genre_matrix[movies]).sum(1)
-           + user_bias[users] + movie_bias[movies] + rng.normal(0, 0.8, len(users)))
+  noise = rng.normal(0, 0.8, len(users))
+  score = np.empty(len(users))
+  for start in range(0, len(users), _CHUNK):
+    rows = slice(start, start + _CHUNK)
+    u, m = users[rows], movies[rows]
+    score[rows] = ((user_factors[u] * movie_factors[m]).sum(1) / np.sqrt(latent_dim)
+                   + (genre_taste[u] * genre_matrix[m]).sum(1)
+                   + user_bias[u] + movie_bias[m] + noise[rows])
   # Quantiles of real MovieLens ratings: 6% ones, 11% twos, 26% threes, 35% fours.
   ratings = 1 + np.searchsorted(np.quantile(score, [0.06, 0.17, 0.43, 0.78]), score)
-  timestamps = rng.integers(*TIMESTAMP_RANGE, size=len(users))
+  timestamps = rng.integers(*time_range, size=len(users))
   order = np.lexsort((timestamps, users))  # grouped by user, as the releases are
   return users[order], movies[order], ratings[order], timestamps[order]
 
@@ -181,20 +193,22 @@ def write_release(folder: str, layout: str = "1m", num_users: int = 200,
     _write_tables(folder, spec, user_rows, movie_rows)
   users_idx, movies_idx, ratings, timestamps = _ratings(
       rng, len(user_ids), movie_genres, num_ratings, latent_dim, rated_movies,
-      watch_affinity)
+      watch_affinity, TIMESTAMP_RANGES[layout])
   separator = spec.ratings_separator
   user_ids, movie_ids = np.array(user_ids), np.array(movie_ids)
   if spec.ratings_header:  # half stars, as "3.5" and "4.0"
     half = (rng.random(len(ratings)) < 0.3) & (ratings != features.LIKE_MIN_RATING)
     ratings = ratings - 0.5 * half
-  lines = (np.char.add(np.char.add(user_ids[users_idx], separator),
-                       np.char.add(movie_ids[movies_idx], separator))
-           .astype(object) + ratings.astype(str).astype(object) + separator
-           + timestamps.astype(str).astype(object))
-  if spec.ratings_header:
-    lines = np.concatenate([[spec.ratings_header], lines])
   with open(os.path.join(folder, spec.ratings_file), "w", encoding="ascii") as f:
-    f.write("\n".join(lines) + "\n")
+    if spec.ratings_header:
+      f.write(spec.ratings_header + "\n")
+    for start in range(0, len(ratings), _CHUNK):
+      rows = slice(start, start + _CHUNK)
+      lines = (np.char.add(np.char.add(user_ids[users_idx[rows]], separator),
+                           np.char.add(movie_ids[movies_idx[rows]], separator))
+               .astype(object) + ratings[rows].astype(str).astype(object) + separator
+               + timestamps[rows].astype(str).astype(object))
+      f.write("\n".join(lines) + "\n")
   return SyntheticRelease(folder, len(user_ids), len(movie_ids), len(ratings),
                           int((ratings >= features.LIKE_MIN_RATING).sum()))
 
@@ -231,3 +245,38 @@ def _write_tables(folder: str, spec: parsing.Layout, user_rows, movie_rows) -> N
   for name, lines in ((spec.users_file, users), (spec.movies_file, movies)):
     with open(os.path.join(folder, name), "w", encoding="iso-8859-1") as f:
       f.write("\n".join(lines) + "\n")
+
+
+# The real releases' sizes, for benchmarks at their scale: users, movies in the
+# movies file, ratings, and movies with at least one rating.
+SHAPES = {
+    "1m": {"num_users": 6_040, "num_movies": 3_883, "num_ratings": 1_000_209,
+           "rated_movies": 3_706},
+    "20m": {"num_users": 138_493, "num_movies": 27_278, "num_ratings": 20_000_263,
+            "rated_movies": 26_744},
+    "25m": {"num_users": 162_541, "num_movies": 62_423, "num_ratings": 25_000_095,
+            "rated_movies": 59_047},
+}
+
+
+def main(argv=None) -> int:
+  """`python -m testing.synthetic --shape 25m FOLDER`: a release of a real one's size."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("folder")
+  parser.add_argument("--shape", choices=sorted(SHAPES), default="25m")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--latent-dim", type=int, default=16)
+  args = parser.parse_args(argv)
+  started = time.perf_counter()
+  release = write_release(args.folder, args.shape, seed=args.seed, latent_dim=args.latent_dim,
+                          **SHAPES[args.shape])
+  print(f"{args.folder}: {release.num_ratings:,} ratings ({release.num_likes:,} likes) by "
+        f"{release.num_users:,} users of {release.num_movies:,} movies, in the "
+        f"{args.shape} layout, in {time.perf_counter() - started:.0f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

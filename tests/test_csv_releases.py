@@ -247,3 +247,21 @@ def test_models_without_demographics_train_export_and_serve(model_name, transfor
   assert movie_ids.shape == (3, 5)
   rated = {(r[features.USER_ID][0], r[features.MOVIE_ID][0]) for r in transformed_25m.raw}
   assert not any((b"1", m) in rated for m in movie_ids[0])
+
+
+@pytest.mark.parametrize("layout", ["1m", "25m"])
+def test_a_synthetic_release_is_the_same_written_a_chunk_at_a_time(layout, tmp_path,
+                                                                   monkeypatch):
+  # What keeps a 25M-rating release (testing/synthetic.py's SHAPES) in memory.
+  settings = {"num_users": 80, "num_movies": 150, "num_ratings": 5_000, "seed": 6}
+  whole = synthetic.write_release(str(tmp_path / "whole"), layout, **settings)
+  monkeypatch.setattr(synthetic, "_CHUNK", 777)
+  chunked = synthetic.write_release(str(tmp_path / "chunked"), layout, **settings)
+  assert (whole.num_ratings, whole.num_likes) == (chunked.num_ratings, chunked.num_likes)
+  ratings = parsing.LAYOUTS[layout].ratings_file
+  assert (tmp_path / "whole" / ratings).read_bytes() == (
+      tmp_path / "chunked" / ratings).read_bytes()
+  times = _column(parsing.read_release(chunked.folder, parsing.LAYOUTS[layout]),
+                  features.TIMESTAMP)
+  low, high = synthetic.TIMESTAMP_RANGES[layout]
+  assert low <= min(times) and max(times) < high
