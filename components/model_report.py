@@ -30,6 +30,7 @@ from components import report_figures
 from components import report_tensorboard
 from evaluation import results as evaluation_results
 from evaluation import tfma_config
+from evaluation import topk
 from models import features
 
 METRICS_FILE = "metrics.json"
@@ -77,6 +78,10 @@ def _ranking_rows(ranking: Dict) -> List[Tuple[str, List[str]]]:
   names = list(systems)
   rows = [(metric, [_cell(systems[n]["metrics"][metric]) for n in names])
           for metric in systems[names[0]]["metrics"]]
+  lead = f"ndcg@{topk.K}"
+  if "confidence_95" in systems[names[0]]:
+    rows.insert(1, (f"{lead}, 95% CI ±",
+                    [_cell(systems[n].get("confidence_95", {}).get(lead)) for n in names]))
   rows.append(("catalogue coverage", [_cell(systems[n]["coverage"]) for n in names]))
   rows.append(("already rated", [_cell(systems[n]["already_rated_share"]) for n in names]))
   return rows
@@ -196,11 +201,15 @@ def _markdown(report: Dict) -> str:
 
 def _ranking_markdown(ranking: Dict) -> List[str]:
   names = list(ranking["systems"])
+  sampled = ranking.get("test_users", ranking["users"]) > ranking["users"]
+  whom = (f"a fixed random sample of {ranking['users']:,} of the {ranking['test_users']:,} "
+          "test users" if sampled else f"the {ranking['users']:,} test users")
   lines = ["", "## Top-10 lists", "",
-           f"What each system would serve the {ranking['users']:,} test users: the "
+           f"What each system would serve {whom}: the "
            "models through their `recommend` signature, as TF Serving calls it; the "
            "baselines over the same candidates (every movie the user has not rated in "
-           "train or eval). Relevant: the test movies the user liked.", "",
+           "train or eval). Relevant: the test movies the user liked. The 95% "
+           "confidence interval is over users (1.96 standard errors).", "",
            "| | " + " | ".join(SYSTEM_TITLES.get(n, n) for n in names) + " |",
            "|---|" + "---:|" * len(names)]
   lines += [f"| {label} | " + " | ".join(cells) + " |"

@@ -2,13 +2,15 @@
 
 TFMA judges the like probability example by example; this judges the list a user
 receives. For each trained model it loads the SavedModel and calls its
-`recommend` signature, the one TF Serving runs, for every test user; popularity
-and EASE rank the same candidates (evaluation/ranking.py). The served
+`recommend` signature, the one TF Serving runs, for every test user (a fixed
+sample of them above `ranking.MAX_SCORED_USERS`); popularity and EASE rank the same
+candidates (evaluation/ranking.py). The served
 recommender is also asked about each test user as a visitor it knows nothing of,
 through `recommend_for_history` with their earlier ratings ("visitor"). The result,
 ranking.json in the artifact, is one entry per system with NDCG@10, recall@10,
-hit rate@10, MAP@10, MRR@10, coverage, the share of already-rated movies served,
-and NDCG@k and recall@k for k = 1..50. ModelReport puts it beside TFMA's metrics.
+hit rate@10, MAP@10, MRR@10 (each with its 95% confidence interval over users),
+coverage, the share of already-rated movies served, and NDCG@k and recall@k for
+k = 1..50. ModelReport puts it beside TFMA's metrics.
 
 It also blesses the served recommender (components/recommender_builder.py), which
 has no like probability of its own for TFMA to judge: on its lists (`judge`).
@@ -52,7 +54,11 @@ class RankingEvaluation(types.Artifact):
 def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, str]) -> Dict:
   """Top-k results of each SavedModel in `model_dirs` and of the baselines, as JSON."""
   splits = ranking.read_splits(split_patterns)
-  users = ranking.test_users(splits)
+  every_user = ranking.test_users(splits)
+  users = ranking.sample_users(every_user)
+  if len(users) < len(every_user):
+    progress.report("rank", f"{len(users):,} of the {len(every_user):,} test users, a fixed "
+                    "random sample, are scored")
   systems = {}
   for name, model_dir in model_dirs.items():
     started = time.monotonic()
@@ -81,8 +87,8 @@ def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, 
       ranking.next_movie_lists(splits, users, seen), splits, users).to_json()
   progress.report("rank", f"baselines: popularity, EASE with L2 {l2:g} chosen on eval, "
                   f"and the next movie, in {time.monotonic() - started:.1f} s")
-  return {"users": len(users), "movies": len(splits.movie_ids), "models": list(model_dirs),
-          "systems": systems}
+  return {"users": len(users), "test_users": len(every_user),
+          "movies": len(splits.movie_ids), "models": list(model_dirs), "systems": systems}
 
 
 def judge(results: Dict, max_drop: float) -> Dict:

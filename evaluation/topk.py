@@ -9,8 +9,9 @@ the recommended list is compared with the relevant set:
 - hit rate@k: 1 if the list has any hit;
 - MAP@k: sum of precision@i at each hit rank i, divided by min(|relevant|, k);
 - MRR@k: 1 / rank of the first hit, 0 without one;
-averaged over those users. Users without a relevant movie cannot score and are
-counted apart. Over all lists: catalogue coverage (the share of the catalogue
+averaged over those users, each mean with the half-width of its 95% confidence
+interval over users (1.96 standard errors). Users without a relevant movie cannot
+score and are counted apart. Over all lists: catalogue coverage (the share of the catalogue
 recommended to anyone) and the share of recommendations the user had already
 rated (a recommender must never serve those).
 
@@ -26,6 +27,7 @@ from scipy.linalg import lapack
 K = 10  # the cut-off the report and the blessing lead with
 CURVE_KS = tuple(range(1, 51))  # NDCG@k and recall@k are drawn for these k
 METRICS = ("ndcg", "recall", "hit_rate", "map", "mrr")
+NORMAL_95 = 1.96  # standard errors either side of a mean: its 95% confidence interval
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -37,6 +39,7 @@ class TopKResult:
   """Metrics of one recommender's lists, averaged over users with something relevant."""
   k: int
   metrics: Dict[str, float]  # name@k -> mean over scored users
+  confidence_95: Dict[str, float]  # name@k -> half-width of its 95% confidence interval
   curves: Dict[str, List[float]]  # "ndcg" / "recall" -> value at each of CURVE_KS
   users_scored: int
   users_without_relevant: int
@@ -60,6 +63,7 @@ def evaluate_lists(recommended: Sequence[Sequence[int]], relevant: Sequence[Set[
   depth = max([k, *curve_ks])
   discounts = _discounts(depth)
   totals = {name: 0.0 for name in METRICS}
+  squares = {name: 0.0 for name in METRICS}
   curves = {"ndcg": np.zeros(len(curve_ks)), "recall": np.zeros(len(curve_ks))}
   scored = without = served = rated_served = 0
   shown: Set[int] = set()
@@ -81,18 +85,29 @@ def evaluate_lists(recommended: Sequence[Sequence[int]], relevant: Sequence[Set[
     curves["ndcg"] += gains[at] / ideal[np.minimum(at, len(ideal) - 1)]
     curves["recall"] += np.cumsum(hits)[at] / len(wanted)
     first_k = hits[:k]
-    totals["ndcg"] += gains[k - 1] / ideal[min(k, len(ideal)) - 1]
-    totals["recall"] += first_k.sum() / len(wanted)
-    totals["hit_rate"] += float(first_k.any())
     ranks = np.flatnonzero(first_k) + 1
-    totals["map"] += (np.arange(1, len(ranks) + 1) / ranks).sum() / min(len(wanted), k)
-    totals["mrr"] += 1.0 / ranks[0] if len(ranks) else 0.0
+    user_values = {
+        "ndcg": gains[k - 1] / ideal[min(k, len(ideal)) - 1],
+        "recall": first_k.sum() / len(wanted),
+        "hit_rate": float(first_k.any()),
+        "map": (np.arange(1, len(ranks) + 1) / ranks).sum() / min(len(wanted), k),
+        "mrr": 1.0 / ranks[0] if len(ranks) else 0.0}
+    for name, value in user_values.items():
+      totals[name] += value
+      squares[name] += value * value
 
   def mean(total):
     return float(total / scored) if scored else 0.0
 
+  def half_width(name):
+    if scored < 2:
+      return 0.0
+    variance = max(squares[name] - totals[name] ** 2 / scored, 0.0) / (scored - 1)
+    return float(NORMAL_95 * np.sqrt(variance / scored))
+
   return TopKResult(
       k=k, metrics={f"{name}@{k}": mean(total) for name, total in totals.items()},
+      confidence_95={f"{name}@{k}": half_width(name) for name in METRICS},
       curves={name: [mean(v) for v in values] for name, values in curves.items()},
       users_scored=scored, users_without_relevant=without,
       coverage=len(shown) / catalogue_size if catalogue_size else 0.0,

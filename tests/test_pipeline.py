@@ -181,7 +181,7 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
   # The top-k lists each model's `recommend` serves, beside the baselines'.
   ranking = report["ranking"]
   test_users = {u for u in _read_split(_latest_examples(config), "test")[features.USER_ID]}
-  assert ranking["users"] == len(test_users)
+  assert ranking["users"] == ranking["test_users"] == len(test_users)  # none left out
   assert set(ranking["systems"]) == {"cf", "deepfm", "retrieval", "recommender", "visitor",
                                      "popularity", "ease", "next_movie"}
   for name, system in ranking["systems"].items():
@@ -189,7 +189,11 @@ def test_synthetic_run_ingests_trains_evaluates_and_pushes(finished_run):
     assert system["users_scored"] + system["users_without_relevant"] == len(test_users)
     assert 0 < system["metrics"]["ndcg@10"] <= system["metrics"]["hit_rate@10"] <= 1, name
     assert len(system["curves"]["ndcg"]) == 50 and system["curves"]["recall"][-1] <= 1
+    # Values in [0, 1] spread at most by a standard deviation of 0.5.
+    assert 0 < system["confidence_95"]["ndcg@10"] <= (
+        1.96 * 0.51 / np.sqrt(system["users_scored"])), name
   assert "## Top-10 lists" in markdown and "| ndcg@10 | " in markdown
+  assert "| ndcg@10, 95% CI ± | " in markdown
   # Users of this release watch to their taste: retrieval finds it, well above
   # popularity, and the recommender built on it is blessed and pushed.
   ndcg = {name: system["metrics"]["ndcg@10"] for name, system in ranking["systems"].items()}

@@ -131,3 +131,15 @@ def test_recommender_not_blessed_when_it_falls_too_far_below_the_last_blessed():
   assert not verdict["blessed"]
   assert [c["passed"] for c in verdict["checks"]] == [True, False]
   assert "the last blessed model's 0.1200 - 0.005" in verdict["checks"][1]["check"]
+
+
+def test_above_the_limit_a_fixed_sample_of_test_users_is_scored():
+  users = np.arange(0, 50_000, 2)
+  sample = ranking.sample_users(users, max_users=1_000)
+  assert len(sample) == 1_000 and len(set(sample)) == 1_000
+  assert set(sample) <= set(users) and list(sample) == sorted(sample)
+  np.testing.assert_array_equal(sample, ranking.sample_users(users, max_users=1_000))
+  # Spread over the users, not their first thousand.
+  assert sample.min() < 5_000 and sample.max() > 45_000
+  np.testing.assert_array_equal(ranking.sample_users(users[:800], max_users=1_000),
+                                users[:800])

@@ -90,3 +90,19 @@ def test_ease_matches_its_closed_form_and_finds_co_rated_movies():
   # User 3 rated movie 0, which users 0 and 1 rated with movie 1: movie 1 ranks first.
   scores = x[3] @ weights
   assert topk.rank(scores[np.newaxis], x[3:4] > 0, 1).tolist() == [[1]]
+
+
+def test_each_mean_has_its_95_percent_confidence_interval_over_users():
+  # Three users: hits at rank 1, at rank 2, none (one relevant movie each).
+  result = topk.evaluate_lists([[1, 2], [2, 1], [3, 4]], [{1}, {1}, {1}], catalogue_size=5,
+                               k=2, curve_ks=(1,))
+  per_user = {"ndcg@2": [1.0, _log2(2), 0.0], "mrr@2": [1.0, 0.5, 0.0],
+              "hit_rate@2": [1.0, 1.0, 0.0]}
+  for name, values in per_user.items():
+    assert result.metrics[name] == pytest.approx(np.mean(values))
+    assert result.confidence_95[name] == pytest.approx(
+        1.96 * np.std(values, ddof=1) / np.sqrt(len(values)))
+  assert set(result.confidence_95) == set(result.metrics)
+  # One scored user: no spread to measure.
+  one = topk.evaluate_lists([[1]], [{1}], catalogue_size=2, k=1, curve_ks=(1,))
+  assert one.confidence_95["ndcg@1"] == 0.0
