@@ -8,6 +8,7 @@ history and RankingEvaluator's top-k lists, and writes into its artifact:
 - report.md: the side-by-side table, the reference study's numbers, the top-10
   lists table, AUC by slice;
 - roc.png, training_curves.png, auc_by_slice.png, ranking_curves.png;
+- cards/<model>.md and .html: each model's card (components/model_cards.py);
 - tensorboard/<system>/: the evaluation as TensorBoard scalars, PR curves and a
   Fairness Indicators summary for each model; NDCG@k and recall@k (the step is
   k) for each model and baseline.
@@ -25,6 +26,7 @@ from tfx.dsl.component.experimental.annotations import Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
+from components import model_cards
 from components import ranking_evaluator
 from components import report_figures
 from components import report_tensorboard
@@ -153,7 +155,7 @@ def ranking_checks(blessing: Dict) -> str:
                    for c in blessing["checks"])
 
 
-def _markdown(report: Dict) -> str:
+def _markdown(report: Dict, cards: Optional[Dict[str, str]] = None) -> str:
   models = report["models"]
   names = list(models)
   header = "| | " + " | ".join(MODEL_TITLES.get(n, n) for n in names) + " |"
@@ -191,6 +193,10 @@ def _markdown(report: Dict) -> str:
                for n in names]
       lines.append(f"| {slice_label(feature, value)} | {count:,} | " + " | ".join(cells) + " |")
     lines.append("")
+  if cards:
+    lines += ["## Model cards", ""] + [
+        f"- [{SYSTEM_TITLES.get(n, n)}]({model_cards.CARDS_DIR}/{n}.md) "
+        f"([HTML]({model_cards.CARDS_DIR}/{n}.html))" for n in cards] + [""]
   lines += ["## Figures", "", f"![ROC curves]({report_figures.ROC_FILE})", "",
             f"![Training curves]({report_figures.TRAINING_FILE})", "",
             f"![AUC by slice]({report_figures.SLICES_FILE})", ""]
@@ -227,15 +233,27 @@ def _natural(value: str):
   return (1, 0.0, value)
 
 
+def write_cards(report: Dict, folder: str, data: Dict) -> Dict[str, str]:
+  """A model card for each model of the report and the served recommender
+  (components/model_cards.py); returns their Markdown paths."""
+  names = list(report["models"]) + (["recommender"] if report.get("ranking") else [])
+  cards = {name: model_cards.render(name, report, data, SYSTEM_TITLES, slice_label,
+                                    tfma_config.REPORTED_METRICS, topk.K)
+           for name in names}
+  return model_cards.write(cards, folder, SYSTEM_TITLES)
+
+
 def write(results: Dict[str, evaluation_results.ModelResults], folder: str,
-          ranking: Optional[Dict] = None) -> Dict:
-  """Writes metrics.json, report.md, figures and TensorBoard summaries to `folder`."""
+          ranking: Optional[Dict] = None, data: Optional[Dict] = None) -> Dict:
+  """Writes metrics.json, report.md, figures and TensorBoard summaries to `folder`;
+  with `data` (model_cards.data_facts), a model card for each model."""
   report = build_report(results, ranking)
   tf.io.gfile.makedirs(folder)
   with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
     json.dump(report, f, indent=2)
+  cards = write_cards(report, folder, data) if data is not None else {}
   with tf.io.gfile.GFile(os.path.join(folder, MARKDOWN_FILE), "w") as f:
-    f.write(_markdown(report))
+    f.write(_markdown(report, cards))
   report_figures.write_all(results, folder, MODEL_TITLES, slice_label)
   for name, model_results in results.items():
     report_tensorboard.write(model_results, os.path.join(folder, TENSORBOARD_DIR, name),
@@ -274,8 +292,13 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
                 deepfm_model_run: InputArtifact[standard_artifacts.ModelRun],
                 ranking: InputArtifact[ranking_evaluator.RankingEvaluation],
                 report: OutputArtifact[ReportArtifact],
-                code_fingerprint: Parameter[str]):
-  """Writes the side-by-side report of both models' evaluations.
+                code_fingerprint: Parameter[str],
+                learned_from: InputArtifact[List[standard_artifacts.Examples]] = None,
+                examples: InputArtifact[standard_artifacts.Examples] = None,
+                statistics: InputArtifact[standard_artifacts.ExampleStatistics] = None):
+  """Writes the side-by-side report of both models' evaluations and, with the
+  examples the models `learned_from`, the newest `examples` and their `statistics`,
+  the models' cards.
 
   `code_fingerprint` (common.code_fingerprint) only keys the cache, so a report
   written by other code is never reused.
@@ -288,5 +311,10 @@ def ModelReport(cf_evaluation: InputArtifact[standard_artifacts.ModelEvaluation]
           evaluation_artifact.uri,
           bool(blessing.get_int_custom_property("blessed")), model_run.uri)
       for name, (evaluation_artifact, blessing, model_run) in inputs.items()}
-  write(results, report.uri, ranking_evaluator.load(ranking.uri))
+  data = None
+  if examples is not None:
+    data = model_cards.data_facts(learned_from or [examples], examples,
+                                  model_cards.train_statistics(statistics)
+                                  if statistics is not None else None)
+  write(results, report.uri, ranking_evaluator.load(ranking.uri), data)
   report.set_int_custom_property("format_version", FORMAT_VERSION)

@@ -149,6 +149,26 @@ def _report(args: argparse.Namespace) -> int:
   return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+  """Prints where a finished run's model cards are: in its report, and beside each
+  model it pushed."""
+  from components import model_cards  # pylint: disable=g-import-not-at-top
+  config = configs.PipelineConfig(output_dir=args.run_dir, serving_dir=args.serving_dir)
+  folder = os.path.join(config.output_dir, "report", model_cards.CARDS_DIR)
+  cards = sorted(f for f in os.listdir(folder) if f.endswith(".md")) if os.path.isdir(
+      folder) else []
+  if not cards:
+    print(f"error: no model cards in {folder}: run the pipeline (recsys run) to the end "
+          "first", file=sys.stderr)
+    return 1
+  for card in cards:
+    name = card[:-len(".md")]
+    beside = os.path.join(config.serving_dir, name, model_cards.CARD_FILE + ".md")
+    print(f"{name}: {os.path.join(folder, card)} (and .html)"
+          + (f"; beside the pushed model: {beside}" if os.path.isfile(beside) else ""))
+  return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
   cluster = configs.LOCAL_CLUSTERS[args.engine](args.state_dir)
   if args.action == "install":
@@ -401,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
       "report", help="print a finished run's comparison table (from ML Metadata)")
   report.add_argument("run_dir", help="the run's output folder")
   report.set_defaults(handler=_report)
+
+  card = commands.add_parser(
+      "card", help="print where a finished run's model cards are (its report, and "
+      "beside each pushed model)")
+  card.add_argument("run_dir", help="the run's output folder")
+  card.add_argument("--serving-dir", help="where the run pushed its models (default "
+                    "<run_dir>/serving)")
+  card.set_defaults(handler=_card)
 
   recommend = commands.add_parser(
       "recommend", help="top-k movies for a user or a visitor's history, from the "

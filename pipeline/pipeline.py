@@ -269,7 +269,9 @@ def create_components(config: configs.PipelineConfig,
       deepfm_blessing=evaluators["deepfm"].outputs["blessing"],
       deepfm_model_run=trainers["deepfm"].outputs["model_run"],
       ranking=ranking_evaluator.outputs["evaluation"],
-      code_fingerprint=code_fingerprint_of("ModelReport"))
+      code_fingerprint=code_fingerprint_of("ModelReport"),
+      learned_from=learned_from, examples=newest,
+      statistics=statistics_gen.outputs["statistics"])
 
   return [example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
           *([drift_validator] if drift_validator is not None else []),

@@ -10,6 +10,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.io import fileio
 from tfx.orchestration import metadata
 
+from components import model_cards
 from components import model_report
 from pipeline import configs
 from pipeline import run_store
@@ -147,7 +148,30 @@ def publish_report(config: configs.PipelineConfig) -> Optional[str]:
   else:
     shutil.copytree(report.uri, target, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(model_report.TENSORBOARD_DIR))
+  publish_cards(target, config.serving_dir)
   return os.path.join(target, model_report.METRICS_FILE)
+
+
+def publish_cards(report_dir: str, serving_dir: str) -> List[str]:
+  """Copies the card of each model this run pushed beside its versions in the
+  serving folder (`<serving_dir>/<model>/model_card.md` and `.html`; TF Serving
+  reads only the numbered folders). A model this run did not push keeps the card
+  of the run that pushed it. Returns the cards copied."""
+  report = model_report.load(report_dir)
+  pushed = [name for name, model in report["models"].items() if model["blessed"]]
+  if (report.get("ranking") or {}).get("blessing", {}).get("blessed"):
+    pushed.append("recommender")
+  copied = []
+  for name in pushed:
+    destination = os.path.join(serving_dir, name)
+    source = os.path.join(report_dir, model_cards.CARDS_DIR, f"{name}.md")
+    if not (os.path.isdir(destination) and os.path.isfile(source)):
+      continue
+    for extension in (".md", ".html"):
+      shutil.copyfile(os.path.join(report_dir, model_cards.CARDS_DIR, name + extension),
+                      os.path.join(destination, model_cards.CARD_FILE + extension))
+    copied.append(os.path.join(destination, model_cards.CARD_FILE + ".md"))
+  return copied
 
 
 def _download_folder(uri: str, target: str, skip: str) -> None:

@@ -315,6 +315,33 @@ def test_report_command_reads_the_stored_run(finished_run, tmp_path, capsys):
 _SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
+def test_every_pushed_model_has_a_card_made_of_what_the_run_recorded(finished_run, capsys):
+  _, config, summary = finished_run
+  folder = pathlib.Path(summary.report_path).parent
+  report = json.loads((folder / "metrics.json").read_text())
+  ranking = report["ranking"]
+  counts = json.loads(_latest_examples(config).get_string_custom_property("split_counts"))
+  for model in ("cf", "deepfm", "recommender"):
+    card = (folder / "cards" / f"{model}.md").read_text()
+    assert "<table>" in (folder / "cards" / f"{model}.html").read_text()
+    assert "**Release**: movielens/1m-ratings" in card
+    assert f"- **train**: {counts['train']:,} ratings" in card
+    system = ranking["systems"][model]
+    assert (f"| {system['metrics']['ndcg@10']:.4f} ± {system['confidence_95']['ndcg@10']:.4f}"
+            in card)
+    if model != "recommender":
+      assert f"| auc | {report['models'][model]['auc']:.4f} |" in card
+      assert f"`Trainer.{model}`, {BRIEF_TRAINING[model]['epochs']} epochs" in card
+    # Beside the pushed versions too: every model of this run was blessed and pushed.
+    assert (pathlib.Path(config.serving_dir) / model / "model_card.md").read_text() == card
+  assert "## Model cards" in (folder / "report.md").read_text()
+  assert cli.main(["card", config.output_dir]) == 0
+  printed = capsys.readouterr().out
+  deepfm_card = folder / "cards" / "deepfm.md"
+  assert f"deepfm: {deepfm_card} (and .html); beside the pushed model: " in printed
+  assert len(printed.splitlines()) == 3
+
+
 def test_pushed_models_serve_as_tf_serving_loads_them(finished_run, capsys):
   """The serving folder as TF Serving reads it (the binary cannot be installed here)."""
   _, config, _ = finished_run
