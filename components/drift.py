@@ -217,14 +217,14 @@ def _rebinned(histogram, edges: np.ndarray) -> np.ndarray:
   return counts
 
 
-def _pooled(current: statistics_pb2.FeatureNameStatistics,
-            previous: statistics_pb2.FeatureNameStatistics, comparator: str) -> np.ndarray:
-  """The two spans' values pooled, as shares of one set of categories or buckets."""
+def _pooled(first: statistics_pb2.FeatureNameStatistics,
+            second: statistics_pb2.FeatureNameStatistics, comparator: str) -> np.ndarray:
+  """Two spans' values pooled, as shares of one set of categories or buckets."""
   if comparator == INFINITY_NORM:
-    a, b = _value_counts(current), _value_counts(previous)
+    a, b = _value_counts(first), _value_counts(second)
     counts = np.array([a.get(v, 0.0) + b.get(v, 0.0) for v in sorted(set(a) | set(b))])
   else:
-    histograms = (_standard_histogram(current), _standard_histogram(previous))
+    histograms = (_standard_histogram(first), _standard_histogram(second))
     edges = np.unique([edge for h in histograms for bucket in h.buckets
                        for edge in (bucket.low_value, bucket.high_value)])
     if len(edges) < 2:

@@ -153,14 +153,14 @@ def _card(args: argparse.Namespace) -> int:
   """Prints where a finished run's model cards are: in its report, and beside each
   model it pushed."""
   from components import model_cards  # pylint: disable=g-import-not-at-top
+  from pipeline import run_store  # pylint: disable=g-import-not-at-top
   config = configs.PipelineConfig(output_dir=args.run_dir, serving_dir=args.serving_dir)
   folder = os.path.join(config.output_dir, "report", model_cards.CARDS_DIR)
   cards = sorted(f for f in os.listdir(folder) if f.endswith(".md")) if os.path.isdir(
       folder) else []
   if not cards:
-    print(f"error: no model cards in {folder}: run the pipeline (recsys run) to the end "
-          "first", file=sys.stderr)
-    return 1
+    raise run_store.RunFolderError(f"no model cards in {folder}: run the pipeline "
+                                   "(recsys run) to the end first")
   for card in cards:
     name = card[:-len(".md")]
     beside = os.path.join(config.serving_dir, name, model_cards.CARD_FILE + ".md")

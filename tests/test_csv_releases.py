@@ -134,9 +134,15 @@ def test_bad_csv_input_names_the_file_and_line(file_name, bad, good, message, tm
     parsing.read_release(folder, ML_25M)
 
 
-def test_a_ratings_file_with_its_header_alone_has_no_ratings(tmp_path):
-  folder = _write(tmp_path, ratings="userId,movieId,rating,timestamp\n\n")
-  with pytest.raises(parsing.MovieLensDataError, match="ratings.csv: no ratings found"):
+@pytest.mark.parametrize("ratings, movies, message", [
+    ("userId,movieId,rating,timestamp\n\n", MOVIES_CSV, "ratings.csv: no ratings found"),
+    ("userId,movieId,rating,timestamp", MOVIES_CSV,
+     "ratings.csv: no ratings found after the header line"),
+    (RATINGS_CSV, "movieId,title,genres\n", "movies.csv: no movies found after the header"),
+])
+def test_a_file_with_its_header_alone_has_nothing_in_it(ratings, movies, message, tmp_path):
+  folder = _write(tmp_path, movies=movies, ratings=ratings)
+  with pytest.raises(parsing.MovieLensDataError, match=message):
     parsing.read_release(folder, ML_25M)
 
 

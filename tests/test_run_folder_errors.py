@@ -1,4 +1,4 @@
-"""`recsys report`, `tensorboard` and `recommend` on run folders that cannot answer.
+"""`recsys report`, `card`, `tensorboard` and `recommend` on run folders that cannot answer.
 
 Each case must end in one `error:` line that says what is missing and where,
 with exit code 1 and no traceback. The finished-run cases (a report from another
@@ -35,6 +35,9 @@ def test_folders_that_are_no_runs(command, tmp_path, capsys):
 
 def test_a_run_that_stopped_before_its_report(tmp_path, capsys):
   run = _empty_run(tmp_path / "run")
+  assert cli_error(capsys, "card", str(run)) == (
+      f"error: no model cards in {run / 'report' / 'cards'}: run the pipeline (recsys run) "
+      "to the end first")
   assert cli_error(capsys, "report", str(run)) == (
       f"error: {run} has no evaluation report yet: the run did not get that far "
       f"(see {run / 'logs'})")

@@ -312,7 +312,7 @@ def _csv_movie_lines(path: str) -> List[Tuple[int, List[str]]]:
   except csv.Error as e:
     raise _fail(path, reader.line_num, f"not valid CSV ({e})") from None
   if not rows:
-    raise no_rows_error(path, "movies")
+    raise _fail(path, None, "no movies found after the header line")
   return rows
 
 
@@ -442,7 +442,7 @@ def plan_ratings_shards(path: str, lines_per_shard: int,
       raise _fail(path, 1, f"expected the header {header!r}, found {_shown(first_line)}")
     skipped, newline_ends = 1, newline_ends[1:]
     if not len(newline_ends):
-      raise no_rows_error(path, "ratings")
+      raise _fail(path, None, "no ratings found after the header line")
   shards = []
   for first in range(0, len(newline_ends), lines_per_shard):
     last = min(first + lines_per_shard, len(newline_ends))
