@@ -18,6 +18,9 @@ from typing import Dict, List, Optional
 import jinja2
 import markdown as markdown_lib
 import tensorflow as tf
+from tfx.components.statistics_gen import stats_artifact_utils
+
+from models import features
 
 CARDS_DIR = "cards"
 CARD_FILE = "model_card"  # beside a pushed model's versions: model_card.md, .html
@@ -152,9 +155,6 @@ def data_facts(learned_from: List, newest, statistics: Optional[Dict]) -> Dict:
 
 def train_statistics(statistics, split: str = "train") -> Optional[Dict]:
   """Examples, distinct users and movies, and like rate of one split's TFDV statistics."""
-  from tfx.components.statistics_gen import stats_artifact_utils  # pylint: disable=g-import-not-at-top
-
-  from models import features  # pylint: disable=g-import-not-at-top
   try:
     dataset = stats_artifact_utils.load_statistics(statistics, split).proto().datasets[0]
   except Exception:  # pylint: disable=broad-except
