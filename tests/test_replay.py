@@ -122,8 +122,10 @@ def _files(folder: pathlib.Path) -> Dict[str, int]:
 
 
 def _serving_folders(config, model) -> List[str]:
+  """The model's folders in the serving folder: versions and pushes under way (its
+  model card files lie beside them)."""
   folder = pathlib.Path(config.serving_model_dir(model))
-  return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+  return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def _whole_versions(config) -> bool:
@@ -328,6 +330,7 @@ def test_a_push_killed_midway_leaves_the_served_versions_whole(replayed):
   serving_cf = pathlib.Path(config.serving_model_dir("cf"))
   assert [_files(serving_cf / v) for v in versions] == [
       _files(folder) for folder in _served_model_dirs(config, "cf")]
+  assert (serving_cf / "model_card.md").read_text().startswith("# Model card: CF (TFRS)")
 
 
 def test_a_replay_shows_only_its_progress_lines(replayed):
