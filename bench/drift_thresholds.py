@@ -95,13 +95,6 @@ def statistics(batch: pa.RecordBatch, schema: schema_pb2.Schema
   return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions(schema=schema))
 
 
-def _feature_stats(stats: statistics_pb2.DatasetFeatureStatisticsList, name: str):
-  for feature in stats.datasets[0].features:
-    if feature.path.step == [name]:
-      return feature
-  return None
-
-
 def linf_from_counts(current, previous) -> float:
   """TFDV's L-infinity: the largest change in one value's share of its rank histogram."""
   shares = []
@@ -114,29 +107,17 @@ def linf_from_counts(current, previous) -> float:
              default=0.0)
 
 
-def _standard_histogram(stats):
-  for histogram in stats.num_stats.histograms:
-    if histogram.type == statistics_pb2.Histogram.STANDARD:
-      return histogram
-  return None
-
-
 def jsd_if_aligned(current, previous) -> Optional[float]:
   """TFDV's Jensen-Shannon divergence (base 2) of two standard histograms with the
   same buckets; None when the buckets differ (TFDV then re-buckets them)."""
-  histograms = [_standard_histogram(s) for s in (current, previous)]
+  histograms = [drift.standard_histogram(s) for s in (current, previous)]
   if None in histograms:
     return None
   edges = [[(b.low_value, b.high_value) for b in h.buckets] for h in histograms]
   if edges[0] != edges[1] or any(h.num_nan for h in histograms):
     return None
-  p, q = (np.array([b.sample_count for b in h.buckets]) for h in histograms)
-  p, q = p / p.sum(), q / q.sum()
-  m = (p + q) / 2
-  with np.errstate(divide="ignore", invalid="ignore"):
-    kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum()
-    kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum()
-  return float((kl_p + kl_q) / 2)
+  p, q = (np.array([[b.sample_count for b in h.buckets]]) for h in histograms)
+  return float(drift.distances(p / p.sum(), q / q.sum(), drift.JENSEN_SHANNON)[0])
 
 
 def drift_distances(current, previous, schema_at_zero: schema_pb2.Schema,
@@ -160,7 +141,8 @@ def drift_distances(current, previous, schema_at_zero: schema_pb2.Schema,
                            f"the measured {distances[name]}")
       checks["description_agrees"] += 1
   for feature in schema_at_zero.feature:
-    now, before = (_feature_stats(s, feature.name) for s in (current, previous))
+    now, before = (drift.feature_statistics(s.datasets[0], feature.name)
+                   for s in (current, previous))
     if now is None or before is None:
       continue
     if drift.is_categorical(feature):

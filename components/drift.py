@@ -173,8 +173,9 @@ SAMPLING_QUANTILE = 0.999
 SAMPLING_DRAWS = 4000
 
 
-def _feature_statistics(statistics: statistics_pb2.DatasetFeatureStatistics, name: str
-                        ) -> Optional[statistics_pb2.FeatureNameStatistics]:
+def feature_statistics(statistics: statistics_pb2.DatasetFeatureStatistics, name: str
+                       ) -> Optional[statistics_pb2.FeatureNameStatistics]:
+  """The statistics of feature `name`, or None where the dataset has none."""
   return next((f for f in statistics.features if ".".join(f.path.step) == name), None)
 
 
@@ -182,7 +183,7 @@ def effective_users(statistics: statistics_pb2.DatasetFeatureStatistics) -> floa
   """Kish's effective sample size of a span's users: (sum of their ratings)^2 / the
   sum of squares of their ratings, from user_id's rank histogram. TFDV counts its top
   1,000 values exactly; any users past those are taken to have rated equally."""
-  user = _feature_statistics(statistics, features.USER_ID)
+  user = feature_statistics(statistics, features.USER_ID)
   if user is None or not user.string_stats.rank_histogram.buckets:
     return float(statistics.num_examples)
   counts = np.array([b.sample_count for b in user.string_stats.rank_histogram.buckets])
@@ -197,9 +198,12 @@ def _value_counts(feature: statistics_pb2.FeatureNameStatistics) -> Dict[str, fl
   return {b.label: b.sample_count for b in feature.string_stats.rank_histogram.buckets}
 
 
-def _standard_histogram(feature: statistics_pb2.FeatureNameStatistics):
-  return next(h for h in feature.num_stats.histograms
-              if h.type == statistics_pb2.Histogram.STANDARD)
+def standard_histogram(feature: statistics_pb2.FeatureNameStatistics
+                       ) -> Optional[statistics_pb2.Histogram]:
+  """A numeric feature's standard (equal-width) histogram, the one TFDV's
+  Jensen-Shannon divergence compares; None if it has none."""
+  return next((h for h in feature.num_stats.histograms
+               if h.type == statistics_pb2.Histogram.STANDARD), None)
 
 
 def _rebinned(histogram, edges: np.ndarray) -> np.ndarray:
@@ -224,7 +228,7 @@ def _pooled(first: statistics_pb2.FeatureNameStatistics,
     a, b = _value_counts(first), _value_counts(second)
     counts = np.array([a.get(v, 0.0) + b.get(v, 0.0) for v in sorted(set(a) | set(b))])
   else:
-    histograms = (_standard_histogram(first), _standard_histogram(second))
+    histograms = (standard_histogram(first), standard_histogram(second))
     edges = np.unique([edge for h in histograms for bucket in h.buckets
                        for edge in (bucket.low_value, bucket.high_value)])
     if len(edges) < 2:
@@ -233,7 +237,7 @@ def _pooled(first: statistics_pb2.FeatureNameStatistics,
   return counts / counts.sum() if counts.sum() > 0 else np.ones(1)
 
 
-def _distances(first: np.ndarray, second: np.ndarray, comparator: str) -> np.ndarray:
+def distances(first: np.ndarray, second: np.ndarray, comparator: str) -> np.ndarray:
   """Per row, L-infinity or Jensen-Shannon divergence (base 2) of two share matrices."""
   if comparator == INFINITY_NORM:
     return np.abs(first - second).max(axis=1)
@@ -261,11 +265,11 @@ def sampling_thresholds(current: statistics_pb2.DatasetFeatureStatistics,
   rng = np.random.default_rng(0)
   result = {}
   for name, (comparator, _) in thresholds.items():
-    pair = (_feature_statistics(previous, name), _feature_statistics(current, name))
+    pair = (feature_statistics(previous, name), feature_statistics(current, name))
     if name not in USER_LEVEL_FEATURES or None in pair:
       continue
     shares = _pooled(*pair, comparator)
     samples = [rng.multinomial(size, shares, size=SAMPLING_DRAWS) / size for size in sizes]
-    chance = float(np.quantile(_distances(*samples, comparator), SAMPLING_QUANTILE))
+    chance = float(np.quantile(distances(*samples, comparator), SAMPLING_QUANTILE))
     result[name] = {"chance_distance": chance, "effective_users": sizes}
   return result
