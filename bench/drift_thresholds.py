@@ -52,6 +52,7 @@ from components.movielens_example_gen import spans  # pylint: disable=g-import-n
 from models import features  # pylint: disable=g-import-not-at-top
 from pipeline import configs  # pylint: disable=g-import-not-at-top
 from pipeline import replay  # pylint: disable=g-import-not-at-top
+from testing import examples  # pylint: disable=g-import-not-at-top
 
 # The real GroupLens files live beside the repository, never in it (as in tests/conftest.py).
 DEFAULT_DATA_DIR = os.environ.get("MOVIELENS_REAL_DATA",
@@ -182,7 +183,7 @@ def measure_release(name: str, data_dir: str, length: spans.SpanLength, min_rati
     missing = [f for f in layout.files if not os.path.isfile(os.path.join(where, f))]
     return {"missing": f"{where} lacks {', '.join(missing) or 'the release'}"}
   started = time.time()
-  table = parsing.read_release(folder, layout)
+  table = examples.with_histories(parsing.read_release(folder, layout))
   by_span = span_batches(table, length)
   months = {day: batch for day, batch in by_span.values()}
   counts = {month: batch.num_rows for month, batch in months.items()}
