@@ -20,6 +20,7 @@ import markdown as markdown_lib
 import tensorflow as tf
 from tfx.components.statistics_gen import stats_artifact_utils
 
+from components import ranking_evaluator
 from models import features
 
 CARDS_DIR = "cards"
@@ -219,12 +220,7 @@ def render(model: str, report: Dict, data: Dict, titles: Dict[str, str],
     blessed = bool(verdict.get("blessed"))
     blessing = "; ".join(c["check"] for c in verdict.get("checks", [])) or "not judged"
     metrics, weakest = {}, []
-  topk_users = ""
-  if ranking:
-    topk_users = (f"a fixed random sample of {ranking['users']:,} of the "
-                  f"{ranking['test_users']:,} test users"
-                  if ranking.get("test_users", ranking["users"]) > ranking["users"]
-                  else f"the {ranking['users']:,} test users")
+  topk_users = ranking_evaluator.scored_users(ranking) if ranking else ""
   split_text = data["split_method"]
   if data["spans"]:
     split_text += f"; learned from span(s) {data['spans']}, judged on span {data['judged_span']}"

@@ -207,11 +207,8 @@ def _markdown(report: Dict, cards: Optional[Dict[str, str]] = None) -> str:
 
 def _ranking_markdown(ranking: Dict) -> List[str]:
   names = list(ranking["systems"])
-  sampled = ranking.get("test_users", ranking["users"]) > ranking["users"]
-  whom = (f"a fixed random sample of {ranking['users']:,} of the {ranking['test_users']:,} "
-          "test users" if sampled else f"the {ranking['users']:,} test users")
   lines = ["", "## Top-10 lists", "",
-           f"What each system would serve {whom}: the "
+           f"What each system would serve {ranking_evaluator.scored_users(ranking)}: the "
            "models through their `recommend` signature, as TF Serving calls it; the "
            "baselines over the same candidates (every movie the user has not rated in "
            "train or eval). Relevant: the test movies the user liked. The 95% "

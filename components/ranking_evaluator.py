@@ -91,6 +91,15 @@ def evaluate_models(split_patterns: Dict[str, List[str]], model_dirs: Dict[str, 
           "movies": len(splits.movie_ids), "models": list(model_dirs), "systems": systems}
 
 
+def scored_users(results: Dict) -> str:
+  """Whom `evaluate_models`' results score, in words: every test user, or the fixed
+  sample of them."""
+  if results.get("test_users", results["users"]) > results["users"]:
+    return (f"a fixed random sample of {results['users']:,} of the "
+            f"{results['test_users']:,} test users")
+  return f"the {results['users']:,} test users"
+
+
 def judge(results: Dict, max_drop: float) -> Dict:
   """Whether the JUDGED model may be pushed, and why (added to the results as "blessing").
 

@@ -164,11 +164,11 @@ def publish_cards(report_dir: str, serving_dir: str) -> List[str]:
   copied = []
   for name in pushed:
     destination = os.path.join(serving_dir, name)
-    source = os.path.join(report_dir, model_cards.CARDS_DIR, f"{name}.md")
-    if not (os.path.isdir(destination) and os.path.isfile(source)):
+    source = os.path.join(report_dir, model_cards.CARDS_DIR, name)
+    if not (os.path.isdir(destination) and os.path.isfile(source + ".md")):
       continue
     for extension in (".md", ".html"):
-      shutil.copyfile(os.path.join(report_dir, model_cards.CARDS_DIR, name + extension),
+      shutil.copyfile(source + extension,
                       os.path.join(destination, model_cards.CARD_FILE + extension))
     copied.append(os.path.join(destination, model_cards.CARD_FILE + ".md"))
   return copied
